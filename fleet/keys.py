@@ -1,0 +1,79 @@
+"""Every Redis key and queue name fleet uses is built here, and nowhere else.
+
+`grep` for a key string should find this module only. Keys share the `fleet:` prefix so that one
+Redis can be inspected (and ACL'd) by pattern; Celery's own keys (queues, results) keep theirs.
+"""
+
+from __future__ import annotations
+
+PREFIX = "fleet"
+
+# -- jobs -----------------------------------------------------------------------------------
+JOBS = f"{PREFIX}:jobs"  # zset: job id -> submit time (every job ever accepted)
+PENDING = f"{PREFIX}:pending"  # zset: job id -> order score (priority, then submit order)
+PLACING = f"{PREFIX}:placing"  # zset: job id -> reserve time, until the worker claims it
+SEQUENCE = f"{PREFIX}:seq"  # counter: submit order, for FIFO inside one priority
+WAKE = f"{PREFIX}:wake"  # list: pokes that wake the master at once (capacity freed, job in)
+EVENTS = f"{PREFIX}:events"  # stream: one entry per lifecycle event
+DEAD_LETTER = f"{PREFIX}:dead-letter"  # list: broker messages refused as malformed
+MASTER_LEASE = f"{PREFIX}:master:lease"  # string with TTL: the leading master's id
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record (spec, state, current attempt, node, placement, result)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_attempts(job_id: str) -> str:
+    """List of JSON attempt records, oldest first."""
+    return f"{PREFIX}:job:{job_id}:attempts"
+
+
+def job_metrics(job_id: str) -> str:
+    """List of JSON progress reports, every `ctx.report` of every attempt."""
+    return f"{PREFIX}:job:{job_id}:metrics"
+
+
+def job_cancel(job_id: str) -> str:
+    """String flag: set when a cancel was asked; the node's supervisor polls it."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def job_logs(job_id: str, attempt: int) -> str:
+    """List of captured output lines of one attempt (capped)."""
+    return f"{PREFIX}:job:{job_id}:logs:{attempt}"
+
+
+# -- nodes ----------------------------------------------------------------------------------
+NODES = f"{PREFIX}:nodes"  # set: node ids ever seen (reports themselves expire)
+
+
+def node(node_id: str) -> str:
+    """Hash with a TTL: the node's last report. Its existence is the node's lease."""
+    return f"{PREFIX}:node:{node_id}"
+
+
+def node_alloc(node_id: str) -> str:
+    """Hash: job id -> JSON reservation on this node. Reserved = the sum of its values."""
+    return f"{PREFIX}:node:{node_id}:alloc"
+
+
+def node_drain(node_id: str) -> str:
+    """String flag: the node takes no new job and stops once idle."""
+    return f"{PREFIX}:node:{node_id}:drain"
+
+
+def node_history(node_id: str) -> str:
+    """List of JSON load samples (capped), for plots of node load over time."""
+    return f"{PREFIX}:node:{node_id}:history"
+
+
+# -- Celery queues (not under the prefix: they are kombu's list names) ------------------------
+def node_queue(node_id: str) -> str:
+    """The Celery queue that only node `node_id` consumes."""
+    return f"fleet.node.{node_id}"
+
+
+def node_from_queue(queue: str) -> str | None:
+    head = "fleet.node."
+    return queue[len(head) :] if queue.startswith(head) else None
