@@ -1,0 +1,1 @@
+"""Tests that train real torch and TensorFlow models (marked `training`)."""

@@ -1,0 +1,127 @@
+"""What a job sees of the world: `JobContext`, passed as the first argument of every job.
+
+A job is `function(ctx, **params) -> dict`. Through `ctx` it reports progress, logs, saves and
+restores checkpoints, learns the resources it was given, and asks whether it should stop.
+Everything it emits is a small JSON-safe dict: the job process forwards events to the
+supervisor as JSON lines, so nothing else crosses the process boundary.
+
+Event shapes (every event also carries "time", seconds since the epoch):
+
+    {"type": "progress", "step": 3, "metrics": {"loss": 0.21, "accuracy": 0.95}}
+    {"type": "log", "message": "..."}
+    {"type": "checkpoint", "step": 3}
+    {"type": "resumed", "step": 3}
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workers import checkpoint as checkpoints
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job was given on its node: its share, not the node's or the host's."""
+
+    cpus: float
+    memory: int  # bytes
+    gpus: int = 0
+    cpuset: tuple[int, ...] = ()  # the CPUs the job is pinned to; empty: not pinned
+    gpu_ids: tuple[int, ...] = ()  # device indices, exported as CUDA_VISIBLE_DEVICES
+
+    @property
+    def threads(self) -> int:
+        """Compute threads a framework should use: whole CPUs given, at least one, and never
+        more than the CPUs the job is pinned to (more threads than cores only thrash)."""
+        threads = max(1, math.floor(self.cpus))
+        if self.cpuset:
+            threads = min(threads, len(self.cpuset))
+        return threads
+
+
+class JobContext:
+    """One attempt of one job.
+
+    `emit` receives each event dict; the job process passes a function that writes it as a JSON
+    line to the supervisor. With `emit=None` events are kept in `self.events`, for direct calls
+    and tests. `stop` is set by the job process when the job is cancelled or its node drains;
+    a job checks `should_stop()` between steps, saves a checkpoint and returns early.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        resources: Resources,
+        workdir: Path,
+        checkpoint_dir: Path,
+        emit: Callable[[Event], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.resources = resources
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.events: list[Event] = []
+        self._emit = emit if emit is not None else self.events.append
+        self._stop = stop if stop is not None else threading.Event()
+        self._lock = threading.Lock()  # a framework callback may report from another thread
+
+    def report(self, step: int, **metrics: float) -> None:
+        """Progress at `step` with named metrics. Metrics must be finite numbers: numpy and
+        torch scalars are converted with float(); NaN, inf or a non-number raises ValueError
+        (JSON has no NaN, and a NaN loss is a bug the job should see, not hide)."""
+        clean: dict[str, float] = {}
+        for name, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"metric {name!r} must be a number, got {type(value).__name__}"
+                ) from None
+            if not math.isfinite(number):
+                raise ValueError(f"metric {name!r} is {number}; report finite numbers only")
+            clean[name] = number
+        self._send({"type": "progress", "step": int(step), "metrics": clean})
+
+    def log(self, message: str) -> None:
+        self._send({"type": "log", "message": str(message)})
+
+    def should_stop(self) -> bool:
+        """True once a cancel or a drain was asked: checkpoint, then return early."""
+        return self._stop.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking at once when a stop is asked. Returns should_stop()."""
+        return self._stop.wait(max(0.0, seconds))
+
+    def checkpoint(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Save a checkpoint for `step`: `write(directory)` puts files in a fresh directory,
+        which is sealed and published atomically (see workers.checkpoint)."""
+        path = checkpoints.save(self.checkpoint_dir, step, write)
+        self._send({"type": "checkpoint", "step": step})
+        return path
+
+    def restore(self) -> tuple[int, Path] | None:
+        """The newest valid checkpoint as (step, directory), or None when there is none."""
+        found = checkpoints.latest(self.checkpoint_dir)
+        if found is not None:
+            self._send({"type": "resumed", "step": found[0]})
+        return found
+
+    def _send(self, event: Event) -> None:
+        event["time"] = time.time()
+        with self._lock:
+            self._emit(event)
