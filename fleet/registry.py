@@ -1,0 +1,131 @@
+"""Node reports in Redis: what each node says it has, holds and uses.
+
+A node's report key carries a TTL refreshed by every heartbeat: its existence is the node's
+lease. What is reserved on a node is not taken from the report but summed from the node's
+allocation hash, the one record the reserve/finish scripts keep (so it cannot drift).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from fleet import keys
+
+HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
+
+
+def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> None:
+    """Publish a node's report and renew its lease, in one round trip."""
+    node = report["node"]
+    cap = report["capacity"]
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(
+        keys.node(node),
+        mapping={
+            "incarnation": report["incarnation"],
+            "capacity": json.dumps(
+                {
+                    "cpus_m": round(cap["cpus"] * 1000),
+                    "memory": int(cap["memory"]),
+                    "gpus": int(cap.get("gpus", 0)),
+                }
+            ),
+            "report": json.dumps(report),
+        },
+    )
+    pipe.pexpire(keys.node(node), int(ttl * 1000))
+    pipe.sadd(keys.NODES, node)
+    sample = {"time": report.get("time", time.time()), "usage": report.get("usage", {}),
+              "reserved": report.get("reserved", {})}
+    pipe.rpush(keys.node_history(node), json.dumps(sample))
+    pipe.ltrim(keys.node_history(node), -HISTORY_CAP, -1)
+    pipe.execute()
+
+
+def allocations(client: redis.Redis, node: str) -> dict[str, dict[str, Any]]:
+    """Job id -> reservation ({attempt, incarnation, cpus_m, memory, gpus}) on `node`."""
+    raw = client.hgetall(keys.node_alloc(node))
+    return {_text(k): json.loads(v) for k, v in raw.items()}
+
+
+def reserved_of(allocs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {
+        "cpus": sum(a.get("cpus_m", 0) for a in allocs.values()) / 1000,
+        "memory": sum(a.get("memory", 0) for a in allocs.values()),
+        "gpus": sum(a.get("gpus", 0) for a in allocs.values()),
+    }
+
+
+def known_nodes(client: redis.Redis) -> list[str]:
+    return sorted(_text(n) for n in client.smembers(keys.NODES))
+
+
+def node_states(client: redis.Redis) -> list[dict[str, Any]]:
+    """Every known node: its last report (None when its lease expired), allocations, drain flag.
+
+    One pipelined round trip for all nodes.
+    """
+    nodes = known_nodes(client)
+    pipe = client.pipeline(transaction=False)
+    for node in nodes:
+        pipe.hmget(keys.node(node), "report")
+        pipe.hgetall(keys.node_alloc(node))
+        pipe.exists(keys.node_drain(node))
+    raw = pipe.execute()
+    states = []
+    for i, node in enumerate(nodes):
+        (report_raw,), alloc_raw, drain = raw[3 * i : 3 * i + 3]
+        allocs = {_text(k): json.loads(v) for k, v in alloc_raw.items()}
+        report = json.loads(report_raw) if report_raw else None
+        if report is not None:
+            report["reserved"] = reserved_of(allocs)
+            report["draining"] = bool(drain) or bool(report.get("draining"))
+        states.append({"node": node, "report": report, "alloc": allocs, "draining": bool(drain)})
+    return states
+
+
+def live_reports(client: redis.Redis) -> list[dict[str, Any]]:
+    """Reports of the nodes whose lease holds, with `reserved` summed from allocations."""
+    return [s["report"] for s in node_states(client) if s["report"] is not None]
+
+
+def set_drain(client: redis.Redis, node: str, on: bool = True) -> None:
+    if on:
+        client.set(keys.node_drain(node), "1")
+    else:
+        client.delete(keys.node_drain(node))
+
+
+def is_draining(client: redis.Redis, node: str) -> bool:
+    return bool(client.exists(keys.node_drain(node)))
+
+
+def deregister(client: redis.Redis, node: str, incarnation: str) -> None:
+    """A node leaving cleanly: drop its lease and name, unless a newer incarnation took over."""
+    if _text(client.hget(keys.node(node), "incarnation") or b"") not in ("", incarnation):
+        return
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(keys.node(node), keys.node_drain(node))
+    pipe.srem(keys.NODES, node)
+    pipe.execute()
+
+
+def forget(client: redis.Redis, node: str) -> None:
+    """Drop a dead node with nothing left on it (the master, after requeueing its jobs)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.srem(keys.NODES, node)
+    pipe.delete(keys.node_drain(node), keys.node_alloc(node), keys.node_queue(node))
+    pipe.execute()
+
+
+def history(client: redis.Redis, node: str) -> list[dict[str, Any]]:
+    return [json.loads(v) for v in client.lrange(keys.node_history(node), 0, -1)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
