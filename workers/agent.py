@@ -1,0 +1,100 @@
+"""The node agent: tells the registry, about once a second, what this node has, holds and uses.
+
+Capacity is read from the node's own limits (cgroup, cpuset, the driver's configuration), never
+the host's when limited. Reserved comes from the node's allocation record, usage is measured.
+A node asked to drain takes no new job and, once idle, stops its worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from fleet import keys, registry
+from fleet.settings import Settings
+from workers.load import Capacity
+from workers.probe import UsageProbe
+from workers.supervisor import Supervisor
+
+log = logging.getLogger("fleet.agent")
+
+
+class Agent:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, supervisor: Supervisor, capacity: Capacity,
+        *, labels: dict[str, str] | None = None, on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.r = client
+        self.sup = supervisor
+        self.capacity = capacity
+        self.labels = labels or {}
+        self.on_drained = on_drained
+        self.probe = UsageProbe(root_pid=os.getpid())
+        self.started_at = time.time()
+        self.drained = False
+
+    def report(self) -> dict[str, Any]:
+        usage = self.probe.sample()
+        allocs = registry.allocations(self.r, self.sup.node)
+        cap = self.capacity
+        return {
+            "node": self.sup.node,
+            "incarnation": self.sup.incarnation,
+            "queue": keys.node_queue(self.sup.node),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "container": os.environ.get("FLEET_CONTAINER_ID") or _container_id(),
+            "started_at": self.started_at,
+            "time": time.time(),
+            "capacity": {
+                "cpus": cap.cpus, "memory": cap.memory, "gpus": cap.gpus,
+                "gpu_memory": cap.gpu_memory, "cpuset": list(cap.cpuset),
+            },
+            "capacity_source": dict(cap.source),
+            "reserved": registry.reserved_of(allocs),
+            "usage": {
+                "cpus": usage.cpus, "memory": usage.memory,
+                "gpus": sum(g.utilization or 0.0 for g in usage.gpus) / 100.0,  # busy-GPU equivalent
+            },
+            "gpu_usage": [g.to_dict() for g in usage.gpus],
+            "jobs": [
+                {"job": j.job_id, "attempt": j.attempt, "cores": list(j.cores), "step": j.step}
+                for j in self.sup.running_jobs()
+            ],
+            "labels": self.labels,
+            "draining": registry.is_draining(self.r, self.sup.node),
+        }
+
+    def beat(self) -> dict[str, Any]:
+        report = self.report()
+        registry.heartbeat(self.r, report, self.settings.heartbeat_ttl)
+        if report["draining"] and not report["jobs"] and not registry.allocations(
+            self.r, self.sup.node
+        ):
+            if not self.drained and self.on_drained is not None:
+                log.info("node %s drained; stopping", self.sup.node)
+                self.drained = True
+                self.on_drained()
+        return report
+
+    def run(self, stop: threading.Event) -> None:
+        """Beat until stopped; a Redis outage is logged and waited out."""
+        while not stop.is_set():
+            try:
+                self.beat()
+            except redis.exceptions.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            stop.wait(self.settings.heartbeat_interval)
+
+
+def _container_id() -> str | None:
+    """Docker sets the hostname to the short container id; only trust it inside a container."""
+    return socket.gethostname() if os.path.exists("/.dockerenv") else None

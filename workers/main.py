@@ -1,0 +1,88 @@
+"""`python -m workers.main` (what `fleet worker` runs): one node = agent + Celery worker.
+
+The Celery worker consumes only this node's queue, with a thread pool (each task only
+supervises a job process) and prefetch 1. The agent heartbeats from a thread beside it; the
+first heartbeat is published before the worker consumes, so the master can place on it at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+
+import redis
+
+from fleet import keys, registry
+from fleet.broker import make_app
+from fleet.settings import Settings
+from fleet.units import parse_memory
+from workers import tasks
+from workers.agent import Agent
+from workers.cores import Pinning
+from workers.probe import read_capacity
+from workers.supervisor import Supervisor
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fleet worker", description="Run one fleet node.")
+    p.add_argument("--node-id", default=os.environ.get("FLEET_NODE_ID") or socket.gethostname())
+    p.add_argument("--cpus", type=float, default=None, help="CPUs this node offers (≤ its limit)")
+    p.add_argument("--memory", default=None, help="memory this node offers, e.g. 2Gi")
+    p.add_argument("--cpuset", default=None, help="cores to pin the node to, e.g. 0-1 or 2,3")
+    p.add_argument("--label", action="append", default=[], help="node label key=value")
+    p.add_argument("--concurrency", type=int, default=32, help="jobs the node may run at once")
+    p.add_argument("--loglevel", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from workers.load import parse_cpuset
+
+    if args.cpuset:
+        os.sched_setaffinity(0, parse_cpuset(args.cpuset))
+    settings = Settings()
+    url = settings.resolved_redis_url()
+    client = redis.Redis.from_url(url, health_check_interval=10)
+    capacity = read_capacity(
+        configured_cpus=args.cpus,
+        configured_memory=parse_memory(args.memory) if args.memory else None,
+    )
+    node = args.node_id
+    incarnation = uuid.uuid4().hex[:12]
+    labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    supervisor = Supervisor(settings, client, node, incarnation, Pinning(capacity.cpuset))
+    agent = Agent(
+        settings, client, supervisor, capacity, labels=labels,
+        on_drained=lambda: os.kill(os.getpid(), signal.SIGTERM),  # Celery's warm shutdown
+    )
+    agent.beat()
+    stop = threading.Event()
+    beat = threading.Thread(target=agent.run, args=(stop,), daemon=True, name="heartbeat")
+    beat.start()
+    app = make_app(settings, url)
+    tasks.register(app, supervisor)
+    try:
+        app.worker_main([
+            "worker", "--pool", "threads", "--concurrency", str(args.concurrency),
+            "--queues", keys.node_queue(node), "--hostname", f"{node}@{socket.gethostname()}",
+            "--prefetch-multiplier", "1", "--events", "--without-mingle", "--without-gossip",
+            "--loglevel", args.loglevel,
+        ])
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+        if not registry.allocations(client, node):
+            registry.deregister(client, node, incarnation)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
