@@ -1,0 +1,333 @@
+"""The job spec: what a producer asks for, validated before anything is written to Redis.
+
+A `JobSpec` is the one contract between producers, the master and the workers. It is checked here,
+at submit, so that a bad spec is refused with the field and the reason (invariant 5) and nothing
+downstream ever sees one. Only JSON crosses the broker and only allowlisted entry points run
+(invariant 4): `params` is a JSON object, `entrypoint` a `module:function` whose module lies under
+the allowlist. Pure: no I/O except reading the file in `load_spec`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import keyword
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from fleet.errors import SpecError
+from fleet.units import parse_memory
+
+SCHEMA_VERSION = 1
+POLICY_NAMES = ("spread", "pack", "balanced", "p2c", "random", "round_robin", "seed")
+MAX_PARAMS_BYTES = 64 * 1024
+# Bytes above 2**53 lose precision as the doubles that JSON readers and Redis Lua compare.
+MAX_BYTES = 2**53
+
+_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML's `yes`/`true` is a bool, and Python's bool is an int: refuse it where a number goes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+def _size(value: Any) -> int:
+    """`512Mi`, `2Gi`, `1g` or bytes; a size too large for a float is a user error, not a crash."""
+    try:
+        return parse_memory(value)
+    except OverflowError:
+        raise ValueError(f"size {_short(value)} is too large") from None
+
+
+Number = Annotated[float, BeforeValidator(_no_bool)]
+Integer = Annotated[int, BeforeValidator(_no_bool)]
+Size = Annotated[int, BeforeValidator(_size), Field(gt=0, le=MAX_BYTES)]
+
+
+def _check_identifier(part: str, what: str) -> str:
+    if not _IDENTIFIER.fullmatch(part) or keyword.iskeyword(part):
+        raise ValueError(f"{what} {part!r} is not a Python identifier")
+    if part.startswith("__"):
+        raise ValueError(f"{what} {part!r} is refused: dunder names are never job code")
+    return part
+
+
+def _split_entrypoint(entrypoint: str) -> tuple[str, str]:
+    """The shape alone: `pkg.module:function`, plain ASCII identifiers, no dunders, no dots
+    leading or doubled (so nothing relative, nothing like `os:__dict__` or `x:__init__`)."""
+    module, sep, function = entrypoint.partition(":")
+    if not sep or not module or not function:
+        raise ValueError(f"expected 'module:function', got {_short(entrypoint)}")
+    for part in module.split("."):
+        _check_identifier(part, "module part")
+    _check_identifier(function, "function")
+    return module, function
+
+
+def _check_name(name: str) -> str:
+    """Names become directory and queue-name parts: lowercase, and never a way out of a folder."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"expected lowercase letters, digits, '.', '_' or '-', starting and ending with a "
+            f"letter or digit, got {name!r}"
+        )
+    if ".." in name:
+        raise ValueError(f"'..' is not allowed in a name, got {name!r}")
+    return name
+
+
+class Resources(BaseModel):
+    """What a job reserves on its node; the master never places it where these do not fit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: Number = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False)
+    memory: Size = 512 * 2**20
+    gpus: Integer = Field(default=0, ge=0, le=64)
+    gpu_memory: Size | None = None  # bytes per GPU
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _gpu_memory_needs_gpus(cls, gpu_memory: int | None, info: ValidationInfo) -> int | None:
+        # Asking for GPU memory without a GPU is a mistake the user wants to hear about.
+        if gpu_memory is not None and info.data.get("gpus") == 0:
+            raise ValueError("gpu_memory needs gpus > 0")
+        return gpu_memory
+
+
+class JobSpec(BaseModel):
+    """A training job as submitted. New fields get defaults, so older payloads stay readable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Integer = SCHEMA_VERSION
+    name: Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_check_name)]
+    entrypoint: str
+    framework: Literal["torch", "tensorflow", "none"] = "none"
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    priority: Integer = Field(default=0, ge=-1000, le=1000)  # higher runs first
+    timeout: Integer = Field(default=86400, gt=0)  # seconds, wall clock of one attempt
+    stall_timeout: Integer | None = Field(default=None, gt=0)  # seconds without a progress report
+    max_retries: Integer = Field(default=2, ge=0, le=100)  # retries of the job's own failures
+    policy: str | None = None  # placement override for this job
+    node_selector: dict[str, str] = Field(default_factory=dict)  # labels the node must have
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported version {version}; this fleet reads {SCHEMA_VERSION}")
+        return version
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_shape(cls, entrypoint: str) -> str:
+        _split_entrypoint(entrypoint)  # the allowlist is the caller's: see `check_entrypoint`
+        return entrypoint
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_kwargs(cls, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        """Params become `function(ctx, **params)`: keys are identifiers, and the JSON stays small
+        enough to live in the job's Redis hash."""
+        for key in params:
+            _check_identifier(key, "parameter")
+            if key == "ctx":
+                raise ValueError("parameter 'ctx' is refused: the job's context takes that name")
+        try:
+            size = len(json.dumps(params, allow_nan=False).encode())
+        except ValueError:
+            raise ValueError("NaN and Infinity are not JSON; use null or a number") from None
+        if size > MAX_PARAMS_BYTES:
+            raise ValueError(f"{size} bytes as JSON; at most {MAX_PARAMS_BYTES} are allowed")
+        return params
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, policy: str | None) -> str | None:
+        if policy is not None and policy not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        return policy
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON-safe form stored in Redis and sent to workers; `JobSpec(**payload)` reads it."""
+        return self.model_dump(mode="json")
+
+
+def check_entrypoint(entrypoint: str, allowlist: Sequence[str]) -> tuple[str, str]:
+    """Split `module:function` and authorize it: the module must be an allowlisted module or a
+    submodule of one (`workers.jobs` admits `workers.jobs.digits_torch`, not `workers.jobsX` nor
+    `workers`). Called at submit and again by the worker before it imports anything."""
+    try:
+        module, function = _split_entrypoint(entrypoint)
+    except ValueError as exc:
+        raise SpecError("entrypoint", str(exc)) from None
+    if not any(module == allowed or module.startswith(allowed + ".") for allowed in allowlist):
+        raise SpecError(
+            "entrypoint",
+            f"module {module!r} is not on the allowlist ({', '.join(allowlist) or 'empty'})",
+        )
+    return module, function
+
+
+def parse_spec(
+    data: Any, *, allowlist: Sequence[str], max_timeout: int | None = None
+) -> JobSpec:
+    """Validate a mapping into a JobSpec, or raise SpecError naming the first bad field."""
+    if not isinstance(data, Mapping):
+        raise SpecError("spec", f"expected a mapping of fields, got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _spec_error(exc) from None
+    check_entrypoint(spec.entrypoint, allowlist)
+    if max_timeout is not None and spec.timeout > max_timeout:
+        raise SpecError("timeout", f"{spec.timeout} s is over the fleet's limit of {max_timeout} s")
+    return spec
+
+
+_JSON_TAGS = {"list", "dict", "str", "int", "float", "bool"}
+_REASONS = {
+    "missing": "required",
+    "extra_forbidden": "unknown field",
+    "dict_type": "expected a mapping (key: value)",
+    "model_type": "expected a mapping (key: value)",
+    "model_attributes_type": "expected a mapping (key: value)",
+}
+
+
+def _spec_error(exc: ValidationError) -> SpecError:
+    """Pydantic's first error as one line: a dotted field path and a short reason."""
+    error = exc.errors(include_url=False)[0]
+    loc = [part for part in error["loc"] if part != "[key]"]
+    if loc[:1] == ["params"] and len(loc) > 3:
+        # JsonValue puts a type tag before each nested key/index: params.a.dict.b -> params.a.b
+        loc = loc[:2] + [part for i, part in enumerate(loc[2:]) if i % 2 or part not in _JSON_TAGS]
+    field = ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc) or "spec"
+    kind = error["type"]
+    if kind in _REASONS:
+        reason = _REASONS[kind]
+    elif kind == "value_error":
+        reason = str(error["ctx"]["error"])
+    else:
+        reason = error["msg"].replace("Input should", "should")
+        if "got" not in reason and not isinstance(error.get("input"), (dict, list)):
+            reason += f", got {_short(error.get('input'))}"
+    return SpecError(_cut(field, 200), _cut(reason.replace("\n", " "), 200))
+
+
+def _cut(text: str, limit: int) -> str:
+    """Errors stay one readable line, whatever the user sent."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: Any) -> str:
+    return _cut(repr(value), 60)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply CLI `--set key=value` overrides; dotted keys reach into nested mappings.
+
+    The value is read as YAML (`5` is an int, `0.1` a float, `true` a bool, `1Gi` a string,
+    `[64, 32]` a list, an empty value null), so an override means what it would in the file.
+    The input is not changed.
+    """
+    result = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError("--set", f"expected key=value (like params.epochs=5), got {item!r}")
+        try:
+            value = yaml.load(text, Loader=_SpecLoader)
+        except yaml.YAMLError as exc:
+            raise SpecError("--set", f"{item!r}: {_yaml_reason(exc)}") from None
+        target = result
+        for depth, part in enumerate(parts[:-1]):
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError("--set", f"{item!r}: {where} is not a mapping")
+            target = child
+        target[parts[-1]] = value
+    return result
+
+
+def load_spec(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    allowlist: Sequence[str],
+    max_timeout: int | None = None,
+) -> JobSpec:
+    """Read a YAML or JSON job file (YAML is a superset of JSON), apply overrides, validate."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_SpecLoader)
+    except OSError as exc:
+        raise SpecError("file", f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SpecError("file", f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise SpecError("file", f"{path}: {_yaml_reason(exc)}") from None
+    if data is None:
+        raise SpecError("file", f"{path}: the file is empty")
+    if overrides and isinstance(data, dict):
+        data = apply_overrides(data, overrides)
+    return parse_spec(data, allowlist=allowlist, max_timeout=max_timeout)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML that yields only JSON values: dates stay strings, a repeated key is an error
+    (the second would silently win), and aliases are refused (a few lines could expand to
+    gigabytes of params)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """PyYAML's message spans several lines; users get one: the problem and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
