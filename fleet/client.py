@@ -89,8 +89,8 @@ class Client:
     def nodes(self) -> list[dict[str, Any]]:
         return [s["report"] for s in registry.node_states(self.r) if s["report"]]
 
-    def metrics(self, job_id: str) -> list[dict[str, Any]]:
-        return self.store.metrics(job_id)
+    def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        return self.store.metrics(job_id, start)
 
     def cancel(self, job_id: str) -> str:
         return self.store.cancel(job_id)

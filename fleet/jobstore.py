@@ -185,8 +185,9 @@ class JobStore:
         records = [json.loads(v) for v in raw.values()]
         return sorted(records, key=lambda a: a.get("attempt", 0))
 
-    def metrics(self, job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(v) for v in self.r.lrange(keys.job_metrics(job_id), 0, -1)]
+    def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """Progress reports of every attempt, oldest first, from index `start`."""
+        return [json.loads(v) for v in self.r.lrange(keys.job_metrics(job_id), start, -1)]
 
     def pending_ids(self) -> list[str]:
         return [_text(v) for v in self.r.zrange(keys.PENDING, 0, -1)]

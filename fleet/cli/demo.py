@@ -48,15 +48,18 @@ def run_demo(*, workers: int, keep: bool, epochs: int | None) -> int:
         ids = [client.submit(examples_dir() / name, overrides=overrides) for name in EXAMPLES]
         console.print(f"submitted {', '.join(ids)}", highlight=False)
         final = JobProgress(client).follow(ids)
-        table = Table("job", "state", "node", "test accuracy", "where and why")
+        table = Table("job", "state", "node", "test accuracy")
         for job_id in ids:
             f = final[job_id]
             acc = (f.get("result") or {}).get("accuracy")
             table.add_row(job_id, state_text(f["state"]), f.get("node") or "-",
-                          "-" if acc is None else f"{acc:.3f}",
-                          why_line(f.get("placement")) if f["state"] == "SUCCEEDED"
-                          else f"{f.get('reason')}: {f.get('error')}")
+                          "-" if acc is None else f"{acc:.3f}")
         console.print(table)
+        for job_id in ids:
+            f = final[job_id]
+            console.print(f"{job_id}: {why_line(f.get('placement'))}", highlight=False)
+            if f["state"] != "SUCCEEDED":
+                console.print(f"  {f.get('reason')}: {f.get('error')}", highlight=False)
         return 0 if all(f["state"] == "SUCCEEDED" for f in final.values()) else 1
     finally:
         if started and not keep:

@@ -56,12 +56,15 @@ class JobProgress:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[name]}"), BarColumn(), TextColumn("{task.fields[state]}"),
-            TextColumn("{task.fields[line]}"), TimeElapsedColumn(),
+            TextColumn("[bold]{task.fields[name]}"), BarColumn(bar_width=12),
+            TextColumn("{task.fields[state]} {task.fields[line]}"), TimeElapsedColumn(),
         )
         self.tasks: dict[str, TaskID] = {}
 
     def follow(self, job_ids: Sequence[str], interval: float = 0.5) -> dict[str, dict]:
+        """Bars on a terminal; elsewhere (CI, a pipe) one line per change of state or epoch."""
+        if not self.progress.console.is_terminal:
+            return self._follow_lines(job_ids, interval)
         final: dict[str, dict] = {}
         with self.progress:
             for job_id in job_ids:
@@ -77,6 +80,29 @@ class JobProgress:
                     if status["terminal"]:
                         final[job_id] = status
                 time.sleep(interval)
+        return final
+
+    def _follow_lines(self, job_ids: Sequence[str], interval: float) -> dict[str, dict]:
+        final: dict[str, dict] = {}
+        states: dict[str, str] = {}
+        reports: dict[str, int] = {}
+        say = self.progress.console.print
+        while len(final) < len(job_ids):
+            for job_id in job_ids:
+                if job_id in final:
+                    continue
+                status = self.client.status(job_id)
+                for report in self.client.metrics(job_id, reports.get(job_id, 0)):
+                    reports[job_id] = reports.get(job_id, 0) + 1
+                    say(f"{job_id} {progress_line({**status, 'progress': report})}",
+                        highlight=False, soft_wrap=True)
+                if states.get(job_id) != status["state"]:
+                    states[job_id] = status["state"]
+                    say(f"{job_id} {status['state']} {progress_line(status)}", highlight=False,
+                        soft_wrap=True)
+                if status["terminal"]:
+                    final[job_id] = status
+            time.sleep(interval)
         return final
 
     def _update(self, job_id: str, status: Mapping[str, Any]) -> None:
