@@ -21,7 +21,11 @@ SCHEMA_VERSION = 1  # of the task's JSON arguments
 
 def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
     url = redis_url or settings.resolved_redis_url()
-    transport = {"visibility_timeout": settings.broker_visibility_timeout}
+    visibility = settings.broker_visibility_timeout
+    transport: dict[str, int] = {"visibility_timeout": visibility}
+    if visibility < 600:  # kombu sweeps every ~100 s by default: keep pace with a short timeout
+        transport |= {"unacked_restore_interval": max(1, visibility // 2),
+                      "unacked_restore_throttle": 1}
     app = Celery("fleet", broker=url, backend=url, set_as_current=False)
     app.conf.update(
         task_serializer="json",

@@ -59,6 +59,7 @@ class Master:
         self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl)
         self.policy_state = PolicyState(rng=np.random.default_rng())
         self._leading = False
+        self._connected_since: float | None = None
         self._waiting_written: dict[str, str] = {}
 
     # -- the loop ----------------------------------------------------------------------------
@@ -68,9 +69,10 @@ class Master:
             try:
                 self.step(time.time())
                 self.r.blpop([keys.WAKE], timeout=interval)
-            except redis.exceptions.ConnectionError as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError) as exc:
                 log.warning("redis unreachable (%s); retrying", exc)
                 self._leading = False
+                self._connected_since = None
                 stop.wait(1.0)
         if self._leading:
             self.lease.release()
@@ -86,9 +88,13 @@ class Master:
         if not self._leading:
             log.info("master %s leads", self.id)
             self._leading = True
+            self._connected_since = now
             self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
         states = registry.node_states(self.r)
-        self._requeue_lost(states, now, report)
+        if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
+            # Only after watching for one full TTL: leases that lapsed while Redis (or this
+            # master) was away are not deaths; live nodes renew them within one heartbeat.
+            self._requeue_lost(states, now, report)
         self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
         self._schedule(states, now, report)
         return report

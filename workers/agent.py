@@ -66,7 +66,8 @@ class Agent:
             },
             "gpu_usage": [g.to_dict() for g in usage.gpus],
             "jobs": [
-                {"job": j.job_id, "attempt": j.attempt, "cores": list(j.cores), "step": j.step}
+                {"job": j.job_id, "attempt": j.attempt, "cores": list(j.cores), "step": j.step,
+                 "pid": j.pid}
                 for j in self.sup.running_jobs()
             ],
             "labels": self.labels,

@@ -117,10 +117,13 @@ def steps(
         if every_attempt:
             _fault(step, fail_at, crash_at)
         ctx.checkpoint(step, _state_writer(step, ctx.attempt))
+        # the log is the job's own witness of when it really ran (chaos checks read it)
+        print(f"step {step} attempt {ctx.attempt} at {time.time():.3f}", flush=True)
         ctx.report(step, progress=step / steps)
         done = step
         if not every_attempt:
             _fault(step, fail_at, crash_at)
+    print(f"done attempt {ctx.attempt} at {time.time():.3f}", flush=True)
     return {"steps": done, "resumed_from": resumed_from}
 
 
