@@ -83,6 +83,11 @@ def _split_entrypoint(entrypoint: str) -> tuple[str, str]:
     return module, function
 
 
+def is_job_id(text: str) -> bool:
+    """A job id as `new_job_id` makes them (name-<hex>): safe as a path part and a key part."""
+    return isinstance(text, str) and len(text) <= 80 and bool(_NAME.fullmatch(text)) and ".." not in text
+
+
 def _check_name(name: str) -> str:
     """Names become directory and queue-name parts: lowercase, and never a way out of a folder."""
     if not _NAME.fullmatch(name):

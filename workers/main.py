@@ -22,7 +22,7 @@ from fleet import keys, registry
 from fleet.broker import make_app
 from fleet.settings import Settings
 from fleet.units import parse_memory
-from workers import tasks
+from workers import tasks, transport
 from workers.agent import Agent
 from workers.cores import Pinning
 from workers.probe import read_capacity
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     beat = threading.Thread(target=agent.run, args=(stop,), daemon=True, name="heartbeat")
     beat.start()
+    transport.install()
     app = make_app(settings, url)
+    app.conf.worker_consumer = "workers.consumer:DeadLetterConsumer"
     tasks.register(app, supervisor)
     try:
         app.worker_main([

@@ -5,12 +5,15 @@ Malformed arguments are refused (and never executed); the real work is the super
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from celery import Celery, Task
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet.broker import RUN_TASK, SCHEMA_VERSION
+from fleet.spec import is_job_id
+from workers.consumer import dead_letter_record
 from workers.supervisor import Supervisor
 
 
@@ -19,9 +22,16 @@ class TaskPayload(BaseModel):
 
     schema_version: int
     job_id: str
-    attempt: int
-    node: str
-    incarnation: str
+    attempt: int = Field(gt=0)
+    node: str = Field(max_length=100)
+    incarnation: str = Field(max_length=64)
+
+    @field_validator("job_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not is_job_id(value):
+            raise ValueError("not a fleet job id")
+        return value
 
 
 def register(app: Celery, supervisor: Supervisor) -> None:
@@ -30,7 +40,12 @@ def register(app: Celery, supervisor: Supervisor) -> None:
         try:
             order = TaskPayload.model_validate(payload)
         except ValidationError as exc:
-            return {"discarded": f"malformed payload: {exc.errors()[0]['msg']}"}
+            reason = f"malformed payload: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+            dead_letter_record(supervisor.r, reason, queue=self.request.delivery_info.get(
+                "routing_key") if self.request.delivery_info else None,
+                task=RUN_TASK, task_id=self.request.id,
+                body=json.dumps(payload, default=str).encode()[:4096])
+            return {"discarded": reason}
         if order.schema_version > SCHEMA_VERSION:
             return {"discarded": f"unknown schema_version {order.schema_version}"}
 
