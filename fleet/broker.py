@@ -11,6 +11,9 @@ What the defaults buy (see DESIGN.md, "Known traps of Celery on Redis"):
 
 from __future__ import annotations
 
+import ssl
+from urllib.parse import parse_qsl, urlsplit
+
 from celery import Celery
 
 from fleet.settings import Settings
@@ -27,6 +30,9 @@ def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
         transport |= {"unacked_restore_interval": max(1, visibility // 2),
                       "unacked_restore_throttle": 1}
     app = Celery("fleet", broker=url, backend=url, set_as_current=False)
+    tls = tls_options(url)
+    if tls is not None:
+        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -50,6 +56,22 @@ def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
         worker_enable_remote_control=True,
     )
     return app
+
+
+def tls_options(url: str) -> dict | None:
+    """kombu's TLS options from a `rediss://...?ssl_cert_reqs=required&ssl_ca_certs=...` URL,
+    the form redis-py reads too, so one URL configures every client. None for `redis://`."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+    options: dict = {"ssl_cert_reqs": reqs.get(query.get("ssl_cert_reqs", "required").lower(),
+                                               ssl.CERT_REQUIRED)}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(key):
+            options[key] = query[key]
+    return options
 
 
 def task_payload(job_id: str, attempt: int, node: str, incarnation: str) -> dict:

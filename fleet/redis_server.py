@@ -43,16 +43,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate and key, and the CA that signed it (clients verify against it)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 @dataclass
 class RedisServer:
     port: int
     password: str
     directory: Path
     process: subprocess.Popen | None = None
+    tls: TlsFiles | None = None  # TLS only: the plain port is closed
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return (f"rediss://:{self.password}@127.0.0.1:{self.port}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}")
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -61,11 +74,17 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.directory / "redis.conf"
         conf.touch(mode=0o600)
+        if self.tls is None:
+            listen = [f"port {self.port}"]
+        else:
+            listen = ["port 0", f"tls-port {self.port}", f"tls-cert-file {self.tls.cert}",
+                      f"tls-key-file {self.tls.key}", f"tls-ca-cert-file {self.tls.ca}",
+                      "tls-auth-clients no"]
         conf.write_text(
             "\n".join(
                 [
                     "bind 127.0.0.1",
-                    f"port {self.port}",
+                    *listen,
                     f"requirepass {self.password}",
                     "protected-mode yes",
                     f"dir {self.directory}",
@@ -104,9 +123,9 @@ class RedisServer:
             self.process = None
 
 
-def new_server(directory: Path, port: int | None = None) -> RedisServer:
+def new_server(directory: Path, port: int | None = None, tls: TlsFiles | None = None) -> RedisServer:
     return RedisServer(port=port or free_port(), password=secrets.token_urlsafe(24),
-                       directory=directory)
+                       directory=directory, tls=tls)
 
 
 def wait_for_redis(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:

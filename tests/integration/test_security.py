@@ -18,7 +18,7 @@ import redis
 from fleet import keys
 from fleet.broker import RUN_TASK, make_app
 from fleet.jobstore import JobStore
-from fleet.redis_server import free_port
+from fleet.redis_server import TlsFiles, free_port, new_server
 from fleet.spec import JobSpec
 from tests.integration.support import Fleet, eventually
 
@@ -122,3 +122,45 @@ def test_flower_answers_401_without_credentials_and_200_with_them(fleet: Fleet) 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _make_tls_files(directory: Path) -> TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fleet-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+        "-out", "server.csr")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    return TlsFiles(cert=directory / "server.pem", key=directory / "server.key",
+                    ca=directory / "ca.pem")
+
+
+def test_a_fleet_runs_a_job_over_tls(tmp_path: Path) -> None:
+    from fleet.settings import Settings
+
+    server = new_server(tmp_path / "redis", tls=_make_tls_files(tmp_path / "tls")).start()
+    try:
+        plain = redis.Redis(host="127.0.0.1", port=server.port, password=server.password,
+                            socket_connect_timeout=2, socket_timeout=2)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            plain.ping()  # the plain protocol is not spoken on the TLS port
+        settings = Settings(home=tmp_path / "home", redis_url=server.url,
+                            heartbeat_interval=0.5, heartbeat_ttl=3.0)
+        fleet = Fleet(settings, server)
+        try:
+            fleet.master()
+            fleet.node("node-1")
+            job_id = fleet.client.submit({"name": "tls", "entrypoint": "workers.jobs.synthetic:noop"})
+            assert fleet.wait_job(job_id, 60)["state"] == "SUCCEEDED"
+        finally:
+            fleet.stop()
+            print(fleet.log_tails())
+    finally:
+        server.stop()
