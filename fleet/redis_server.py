@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis
 
+from fleet import acl
 from fleet.errors import FleetError
 
 
@@ -59,6 +60,7 @@ class RedisServer:
     directory: Path
     process: subprocess.Popen | None = None
     tls: TlsFiles | None = None  # TLS only: the plain port is closed
+    producer_password: str | None = None  # an ACL user that may only submit (fleet.acl)
 
     @property
     def url(self) -> str:
@@ -66,6 +68,15 @@ class RedisServer:
             return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         return (f"rediss://:{self.password}@127.0.0.1:{self.port}/0"
                 f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}")
+
+    def url_for(self, user: str, password: str) -> str:
+        return self.url.replace(f"://:{self.password}@", f"://{user}:{password}@", 1)
+
+    @property
+    def producer_url(self) -> str | None:
+        if self.producer_password is None:
+            return None
+        return self.url_for(acl.PRODUCER, self.producer_password)
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -93,6 +104,8 @@ class RedisServer:
                     "save 60 1000",
                     "daemonize no",
                     f"logfile {self.directory / 'redis.log'}",
+                    *([acl.user_line(acl.PRODUCER, self.producer_password, acl.producer_rules())]
+                      if self.producer_password else []),
                 ]
             )
             + "\n"
@@ -125,7 +138,7 @@ class RedisServer:
 
 def new_server(directory: Path, port: int | None = None, tls: TlsFiles | None = None) -> RedisServer:
     return RedisServer(port=port or free_port(), password=secrets.token_urlsafe(24),
-                       directory=directory, tls=tls)
+                       directory=directory, tls=tls, producer_password=secrets.token_urlsafe(24))
 
 
 def wait_for_redis(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:

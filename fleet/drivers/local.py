@@ -52,6 +52,7 @@ class LocalDriver:
         state = {
             "driver": self.name,
             "redis_url": server.url,
+            "producer_url": server.producer_url,
             "pids": {"redis": server.process.pid, "nodes": {}},
             "node_shape": {"cpus": shape.cpus, "memory": shape.memory},
             "started_at": time.time(),
@@ -61,6 +62,10 @@ class LocalDriver:
         if flower:
             state["pids"]["flower"], fields = self._start_flower(server.url)
             state.update(fields)
+            port = free_port()  # fleet's own Prometheus metrics, beside Flower's
+            state["pids"]["exporter"] = self._spawn("exporter", [
+                sys.executable, "-m", "fleet", "exporter", f"--port={port}"], server.url)
+            state["exporter_url"] = f"http://127.0.0.1:{port}/metrics"
         write_state(self.settings, state)
         nodes = [f"node-{i}" for i in range(1, workers + 1)]
         for node in nodes:
@@ -75,7 +80,8 @@ class LocalDriver:
         if not state:
             return
         pids: dict[str, Any] = state.get("pids", {})
-        groups = [list(pids.get("nodes", {}).values()), [pids.get("master"), pids.get("flower")],
+        groups = [list(pids.get("nodes", {}).values()), [pids.get("master"), pids.get("flower"),
+                                                    pids.get("exporter")],
                   [pids.get("redis")]]
         for group in groups:
             _stop_all([p for p in group if p], STOP_GRACE_S)

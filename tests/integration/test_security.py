@@ -164,3 +164,32 @@ def test_a_fleet_runs_a_job_over_tls(tmp_path: Path) -> None:
             print(fleet.log_tails())
     finally:
         server.stop()
+
+
+def test_a_producer_credential_can_submit_but_not_read_queues_or_delete(fleet: Fleet) -> None:
+    fleet.master()
+    fleet.node("node-1")
+    producer_url = fleet.server.producer_url
+    assert producer_url and "producer:" in producer_url
+    producer = redis.Redis.from_url(producer_url)
+    from fleet.client import Client
+
+    client = Client(fleet.settings, client=producer)
+    job_id = client.submit({"name": "from-producer", "entrypoint": "workers.jobs.synthetic:noop"})
+    assert client.wait(job_id, timeout=60)["state"] == "SUCCEEDED"
+    fleet.r.lpush(keys.node_queue("node-1"), b"someone else's message")
+    denied = [
+        lambda: producer.lrange(keys.node_queue("node-1"), 0, -1),
+        lambda: producer.rpop(keys.node_queue("node-1")),
+        lambda: producer.delete(keys.JOBS),
+        lambda: producer.flushall(),
+        lambda: producer.hset(keys.node("node-1"), "capacity", "{}"),
+        lambda: producer.eval("return redis.call('DEL', KEYS[1])", 1, keys.JOBS),
+        lambda: producer.config_get("*"),
+    ]
+    for attempt in denied:
+        with pytest.raises(redis.exceptions.ResponseError) as err:
+            attempt()
+        assert "NOPERM" in str(err.value) or "can't run" in str(err.value) or isinstance(
+            err.value, redis.exceptions.NoPermissionError), err.value
+    assert fleet.r.zcard(keys.JOBS) == 1
