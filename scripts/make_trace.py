@@ -1,0 +1,170 @@
+"""Write a synthetic, seeded trace for `fleet sim`.
+
+    python scripts/make_trace.py --nodes 16 --jobs 1000 --load 0.8 --seed 1 -o trace.json
+    python scripts/make_trace.py --nodes 24 --jobs 2000 --gpus -o gpu-trace.json
+
+Nodes come in uneven shapes (2 to 32 CPUs, 2 to 8 GiB per CPU, some with GPUs). Jobs have
+heterogeneous demands: CPUs from half a core to 8, memory per CPU drawn from a log-normal (some
+jobs are memory-heavy, some CPU-heavy), log-normal durations (median 5 min), 10% at priority 1.
+With `--gpus`, a share of the jobs asks for GPUs in Philly's mix (1: 70%, 2: 10%, 4: 15%,
+8: 5%). Every job fits some node when it is empty. Arrivals are Poisson, at the rate that makes
+the offered load on the busiest resource `--load` × the fleet's capacity of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+GI = 2**30
+# (cpus, memory GiB, gpus, GPU memory GiB), weight
+CPU_SHAPES = [
+    ((2, 4, 0, 0), 2),
+    ((4, 8, 0, 0), 3),
+    ((4, 32, 0, 0), 1),
+    ((8, 16, 0, 0), 2),
+    ((8, 32, 0, 0), 2),
+    ((16, 32, 0, 0), 2),
+    ((16, 64, 0, 0), 1),
+    ((32, 128, 0, 0), 1),
+]
+GPU_SHAPES = [((16, 64, 4, 16), 2), ((32, 128, 8, 32), 1)]
+PHILLY_GPUS = ([1, 2, 4, 8], [0.70, 0.10, 0.15, 0.05])
+JOB_CPUS = ([0.5, 1, 2, 4, 8], [0.20, 0.35, 0.25, 0.15, 0.05])
+
+
+def _pick(rng: np.random.Generator, shapes: list) -> tuple:
+    weights = np.array([w for _, w in shapes], dtype=float)
+    return shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))][0]
+
+
+def make_nodes(rng: np.random.Generator, count: int, gpus: bool) -> list[dict]:
+    """`count` nodes of uneven shapes; with GPUs, a quarter GPU nodes, one with 8 GPUs."""
+    n_gpu = max(1, count // 4) if gpus else 0
+    shapes = [_pick(rng, CPU_SHAPES) for _ in range(count - n_gpu)]
+    if n_gpu:
+        shapes += [GPU_SHAPES[1][0]] + [_pick(rng, GPU_SHAPES) for _ in range(n_gpu - 1)]
+    # Never all the same shape: the point is uneven nodes.
+    if len({s for s in shapes}) == 1 and count > 1:
+        shapes[0] = CPU_SHAPES[0][0]
+    nodes = []
+    for k, (cpus, mem, n_gpus, gpu_mem) in enumerate(shapes):
+        node = {"name": f"node-{k + 1}", "cpus": cpus, "memory": mem * GI, "gpus": n_gpus}
+        if n_gpus:
+            node["gpu_memory"] = gpu_mem * GI
+            node["labels"] = {"accelerator": "gpu"}
+        nodes.append(node)
+    return nodes
+
+
+def _fits_some(nodes: list[dict], res: dict) -> bool:
+    return any(
+        n["cpus"] >= res["cpus"] and n["memory"] >= res["memory"] and n["gpus"] >= res["gpus"] for n in nodes
+    )
+
+
+def make_job(rng: np.random.Generator, nodes: list[dict], gpu_job: bool) -> dict:
+    """One job's resources and duration, drawn until it fits some node."""
+    while True:
+        if gpu_job:
+            gpus = int(rng.choice(PHILLY_GPUS[0], p=PHILLY_GPUS[1]))
+            cpus = float(gpus * rng.choice([2, 4]))
+            memory = int(gpus * rng.choice([8, 16]) * GI)
+        else:
+            gpus = 0
+            cpus = float(rng.choice(JOB_CPUS[0], p=JOB_CPUS[1]))
+            per_cpu = float(np.clip(rng.lognormal(np.log(2.0), 0.8), 0.25, 16))
+            memory = int(round(cpus * per_cpu * 4) / 4 * GI) or GI // 4
+        res = {"cpus": cpus, "memory": memory, "gpus": gpus}
+        if _fits_some(nodes, res):
+            duration = float(np.clip(rng.lognormal(np.log(300), 1.0), 10, 4 * 3600))
+            return {"resources": res, "duration": round(duration, 1)}
+
+
+def gpu_share_for_balance(nodes: list[dict], cpu_jobs: list[dict], gpu_jobs: list[dict]) -> float:
+    """The share of GPU jobs that puts the same offered load on the CPUs as on the GPUs."""
+    cpus = sum(n["cpus"] for n in nodes)
+    gpus = sum(n["gpus"] for n in nodes)
+
+    def mean(jobs: list[dict], r: str) -> float:
+        return float(np.mean([j["duration"] * j["resources"][r] for j in jobs]))
+
+    cpu_per_cpu_job = mean(cpu_jobs, "cpus") / cpus
+    share = cpu_per_cpu_job / (
+        mean(gpu_jobs, "gpus") / gpus - mean(gpu_jobs, "cpus") / cpus + cpu_per_cpu_job
+    )
+    return float(np.clip(share, 0.05, 0.95))
+
+
+def make_trace(
+    nodes: int = 16,
+    jobs: int = 1000,
+    load: float = 0.8,
+    gpus: bool = False,
+    gpu_share: float | None = None,
+    seed: int = 0,
+) -> dict:
+    """A trace dict (see fleet.sim); the same arguments give the same trace.
+
+    With GPUs and no `gpu_share`, the share of GPU jobs is the one that loads CPUs and GPUs
+    alike, so that both are at `load`.
+    """
+    rng = np.random.default_rng(seed)
+    node_list = make_nodes(rng, nodes, gpus)
+    cpu_jobs = [make_job(rng, node_list, False) for _ in range(jobs)]
+    gpu_jobs = [make_job(rng, node_list, True) for _ in range(jobs)] if gpus else []
+    if gpus and gpu_share is None:
+        gpu_share = gpu_share_for_balance(node_list, cpu_jobs, gpu_jobs)
+    share = gpu_share or 0.0
+    job_list = [gpu_jobs[k] if rng.random() < share else cpu_jobs[k] for k in range(jobs)]
+    # Offered load per resource = rate × mean(duration × demand) / capacity; the busiest = load.
+    capacity = {r: sum(n[r] for n in node_list) for r in ("cpus", "memory", "gpus")}
+    work = {r: np.mean([j["duration"] * j["resources"][r] for j in job_list]) for r in capacity}
+    rate = load * min(capacity[r] / work[r] for r in capacity if capacity[r] and work[r])
+    t = 0.0
+    for k, job in enumerate(job_list):
+        t += float(rng.exponential(1 / rate))
+        job["id"] = f"job-{k + 1:05d}"
+        job["submit_at"] = round(t, 3)
+        job["priority"] = int(rng.random() < 0.1)
+    meta = {"nodes": nodes, "jobs": jobs, "load": load, "gpus": gpus, "seed": seed}
+    if gpus:
+        meta["gpu_share"] = round(share, 4)
+    return {
+        "meta": meta,
+        "nodes": node_list,
+        "jobs": [
+            {k: j[k] for k in ("id", "submit_at", "duration", "resources", "priority")} for j in job_list
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=16, help="how many nodes (uneven sizes)")
+    parser.add_argument("--jobs", type=int, default=1000, help="how many jobs")
+    parser.add_argument("--load", type=float, default=0.8, help="offered load, busiest resource")
+    parser.add_argument("--gpus", action="store_true", help="GPU nodes and jobs (Philly mix)")
+    parser.add_argument(
+        "--gpu-share", type=float, help="share of GPU jobs (default: CPUs and GPUs equally loaded)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    if args.nodes < 1 or args.jobs < 0 or not 0 < args.load:
+        parser.error("--nodes must be >= 1, --jobs >= 0 and --load > 0")
+    trace = make_trace(args.nodes, args.jobs, args.load, args.gpus, args.gpu_share, args.seed)
+    text = json.dumps(trace, indent=1)
+    if args.output:
+        args.output.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
