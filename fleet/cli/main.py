@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fleet.cli import fleet_cmds, job_cmds, node_cmds
+from fleet.cli import fleet_cmds, job_cmds, node_cmds, watch_cmds
 
 app = typer.Typer(
     name="fleet",
@@ -18,6 +18,7 @@ app = typer.Typer(
 fleet_cmds.register(app)
 job_cmds.register(app)
 node_cmds.register(app)
+watch_cmds.register(app)
 
 
 @app.command("sim")
@@ -36,28 +37,22 @@ def sim_command(
 
 
 def main() -> None:
+    """Usage errors are click's (usage line, exit 2); a FleetError or a Redis failure is one line
+    on stderr and a non-zero exit; anything else is a bug and keeps its traceback."""
+    import redis
+
     from fleet.cli.context import err_console
     from fleet.errors import FleetError
 
-    try:
-        app(standalone_mode=False)
-    except FleetError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # redis outages and friends: one line, no traceback
-        import click
-        import redis
+    def fail(message: str, code: int) -> None:
+        err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        sys.exit(code)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, redis.exceptions.RedisError):
-            err_console.print(f"[red]error:[/red] redis: {exc}", highlight=False, soft_wrap=True)
-            sys.exit(3)
-        raise
+    try:
+        app()
+    except FleetError as exc:
+        fail(str(exc), exc.exit_code)
+    except redis.exceptions.AuthenticationError as exc:
+        fail(f"redis refused our credentials: {exc}", 3)
+    except redis.exceptions.RedisError as exc:
+        fail(f"redis: {exc}", 3)

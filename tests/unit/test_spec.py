@@ -390,13 +390,13 @@ def only_spec_or_spec_error(data: Any) -> None:
         assert parse(result.payload()) == result
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.dictionaries(st.sampled_from([*GOOD, "x"]) | st.text(max_size=8), json_like) | json_like)
 def test_arbitrary_json_gives_a_spec_or_a_spec_error(data: Any) -> None:
     only_spec_or_spec_error(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(st.tuples(paths, json_like, st.booleans()), min_size=1, max_size=3))
 def test_mutated_spec_gives_a_spec_or_a_spec_error(changes: list[tuple[str, Any, bool]]) -> None:
     only_spec_or_spec_error(mutate(changes))
