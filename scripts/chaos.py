@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _revive_due(fleet: LocalChaos, revive: list[tuple[float, str]], t0: float) -> list:
     now = time.monotonic() - t0
-    for at, node in [r for r in revive if r[0] <= now]:
+    for _at, node in [r for r in revive if r[0] <= now]:
         fleet.revive_worker(node)
     return [r for r in revive if r[0] > now]
 
@@ -205,6 +205,7 @@ def _wait_all(client: Client, ids: list[str], timeout: float) -> dict[str, dict]
 
 def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, dict]) -> dict:
     lost, doubled, concurrent, interrupted, resumed = [], [], [], [], []
+    not_resumed: list[dict] = []
     steps_lost = 0
     for job_id in ids:
         final = finals.get(job_id)
@@ -212,7 +213,8 @@ def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, 
             lost.append(job_id)
         attempts = client.status(job_id)["attempts"] if final else []
         runs = _witness(settings, job_id, attempts)
-        if sum(r["done"] for r in runs) > 1:
+        counted = sum(a.get("end_reason") == "SUCCEEDED" for a in attempts)
+        if counted > 1 or _steps_run_twice(runs):
             doubled.append(job_id)
         if _overlap(runs):
             concurrent.append(job_id)
@@ -222,8 +224,10 @@ def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, 
                if a.get("end_reason") != "SUCCEEDED" and runs[i]["last_step"] > 0]
         if cut:
             interrupted.append(job_id)
-            if all((attempts[i + 1].get("resumed_from_step") or 0) > 0 for i in cut):
+            if all(_resumed_after(attempts, runs, i) for i in cut):
                 resumed.append(job_id)
+            else:
+                not_resumed.append({"job": job_id, "attempts": attempts, "runs": runs})
         for i in range(len(attempts) - 1):
             steps_lost += max(0, runs[i]["last_step"] - (attempts[i + 1].get("resumed_from_step") or 0))
     leaked = {s["node"]: list(s["alloc"]) for s in registry.node_states(client.r) if s["alloc"]}
@@ -233,7 +237,28 @@ def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, 
         "resumed_ratio": round(len(resumed) / len(interrupted), 3) if interrupted else None,
         "steps_lost": steps_lost, "leaked_reservations": sum(len(v) for v in leaked.values()),
         "lost_ids": lost, "doubled_ids": doubled, "concurrent_ids": concurrent,
+        "not_resumed": not_resumed,
     }
+
+
+def _resumed_after(attempts: list[dict], runs: list[dict], i: int) -> bool:
+    """The next attempt that really ran (one lost while queued did not) resumed from a step."""
+    for j in range(i + 1, len(attempts)):
+        if attempts[j].get("resumed_from_step"):
+            return True
+        if runs[j]["last_step"] > 0 or attempts[j].get("end_reason") == "SUCCEEDED":
+            return False
+    return False
+
+
+def _steps_run_twice(runs: list[dict]) -> bool:
+    """A step logged by two attempts: work done twice (a step is logged after its checkpoint)."""
+    seen: set[int] = set()
+    for r in runs:
+        if seen & r["steps"]:
+            return True
+        seen |= r["steps"]
+    return False
 
 
 def _witness(settings: Settings, job_id: str, attempts: list[dict]) -> list[dict]:
@@ -241,16 +266,18 @@ def _witness(settings: Settings, job_id: str, attempts: list[dict]) -> list[dict
     runs = []
     for a in attempts:
         log = settings.artifacts_dir / "jobs" / job_id / f"attempt-{a['attempt']}" / "output.log"
-        times, last_step, done = [], 0, False
+        times, last_step, done, steps = [], 0, False, set()
         for line in log.read_text().splitlines() if log.exists() else []:
             if m := STEP_LINE.match(line):
                 last_step = int(m.group(1))
+                steps.add(last_step)
                 times.append(float(m.group(3)))
             elif m := DONE_LINE.match(line):
                 done = True
                 times.append(float(m.group(2)))
         runs.append({"node": a.get("node"), "start": min(times, default=None),
-                     "end": max(times, default=None), "done": done, "last_step": last_step})
+                     "end": max(times, default=None), "done": done, "last_step": last_step,
+                     "steps": steps})
     return runs
 
 
@@ -273,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run(args)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, default=sorted))
     else:
         from rich.console import Console
         from rich.table import Table

@@ -17,7 +17,6 @@ from tests.integration.support import EXAMPLES, Fleet, eventually
 
 pytestmark = pytest.mark.integration
 
-SLEEP = {"name": "sleep", "entrypoint": "workers.jobs.synthetic:sleep", "resources": {"cpus": 1, "memory": "256Mi"}}
 
 
 def job(entrypoint: str, name: str = "t", cpus: float = 1, memory: str = "256Mi", **params) -> dict:
