@@ -51,6 +51,7 @@ log = logging.getLogger("fleet.supervisor")
 TICK_S = 0.2
 LOG_LINES_CAP = 5000  # output lines kept in Redis per attempt (the file keeps all)
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
+SECRET_ENV = frozenset({"FLEET_REDIS_URL", "FLOWER_BASIC_AUTH", "REDIS_PASSWORD"})
 
 
 @dataclass
@@ -150,7 +151,9 @@ class Supervisor:
         given = Resources(cpus=float(res["cpus"]), memory=int(res["memory"]),
                           gpus=int(res.get("gpus", 0)), cpuset=entry.cores, gpu_ids=entry.gpu_ids)
         read_fd, write_fd = os.pipe()
-        env = {**os.environ, **runners.job_env(given), EVENT_FD_ENV: str(write_fd),
+        # The job gets no broker credential: it talks to its supervisor through its pipe.
+        inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        env = {**inherited, **runners.job_env(given), EVENT_FD_ENV: str(write_fd),
                "PYTHONUNBUFFERED": "1"}
         oom_before = oom_kill_count()
         proc = subprocess.Popen(
