@@ -141,6 +141,7 @@ class Master:
             kwargs={"payload": task_payload(job_id, attempt, node, incarnation)},
             queue=keys.node_queue(node),
             task_id=task_id(job_id, attempt),
+            shadow=job_id.rsplit("-", 1)[0],  # Flower lists the task under the job's name
         )
 
     def _write_waiting(self, waiting: dict[str, str]) -> None:

@@ -50,9 +50,12 @@ def register(app: Celery, supervisor: Supervisor) -> None:
             return {"discarded": f"unknown schema_version {order.schema_version}"}
 
         def on_progress(report: dict) -> None:
-            self.update_state(state="PROGRESS", meta={
+            meta = {
                 "job": order.job_id, "attempt": order.attempt, "node": order.node,
                 "step": report.get("step"), **(report.get("metrics") or {}),
-            })
+            }
+            self.update_state(state="PROGRESS", meta=meta)
+            # Flower's task view is built from events only: state PROGRESS, progress as result
+            self.send_event("task-progress", result=json.dumps(meta))
 
         return supervisor.run(order.model_dump(), on_progress=on_progress)

@@ -1,0 +1,94 @@
+"""The fleet's lifecycle events: read and follow the `fleet:events` stream.
+
+The Lua steps append one entry per event in the same atomic step as the change they record
+(`fleet/lua/`): submitted, placed (node, attempt), started (node, attempt), resumed (attempt,
+step), retrying (attempt, reason), cancelling, finished (state, reason). An event's JSON shape is
+documented in docs/watching.md; fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import redis
+
+from fleet import keys
+
+INT_FIELDS = ("attempt", "step")
+LOST_REASONS = ("NODE_LOST", "WORKER_LOST")
+
+
+def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    """A stream entry as the documented JSON object: {id, time, event, job, ...fields}."""
+    event: dict[str, Any] = {"id": _text(entry_id)}
+    for k, v in fields.items():
+        event[_text(k)] = _text(v)
+    event["time"] = float(event.get("time") or 0.0)
+    for name in INT_FIELDS:
+        if name in event:
+            try:
+                event[name] = int(float(event[name]))
+            except ValueError:
+                pass
+    return event
+
+
+def read_events(
+    client: redis.Redis, *, job: str | None = None, limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Past events, oldest first: the last `limit` (all when None), of one job when given."""
+    if job is None and limit is not None:
+        raw = list(reversed(client.xrevrange(keys.EVENTS, count=limit)))
+    else:
+        raw = client.xrange(keys.EVENTS)
+    events = [decode_event(i, f) for i, f in raw]
+    if job is not None:
+        events = [e for e in events if e.get("job") == job]
+        if limit is not None:
+            events = events[-limit:]
+    return events
+
+
+def follow_events(
+    client: redis.Redis, *, job: str | None = None, since: str = "$", block_ms: int = 1000,
+    stop_after: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Events after stream id `since` ("$": from now on) as they are appended.
+
+    Blocks on XREAD; `stop_after` (seconds, for tests and scripts) ends the iteration.
+    """
+    last = since
+    deadline = None if stop_after is None else time.monotonic() + stop_after
+    while deadline is None or time.monotonic() < deadline:
+        found = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
+        for _stream, entries in found or []:
+            for entry_id, fields in entries:
+                last = _text(entry_id)
+                event = decode_event(entry_id, fields)
+                if job is None or event.get("job") == job:
+                    yield event
+
+
+def last_event_id(client: redis.Redis) -> str:
+    """The id of the newest event ("0-0" when none): follow from here to miss nothing."""
+    newest = client.xrevrange(keys.EVENTS, count=1)
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+def event_line(event: Mapping[str, Any]) -> str:
+    """One human line: `12:00:01.250 digits-torch-1a2b3c4d placed node=node-1 attempt=1`."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+    stamp += f".{int((event['time'] % 1) * 1000):03d}"
+    name = event.get("event", "?")
+    if name == "retrying" and event.get("reason") in LOST_REASONS:
+        name = "retrying (node lost)"
+    extra = " ".join(
+        f"{k}={v}" for k, v in event.items() if k not in ("id", "time", "event", "job")
+    )
+    return f"{stamp} {event.get('job', '-')} {name}" + (f" {extra}" if extra else "")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,89 @@
+"""A job's captured output, per attempt: read a finished attempt, follow a running job.
+
+The node's supervisor appends each attempt's stdout and stderr lines to a Redis list (the last
+`LOG_LINES_CAP` lines) and to `<artifacts>/jobs/<job>/attempt-<n>/output.log` (all of them).
+Both outlive the node: Redis is the fleet's own store, the file is in the artifact store. Reads
+prefer Redis (it is shared by every machine); when the list is full (lines were dropped from its
+head) and the artifact file is reachable from here, the file is complete and is read instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from fleet import keys
+from fleet.errors import NotFound
+
+LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (workers/supervisor.py)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    attempt: int
+    text: str
+
+
+def log_file(artifacts: Path, job_id: str, attempt: int) -> Path:
+    """Where the supervisor writes the full log of one attempt."""
+    return artifacts / "jobs" / job_id / f"attempt-{attempt}" / "output.log"
+
+
+class JobLogs:
+    """Reads one job's attempt logs. The connection and the artifact root are passed in."""
+
+    def __init__(self, client: redis.Redis, artifacts: Path, job_id: str) -> None:
+        self.r = client
+        self.artifacts = artifacts
+        self.job_id = job_id
+
+    def job_attempt(self) -> tuple[int, bool]:
+        """(current attempt number, job is terminal). NotFound for an unknown job."""
+        state, attempt = self.r.hmget(keys.job(self.job_id), "state", "attempt")
+        if state is None:
+            raise NotFound(f"no job {self.job_id!r}")
+        return int(attempt or 0), _text(state) in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+    def lines(self, attempt: int) -> list[str]:
+        """Every line kept for `attempt` (the complete file when Redis dropped some)."""
+        key = keys.job_logs(self.job_id, attempt)
+        kept = [_text(v) for v in self.r.lrange(key, 0, -1)]
+        path = log_file(self.artifacts, self.job_id, attempt)
+        if len(kept) >= LOG_LINES_CAP and path.is_file():
+            return path.read_text(errors="replace").splitlines()
+        if not kept and path.is_file():
+            return path.read_text(errors="replace").splitlines()
+        return kept
+
+    def follow(
+        self, attempt: int | None = None, *, interval: float = 0.25,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[LogLine]:
+        """Lines as they arrive, of `attempt` or (None) of every attempt as the job moves on,
+        until the job is terminal and its last lines are read.
+
+        Reads the Redis list from the last index seen, so a line is yielded once; past the cap
+        (5000 lines) the list drops its head and following may skip lines: the artifact file
+        has them all.
+        """
+        seen: dict[int, int] = {}
+        while True:
+            current, terminal = self.job_attempt()
+            wanted = [attempt] if attempt is not None else list(range(1, current + 1))
+            for n in wanted:
+                start = seen.get(n, 0)
+                new = self.r.lrange(keys.job_logs(self.job_id, n), start, -1)
+                seen[n] = start + len(new)
+                for raw in new:
+                    yield LogLine(n, _text(raw))
+            if terminal or (attempt is not None and current > attempt):
+                return  # the attempt followed is over: no line can come after this read
+            sleep(interval)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,175 @@
+"""Prometheus metrics of the fleet itself, computed from Redis on every scrape.
+
+Nothing is counted in memory: each scrape reads the node reports (as `fleet nodes` does) and
+the job records (as `fleet jobs` does), so the numbers agree with the CLI and survive exporter
+restarts, and any number of exporters may run. The metric names and labels are documented in
+docs/watching.md. Served by `fleet exporter` (prometheus_client's HTTP server).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client.core import (
+    CollectorRegistry,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from fleet import keys, registry
+from fleet.states import JobState
+
+# Seconds: from a submit to the job's first reservation / first start.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+CHUNK = 1000  # job records read per pipelined round trip
+
+
+@dataclass
+class JobTimes:
+    state: str
+    submitted_at: float | None
+    first_placed_at: float | None
+    first_started_at: float | None
+
+
+@dataclass
+class Snapshot:
+    """What one scrape read from Redis."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # live reports, `fleet nodes` shape
+    jobs: list[JobTimes] = field(default_factory=list)
+    pending: int = 0  # the pending set (waiting for a node, or backing off before a retry)
+    placing: int = 0  # reserved, not yet claimed by the node's worker
+    master_up: bool = False
+
+
+def read_snapshot(client: redis.Redis) -> Snapshot:
+    """One consistent-enough read: node reports in one round trip, job records in chunks."""
+    nodes = [s["report"] for s in registry.node_states(client) if s["report"]]
+    ids = [_text(v) for v in client.zrange(keys.JOBS, 0, -1)]
+    jobs: list[JobTimes] = []
+    for i in range(0, len(ids), CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for job_id in ids[i : i + CHUNK]:
+            pipe.hmget(keys.job(job_id), "state", "submitted_at")
+            pipe.hget(keys.job_attempts(job_id), "1")
+        raw = pipe.execute()
+        for (state, submitted), first in zip(raw[0::2], raw[1::2], strict=True):
+            if state is None:
+                continue
+            attempt = json.loads(first) if first else {}
+            jobs.append(JobTimes(_text(state), _float(submitted), _float(attempt.get("placed_at")),
+                                 _float(attempt.get("started_at"))))
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(keys.PENDING)
+    pipe.zcard(keys.PLACING)
+    pipe.exists(keys.MASTER_LEASE)
+    pending, placing, master = pipe.execute()
+    return Snapshot(nodes, jobs, int(pending), int(placing), bool(master))
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    """The metric families of one snapshot (pure: tests call it with plain values)."""
+    out: list[Metric] = []
+    by_state = GaugeMetricFamily("fleet_jobs", "Jobs by state (every job the fleet accepted)",
+                                 labels=["state"])
+    counts = {s.value: 0 for s in JobState}
+    for job in snap.jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    for state, count in counts.items():
+        by_state.add_metric([state], count)
+    out.append(by_state)
+    out.append(GaugeMetricFamily("fleet_pending_jobs", "Jobs waiting in the pending set",
+                                 value=snap.pending))
+    out.append(GaugeMetricFamily("fleet_placing_jobs", "Jobs reserved on a node, not yet claimed",
+                                 value=snap.placing))
+    out.append(GaugeMetricFamily("fleet_master_up", "1 while a master holds the lease",
+                                 value=int(snap.master_up)))
+    out.append(GaugeMetricFamily("fleet_nodes", "Live nodes (heartbeat lease held)",
+                                 value=len(snap.nodes)))
+    out.extend(_node_families(snap.nodes))
+    out.append(_histogram("fleet_job_placement_latency_seconds",
+                          "Seconds from submit to the job's first reservation on a node",
+                          [j.first_placed_at - j.submitted_at for j in snap.jobs
+                           if j.first_placed_at is not None and j.submitted_at is not None]))
+    out.append(_histogram("fleet_job_wait_seconds",
+                          "Seconds from submit to the start of the job's first attempt",
+                          [j.first_started_at - j.submitted_at for j in snap.jobs
+                           if j.first_started_at is not None and j.submitted_at is not None]))
+    return out
+
+
+def _node_families(nodes: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    cpus = GaugeMetricFamily("fleet_node_cpus", "CPUs of a node: capacity, reserved, used",
+                             labels=["node", "kind"])
+    memory = GaugeMetricFamily("fleet_node_memory_bytes",
+                               "Memory of a node: capacity, reserved, used", labels=["node", "kind"])
+    gpus = GaugeMetricFamily("fleet_node_gpus", "GPUs of a node: capacity, reserved, used",
+                             labels=["node", "kind"])
+    jobs = GaugeMetricFamily("fleet_node_running_jobs", "Jobs the node reports running",
+                             labels=["node"])
+    draining = GaugeMetricFamily("fleet_node_draining", "1 while the node drains",
+                                 labels=["node"])
+    seen = GaugeMetricFamily("fleet_node_report_timestamp_seconds",
+                             "Time of the node's last report (its clock)", labels=["node"])
+    for n in nodes:
+        node = n["node"]
+        parts = {"capacity": n.get("capacity") or {}, "reserved": n.get("reserved") or {},
+                 "used": n.get("usage") or {}}
+        for kind, values in parts.items():
+            cpus.add_metric([node, kind], float(values.get("cpus", 0)))
+            memory.add_metric([node, kind], float(values.get("memory", 0)))
+            gpus.add_metric([node, kind], float(values.get("gpus", 0)))
+        jobs.add_metric([node], len(n.get("jobs") or []))
+        draining.add_metric([node], int(bool(n.get("draining"))))
+        seen.add_metric([node], float(n.get("time") or 0))
+    yield from (cpus, memory, gpus, jobs, draining, seen)
+
+
+def _histogram(name: str, documentation: str, values: Iterable[float]) -> HistogramMetricFamily:
+    values = [max(0.0, v) for v in values]
+    buckets = [(repr(b), sum(1 for v in values if v <= b)) for b in BUCKETS]
+    buckets.append(("+Inf", len(values)))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=sum(values))
+
+
+class FleetCollector(Collector):
+    """A prometheus_client collector that reads the fleet from Redis on each scrape."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._lock = threading.Lock()  # the HTTP server may scrape from several threads
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snap = read_snapshot(self.r)
+        yield from families(snap)
+
+    def describe(self) -> list[Metric]:
+        return []  # computed on scrape: nothing to check at registration
+
+
+def serve(client: redis.Redis, port: int, address: str = "127.0.0.1") -> tuple[Any, Any]:
+    """Start the HTTP endpoint (/metrics) in a thread; returns (server, thread)."""
+    from prometheus_client import start_http_server
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(FleetCollector(client))
+    return start_http_server(port, addr=address, registry=reg)
+
+
+def _float(value: Any) -> float | None:
+    if value is None or value == b"" or value == "":
+        return None
+    return float(_text(value) if isinstance(value, bytes) else value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
