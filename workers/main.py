@@ -24,6 +24,7 @@ from fleet.settings import Settings
 from fleet.units import parse_memory
 from workers import tasks, transport
 from workers.agent import Agent
+from workers.confine import confine
 from workers.cores import Pinning
 from workers.probe import read_capacity
 from workers.supervisor import Supervisor
@@ -37,6 +38,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpuset", default=None, help="cores to pin the node to, e.g. 0-1 or 2,3")
     p.add_argument("--label", action="append", default=[], help="node label key=value")
     p.add_argument("--concurrency", type=int, default=32, help="jobs the node may run at once")
+    p.add_argument("--cgroup", action="store_true",
+                   help="confine the node in cgroups of its own (cpu quota, memory limit) if writable")
     p.add_argument("--loglevel", default="INFO")
     return p.parse_args(argv)
 
@@ -51,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     url = settings.resolved_redis_url()
     client = redis.Redis.from_url(url, health_check_interval=10)
-    capacity = read_capacity(
-        configured_cpus=args.cpus,
-        configured_memory=parse_memory(args.memory) if args.memory else None,
-    )
+    memory = parse_memory(args.memory) if args.memory else None
+    if args.cgroup:
+        cgroups = confine(args.node_id, args.cpus, memory)
+        logging.getLogger("fleet.worker").info("cgroups: %s", cgroups or "not writable")
+    capacity = read_capacity(configured_cpus=args.cpus, configured_memory=memory)
     node = args.node_id
     incarnation = uuid.uuid4().hex[:12]
     labels = dict(item.split("=", 1) for item in args.label if "=" in item)

@@ -157,7 +157,7 @@ class LocalDriver:
         argv = [
             sys.executable, "-m", "workers.main", "--node-id", node,
             "--cpus", format_cpus(shape.cpus), "--memory", str(int(shape.memory)),
-            "--cpuset", ",".join(map(str, cores)),
+            "--cpuset", ",".join(map(str, cores)), "--cgroup",
         ]
         return self._spawn(node, argv, url)
 
