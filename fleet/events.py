@@ -39,8 +39,10 @@ def read_events(
     client: redis.Redis, *, job: str | None = None, limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Past events, oldest first: the last `limit` (all when None), of one job when given."""
+    raw: Any  # redis-py's stubs type stream replies loosely
     if job is None and limit is not None:
-        raw = list(reversed(client.xrevrange(keys.EVENTS, count=limit)))
+        newest: Any = client.xrevrange(keys.EVENTS, count=limit)
+        raw = list(reversed(newest))
     else:
         raw = client.xrange(keys.EVENTS)
     events = [decode_event(i, f) for i, f in raw]
@@ -62,7 +64,7 @@ def follow_events(
     last = since
     deadline = None if stop_after is None else time.monotonic() + stop_after
     while deadline is None or time.monotonic() < deadline:
-        found = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
+        found: Any = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
         for _stream, entries in found or []:
             for entry_id, fields in entries:
                 last = _text(entry_id)
@@ -73,7 +75,7 @@ def follow_events(
 
 def last_event_id(client: redis.Redis) -> str:
     """The id of the newest event ("0-0" when none): follow from here to miss nothing."""
-    newest = client.xrevrange(keys.EVENTS, count=1)
+    newest: Any = client.xrevrange(keys.EVENTS, count=1)
     return _text(newest[0][0]) if newest else "0-0"
 
 

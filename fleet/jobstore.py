@@ -99,7 +99,8 @@ class JobStore:
                 keys.job(job_id), keys.node(node), keys.node_alloc(node), keys.node_drain(node),
                 keys.PENDING, keys.job_attempts(job_id), keys.EVENTS, keys.PLACING,
             ],
-            args=[job_id, node, incarnation, _now(now), json.dumps(placement)],
+            args=[job_id, node, incarnation, _now(now), json.dumps(placement),
+                  _chosen_score(placement, node)],
         )
         return int(n), _text(why)
 
@@ -202,6 +203,13 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(keys.job_cancel(job_id)))
+
+
+def _chosen_score(placement: Mapping, node: str) -> str:
+    for candidate in placement.get("candidates") or []:
+        if candidate.get("node") == node and candidate.get("score") is not None:
+            return repr(float(candidate["score"]))
+    return ""
 
 
 def decode_job(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:

@@ -53,7 +53,8 @@ class Snapshot:
 def read_snapshot(client: redis.Redis) -> Snapshot:
     """One consistent-enough read: node reports in one round trip, job records in chunks."""
     nodes = [s["report"] for s in registry.node_states(client) if s["report"]]
-    ids = [_text(v) for v in client.zrange(keys.JOBS, 0, -1)]
+    members: Any = client.zrange(keys.JOBS, 0, -1)
+    ids = [_text(v) for v in members]
     jobs: list[JobTimes] = []
     for i in range(0, len(ids), CHUNK):
         pipe = client.pipeline(transaction=False)

@@ -1,6 +1,6 @@
 -- Reserve a pending job on a node, or refuse: never over-commits, whatever runs concurrently.
 -- KEYS: job, node report, node alloc, node drain, pending, attempts, events, placing
--- ARGV: job_id, node_id, incarnation, now, placement(json)
+-- ARGV: job_id, node_id, incarnation, now, placement(json), score
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'PENDING' then return {0, 'job is ' .. tostring(state)} end
 if redis.call('EXISTS', KEYS[4]) == 1 then return {0, 'node is draining'} end
@@ -23,5 +23,5 @@ redis.call('HSET', KEYS[1], 'state', 'PLACED', 'node', ARGV[2], 'incarnation', A
   'placed_at', ARGV[4], 'updated_at', ARGV[4], 'placement', ARGV[5], 'waiting', '')
 update_attempt(KEYS[6], n, {node = ARGV[2], incarnation = ARGV[3], placed_at = tonumber(ARGV[4])})
 redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
-event(KEYS[7], 'placed', ARGV[1], ARGV[4], 'node', ARGV[2], 'attempt', n)
+event(KEYS[7], 'placed', ARGV[1], ARGV[4], 'node', ARGV[2], 'attempt', n, 'score', ARGV[6])
 return {n, 'ok'}
