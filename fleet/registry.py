@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 import redis
@@ -19,32 +20,43 @@ from fleet import keys
 HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
 
 
+class NodeIdTaken(Exception):
+    """Another live incarnation holds this node id (two workers started with one id)."""
+
+    def __init__(self, node: str, holder: str) -> None:
+        super().__init__(f"node id {node!r} is held by another live worker (incarnation {holder})")
+        self.holder = holder
+
+
 def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> None:
-    """Publish a node's report and renew its lease, in one round trip."""
+    """Publish a node's report and renew its lease, in one atomic step.
+
+    The lease belongs to one incarnation: while another live worker holds the id (its report
+    has not expired), this raises NodeIdTaken instead of flip-flopping the node between two
+    processes, each of which would look like the other's replacement.
+    """
     node = report["node"]
     cap = report["capacity"]
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(
-        keys.node(node),
-        mapping={
-            "incarnation": report["incarnation"],
-            "capacity": json.dumps(
-                {
-                    "cpus_m": round(cap["cpus"] * 1000),
-                    "memory": int(cap["memory"]),
-                    "gpus": int(cap.get("gpus", 0)),
-                }
-            ),
-            "report": json.dumps(report),
-        },
-    )
-    pipe.pexpire(keys.node(node), int(ttl * 1000))
-    pipe.sadd(keys.NODES, node)
+    capacity = {"cpus_m": round(cap["cpus"] * 1000), "memory": int(cap["memory"]),
+                "gpus": int(cap.get("gpus", 0))}
     sample = {"time": report.get("time", time.time()), "usage": report.get("usage", {}),
               "reserved": report.get("reserved", {})}
-    pipe.rpush(keys.node_history(node), json.dumps(sample))
-    pipe.ltrim(keys.node_history(node), -HISTORY_CAP, -1)
-    pipe.execute()
+    ok, holder = _script(client)(
+        keys=[keys.node(node), keys.NODES, keys.node_history(node)],
+        args=[node, report["incarnation"], json.dumps(capacity), json.dumps(report),
+              int(ttl * 1000), json.dumps(sample), HISTORY_CAP],
+    )
+    if not ok:
+        raise NodeIdTaken(node, _text(holder))
+
+
+def _script(client: redis.Redis) -> Any:
+    script = getattr(client, "_fleet_heartbeat", None)
+    if script is None:
+        source = (resources.files("fleet") / "lua" / "heartbeat.lua").read_text()
+        script = client.register_script(source)
+        client._fleet_heartbeat = script  # type: ignore[attr-defined]
+    return script
 
 
 def allocations(client: redis.Redis, node: str) -> dict[str, dict[str, Any]]:

@@ -72,22 +72,25 @@ class LocalChaos:
     def _start_node(self, node: str) -> int:
         return self.driver.start_node(node, self.shape, self.server.url)
 
-    def kill_worker(self, rng: random.Random) -> str:
-        node = rng.choice(sorted(self.node_pids))
+    def kill_worker(self, rng: random.Random, down: set[str]) -> str | None:
+        alive = sorted(set(self.node_pids) - down)
+        if not alive:
+            return None
+        node = rng.choice(alive)
         self._kill(self.node_pids[node])
-        self.log.append(f"killed {node}")
+        self.log.append(f"{time.time():.3f} killed {node}")
         return node
 
     def revive_worker(self, node: str) -> None:
         self.node_pids[node] = self._start_node(node)
-        self.log.append(f"restarted {node}")
+        self.log.append(f"{time.time():.3f} restarted {node}")
 
     def restart_redis(self, down_for: float) -> None:
         self.server.kill()
-        self.log.append("killed redis")
+        self.log.append(f"{time.time():.3f} killed redis")
         time.sleep(down_for)
         self.server.start()
-        self.log.append("restarted redis")
+        self.log.append(f"{time.time():.3f} restarted redis")
 
     def kill_master(self) -> None:
         client = Client(self.settings)
@@ -97,7 +100,7 @@ class LocalChaos:
             self._kill(pid)
             self.masters.remove(pid)
         self.masters.append(self.driver.start_master(self.server.url))
-        self.log.append(f"killed master {pid}")
+        self.log.append(f"{time.time():.3f} killed master {pid}")
 
     def _kill(self, pid: int) -> None:
         proc = self.driver.procs.get(pid)
@@ -163,8 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 revive = _revive_due(fleet, revive, t0)
                 time.sleep(0.1)
             if event.kind == "worker":
-                node = fleet.kill_worker(rng)
-                revive.append((time.monotonic() - t0 + rng.uniform(2, 5), node))
+                node = fleet.kill_worker(rng, down={n for _, n in revive})
+                if node is not None:
+                    revive.append((time.monotonic() - t0 + rng.uniform(2, 5), node))
             elif event.kind == "redis":
                 fleet.restart_redis(down_for=rng.uniform(1, 3))
             else:
@@ -206,6 +210,7 @@ def _wait_all(client: Client, ids: list[str], timeout: float) -> dict[str, dict]
 def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, dict]) -> dict:
     lost, doubled, concurrent, interrupted, resumed = [], [], [], [], []
     not_resumed: list[dict] = []
+    details: list[dict] = []
     steps_lost = 0
     for job_id in ids:
         final = finals.get(job_id)
@@ -216,6 +221,7 @@ def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, 
         counted = sum(a.get("end_reason") == "SUCCEEDED" for a in attempts)
         if counted > 1 or _steps_run_twice(runs):
             doubled.append(job_id)
+            details.append({"job": job_id, "attempts": attempts, "runs": runs})
         if _overlap(runs):
             concurrent.append(job_id)
         # Interrupted: an attempt ended by a fault after it had done (and checkpointed) a step.
@@ -237,7 +243,7 @@ def check(client: Client, settings: Settings, ids: list[str], finals: dict[str, 
         "resumed_ratio": round(len(resumed) / len(interrupted), 3) if interrupted else None,
         "steps_lost": steps_lost, "leaked_reservations": sum(len(v) for v in leaked.values()),
         "lost_ids": lost, "doubled_ids": doubled, "concurrent_ids": concurrent,
-        "not_resumed": not_resumed,
+        "not_resumed": not_resumed, "doubled_details": details,
     }
 
 

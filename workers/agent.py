@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from fleet import keys, registry
+from fleet.errors import FleetError
 from fleet.settings import Settings
 from workers.load import Capacity
 from workers.probe import UsageProbe
@@ -29,14 +30,14 @@ log = logging.getLogger("fleet.agent")
 class Agent:
     def __init__(
         self, settings: Settings, client: redis.Redis, supervisor: Supervisor, capacity: Capacity,
-        *, labels: dict[str, str] | None = None, on_drained: Callable[[], None] | None = None,
+        *, labels: dict[str, str] | None = None, on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.r = client
         self.sup = supervisor
         self.capacity = capacity
         self.labels = labels or {}
-        self.on_drained = on_drained
+        self.on_stop = on_stop
         self.probe = UsageProbe(root_pid=os.getpid())
         self.started_at = time.time()
         self.drained = False
@@ -80,17 +81,34 @@ class Agent:
         if report["draining"] and not report["jobs"] and not registry.allocations(
             self.r, self.sup.node
         ):
-            if not self.drained and self.on_drained is not None:
+            if not self.drained and self.on_stop is not None:
                 log.info("node %s drained; stopping", self.sup.node)
                 self.drained = True
-                self.on_drained()
+                self.on_stop()
         return report
+
+    def join(self) -> dict[str, Any]:
+        """The first heartbeat. A worker restarted under the same id waits out its dead
+        predecessor's lease (at most one TTL); a live twin is an error, not a takeover."""
+        deadline = time.monotonic() + self.settings.heartbeat_ttl + 2 * self.settings.heartbeat_interval
+        while True:
+            try:
+                return self.beat()
+            except registry.NodeIdTaken as exc:
+                if time.monotonic() > deadline:
+                    raise FleetError(f"{exc}; start this worker with another --node-id") from None
+                time.sleep(0.2)
 
     def run(self, stop: threading.Event) -> None:
         """Beat until stopped; a Redis outage is logged and waited out."""
         while not stop.is_set():
             try:
                 self.beat()
+            except registry.NodeIdTaken as exc:
+                log.critical("%s: this worker stops", exc)
+                if self.on_stop is not None:
+                    self.on_stop()
+                return
             except redis.exceptions.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             stop.wait(self.settings.heartbeat_interval)

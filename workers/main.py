@@ -20,6 +20,7 @@ import redis
 
 from fleet import keys, registry
 from fleet.broker import make_app
+from fleet.errors import FleetError
 from fleet.settings import Settings
 from fleet.units import parse_memory
 from workers import tasks, transport
@@ -65,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(settings, client, node, incarnation, Pinning(capacity.cpuset))
     agent = Agent(
         settings, client, supervisor, capacity, labels=labels,
-        on_drained=lambda: os.kill(os.getpid(), signal.SIGTERM),  # Celery's warm shutdown
+        on_stop=lambda: os.kill(os.getpid(), signal.SIGTERM),  # Celery's warm shutdown
     )
-    agent.beat()
+    try:
+        agent.join()
+    except FleetError as exc:
+        logging.getLogger("fleet.worker").critical("%s", exc)
+        return 2
     stop = threading.Event()
     beat = threading.Thread(target=agent.run, args=(stop,), daemon=True, name="heartbeat")
     beat.start()

@@ -249,3 +249,15 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_second_live_worker_with_a_taken_node_id_refuses_to_start(fleet: Fleet) -> None:
+    fleet.master()
+    fleet.node("node-1")
+    twin = fleet.node("node-1", wait=False)
+    proc = fleet.driver.procs[twin]
+    assert proc.wait(30) == 2  # it gave up after one heartbeat TTL
+    log = (fleet.driver.logs / "node-1.log").read_text()
+    assert "held by another live worker" in log
+    job_id = fleet.client.submit(spec("noop"))
+    assert fleet.wait_job(job_id, 30)["state"] == "SUCCEEDED"  # the first one serves on

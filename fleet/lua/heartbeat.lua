@@ -1,0 +1,11 @@
+-- A node's heartbeat: renew its lease and report, unless another live incarnation holds the id.
+-- KEYS: node report, nodes, history   ARGV: node, incarnation, capacity(json), report(json),
+--       ttl_ms, sample(json), history cap
+local holder = redis.call('HGET', KEYS[1], 'incarnation')
+if holder and holder ~= ARGV[2] then return {0, holder} end
+redis.call('HSET', KEYS[1], 'incarnation', ARGV[2], 'capacity', ARGV[3], 'report', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[6])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
+return {1, ARGV[2]}
