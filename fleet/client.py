@@ -153,7 +153,9 @@ def job_view(job: Mapping[str, Any], attempts: list[dict] | None = None) -> dict
         "placement": job.get("placement"),
     }
     if attempts is not None:
-        view["attempts"] = attempts
+        fields = ("attempt", "node", "incarnation", "placed_at", "started_at", "ended_at",
+                  "end_reason", "error", "counted", "resumed_from_step", "peak_memory")
+        view["attempts"] = [{**{f: None for f in fields}, **a} for a in attempts]
     return view
 
 
