@@ -13,6 +13,7 @@ process only.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from kombu import transport as kombu_transport
@@ -20,6 +21,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
 from workers.consumer import dead_letter_record
+
+log = logging.getLogger("fleet.transport")
 
 ENVELOPE_KEYS = ("body", "headers", "properties")
 MAX_MESSAGE_BYTES = 1 << 20  # fleet's task messages are a few hundred bytes
@@ -40,7 +43,38 @@ def check_envelope(item: bytes | str) -> tuple[dict[str, Any] | None, str]:
     return envelope, ""
 
 
+class QoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        """kombu restores a closing channel's unacked messages through that channel's
+        connection; when the broker connection was lost first, that connection is already
+        gone and kombu raises AttributeError, which Celery treats as unrecoverable: the worker
+        exits on a Redis restart (the celery#8030 family). Here the messages stay in Redis's
+        unacked index instead: the master republishes a placed job nobody claimed, and
+        claim.lua drops a duplicate delivery, so nothing is lost or run twice."""
+        try:
+            super().restore_unacked(client)
+        except AttributeError as exc:
+            log.warning("not restoring unacked messages of a closed connection (%s)", exc)
+
+    def ack(self, delivery_tag: Any) -> None:
+        """The same trap when a task that outlived a lost connection is acknowledged: the
+        message stays unacked in Redis, to be swept back after the visibility timeout and
+        dropped by claim.lua, since its job has ended."""
+        try:
+            super().ack(delivery_tag)
+        except AttributeError as exc:
+            log.warning("cannot ack %s on a closed connection (%s)", delivery_tag, exc)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except AttributeError as exc:
+            log.warning("cannot reject %s on a closed connection (%s)", delivery_tag, exc)
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own method, with the envelope checked before delivery.
         try:

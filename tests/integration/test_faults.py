@@ -207,6 +207,8 @@ def test_redis_restart_mid_run_loses_nothing_and_workers_consume_again(fleet: Fl
     assert fleet.wait_job(after, 30)["state"] == "SUCCEEDED"
     print(f"a job submitted after the restart ran within {time.monotonic() - t0:.1f}s")
     assert no_reservations(fleet)
+    # the same worker processes served on: none died on the reconnect (celery#8030 family)
+    assert all(fleet.driver.procs[pid].poll() is None for pid in fleet.nodes.values())
 
 
 def test_master_failover_places_in_flight_jobs_exactly_once(fleet: Fleet) -> None:
