@@ -322,6 +322,8 @@ def test_prometheus_endpoint_parses_and_matches_nodes_and_jobs(slow_fleet: Fleet
     assert f.wait_job(done, 60)["state"] == "SUCCEEDED"
     running = f.client.submit(job("sleep", name="runs", seconds=120, steps=120))
     f.wait_state(running, "RUNNING")
+    eventually(lambda: any(n["jobs"] for n in f.client.nodes()), 30,
+               what="a heartbeat that lists the running job")  # reports are 3 s apart here
     waiting = f.client.submit(job("noop", name="waits"))
     cancelled = f.client.submit(job("noop", name="cancelled"))
     f.wait_state(waiting, "PENDING")
