@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import keyword
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +28,13 @@ from pydantic import (
     field_validator,
 )
 
+from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet.spec
+    check_entrypoint,
+    check_identifier,
+    check_name,
+    is_job_id,
+    split_entrypoint,
+)
 from fleet.errors import SpecError
 from fleet.units import parse_memory
 
@@ -39,8 +44,6 @@ MAX_PARAMS_BYTES = 64 * 1024
 # Bytes above 2**53 lose precision as the doubles that JSON readers and Redis Lua compare.
 MAX_BYTES = 2**53
 
-_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _no_bool(value: Any) -> Any:
@@ -61,43 +64,6 @@ def _size(value: Any) -> int:
 Number = Annotated[float, BeforeValidator(_no_bool)]
 Integer = Annotated[int, BeforeValidator(_no_bool)]
 Size = Annotated[int, BeforeValidator(_size), Field(gt=0, le=MAX_BYTES)]
-
-
-def _check_identifier(part: str, what: str) -> str:
-    if not _IDENTIFIER.fullmatch(part) or keyword.iskeyword(part):
-        raise ValueError(f"{what} {part!r} is not a Python identifier")
-    if part.startswith("__"):
-        raise ValueError(f"{what} {part!r} is refused: dunder names are never job code")
-    return part
-
-
-def _split_entrypoint(entrypoint: str) -> tuple[str, str]:
-    """The shape alone: `pkg.module:function`, plain ASCII identifiers, no dunders, no dots
-    leading or doubled (so nothing relative, nothing like `os:__dict__` or `x:__init__`)."""
-    module, sep, function = entrypoint.partition(":")
-    if not sep or not module or not function:
-        raise ValueError(f"expected 'module:function', got {_short(entrypoint)}")
-    for part in module.split("."):
-        _check_identifier(part, "module part")
-    _check_identifier(function, "function")
-    return module, function
-
-
-def is_job_id(text: str) -> bool:
-    """A job id as `new_job_id` makes them (name-<hex>): safe as a path part and a key part."""
-    return isinstance(text, str) and len(text) <= 80 and bool(_NAME.fullmatch(text)) and ".." not in text
-
-
-def _check_name(name: str) -> str:
-    """Names become directory and queue-name parts: lowercase, and never a way out of a folder."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"expected lowercase letters, digits, '.', '_' or '-', starting and ending with a "
-            f"letter or digit, got {name!r}"
-        )
-    if ".." in name:
-        raise ValueError(f"'..' is not allowed in a name, got {name!r}")
-    return name
 
 
 class Resources(BaseModel):
@@ -125,7 +91,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Integer = SCHEMA_VERSION
-    name: Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_check_name)]
+    name: Annotated[str, Field(min_length=1, max_length=63), AfterValidator(check_name)]
     entrypoint: str
     framework: Literal["torch", "tensorflow", "none"] = "none"
     params: dict[str, JsonValue] = Field(default_factory=dict)
@@ -147,7 +113,7 @@ class JobSpec(BaseModel):
     @field_validator("entrypoint")
     @classmethod
     def _entrypoint_shape(cls, entrypoint: str) -> str:
-        _split_entrypoint(entrypoint)  # the allowlist is the caller's: see `check_entrypoint`
+        split_entrypoint(entrypoint)  # the allowlist is the caller's: see `check_entrypoint`
         return entrypoint
 
     @field_validator("params")
@@ -156,7 +122,7 @@ class JobSpec(BaseModel):
         """Params become `function(ctx, **params)`: keys are identifiers, and the JSON stays small
         enough to live in the job's Redis hash."""
         for key in params:
-            _check_identifier(key, "parameter")
+            check_identifier(key, "parameter")
             if key == "ctx":
                 raise ValueError("parameter 'ctx' is refused: the job's context takes that name")
         try:
@@ -177,22 +143,6 @@ class JobSpec(BaseModel):
     def payload(self) -> dict[str, Any]:
         """The JSON-safe form stored in Redis and sent to workers; `JobSpec(**payload)` reads it."""
         return self.model_dump(mode="json")
-
-
-def check_entrypoint(entrypoint: str, allowlist: Sequence[str]) -> tuple[str, str]:
-    """Split `module:function` and authorize it: the module must be an allowlisted module or a
-    submodule of one (`workers.jobs` admits `workers.jobs.digits_torch`, not `workers.jobsX` nor
-    `workers`). Called at submit and again by the worker before it imports anything."""
-    try:
-        module, function = _split_entrypoint(entrypoint)
-    except ValueError as exc:
-        raise SpecError("entrypoint", str(exc)) from None
-    if not any(module == allowed or module.startswith(allowed + ".") for allowed in allowlist):
-        raise SpecError(
-            "entrypoint",
-            f"module {module!r} is not on the allowlist ({', '.join(allowlist) or 'empty'})",
-        )
-    return module, function
 
 
 def parse_spec(

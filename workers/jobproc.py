@@ -52,7 +52,7 @@ def main() -> int:
         with lock:
             out.write(line + "\n")
 
-    from fleet.spec import check_entrypoint
+    from fleet.entrypoints import check_entrypoint
     from workers import runners
     from workers.context import JobContext, Resources
 

@@ -25,10 +25,10 @@ from typing import IO, Any
 import redis
 
 from fleet import keys
+from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
 from fleet.jobstore import JobStore, Outcome
 from fleet.settings import Settings
-from fleet.spec import check_entrypoint
 from fleet.states import EndReason
 from workers import runners
 from workers.context import Resources

@@ -12,7 +12,7 @@ from celery import Celery, Task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleet.broker import RUN_TASK, SCHEMA_VERSION
-from fleet.spec import is_job_id
+from fleet.entrypoints import is_job_id
 from workers.consumer import dead_letter_record
 from workers.supervisor import Supervisor
 

@@ -67,9 +67,11 @@ def hold_memory(
 ) -> dict[str, Any]:
     """Allocate `mib` MiB in chunks, writing every page (so it is resident, not just
     reserved), then hold it for `seconds`. A memory-watchdog test sets `mib` above the limit."""
+    import numpy as np
+
     chunk = max(1, int(chunk_mib * 2**20))
     total = int(mib * 2**20)
-    held: list[np.ndarray] = []
+    held: list[Any] = []
     allocated = step = 0
     while allocated < total:
         size = min(chunk, total - allocated)
