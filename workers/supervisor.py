@@ -189,7 +189,10 @@ class Supervisor:
         verdict: Verdict | None = None
         superseded = False
         while proc.poll() is None:
-            time.sleep(TICK_S)
+            try:
+                proc.wait(timeout=TICK_S)  # returns as soon as the job exits
+            except subprocess.TimeoutExpired:
+                pass
             vitals.now = time.time()
             vitals.memory = tree_memory(proc.pid)
             vitals.peak_memory = max(vitals.peak_memory, vitals.memory)

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from workers.context import JobContext
 
 STATE_FILE = "state.json"
@@ -41,6 +39,8 @@ def sleep(ctx: JobContext, seconds: float = 1.0, steps: int = 10) -> dict[str, A
 def burn_cpu(ctx: JobContext, seconds: float = 1.0) -> dict[str, Any]:
     """Keep the CPUs given busy for `seconds`: float matrix products, which use as many BLAS
     threads as the job's thread settings allow (one core per thread)."""
+    import numpy as np  # lazily: noop and sleep start without it
+
     rng = np.random.default_rng(0)
     a = rng.random((256, 256))
     b = rng.random((256, 256))
