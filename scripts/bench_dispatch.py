@@ -132,7 +132,9 @@ class FleetSide:
         return out
 
     def stop(self) -> None:
-        _stop(list(self.driver.procs.values()))
+        from fleet.drivers.local import stop_children
+
+        stop_children(list(self.driver.procs.values()))
 
 
 class RawSide:
@@ -175,23 +177,9 @@ class RawSide:
                 for i, s in zip(ids, starts, strict=True) if s is not None]
 
     def stop(self) -> None:
-        _stop(self.procs)
+        from fleet.drivers.local import stop_children
 
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(5)
+        stop_children(self.procs)
 
 
 # -- measurements ------------------------------------------------------------------------------

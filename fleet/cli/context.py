@@ -29,3 +29,16 @@ def client():  # -> fleet.client.Client, imported lazily to keep `fleet --help` 
 def print_json(data: Any) -> None:
     """`--json` output: stable shapes documented in docs/json.md, one document on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=True) + "\n")
+
+
+def wait_for_stop() -> None:
+    """Block until SIGTERM or Ctrl-C: the foreground commands (`up`, `exporter`) stop cleanly."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass

@@ -9,7 +9,7 @@ import threading
 
 import typer
 
-from fleet.cli.context import console, print_json, settings
+from fleet.cli.context import console, print_json, settings, wait_for_stop
 
 
 def register(app: typer.Typer) -> None:
@@ -58,12 +58,8 @@ def up(
     if detach:
         return
     console.print("running; Ctrl-C stops the fleet")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        wait_for_stop()
     finally:
         drv.down()
         console.print("fleet down")

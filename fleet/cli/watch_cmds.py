@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from fleet.cli.context import client, console, print_json, settings
+from fleet.cli.context import client, console, print_json, settings, wait_for_stop
 
 
 def register(app: typer.Typer) -> None:
@@ -196,11 +196,7 @@ def exporter(
         raise FleetError(f"cannot serve metrics on {address}:{port}: {exc.strerror}") from None
     bound = server.server_address[1]
     console.print(f"serving fleet metrics at http://{address}:{bound}/metrics", highlight=False)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        wait_for_stop()
     finally:
         server.shutdown()

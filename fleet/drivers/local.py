@@ -176,6 +176,24 @@ class LocalDriver:
                      "flower_password_file": str(secret)}
 
 
+def stop_children(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM processes this process started, then SIGKILL the process group of any that
+    outlive `grace` (a worker's warm shutdown waits for its jobs)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(5)
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False

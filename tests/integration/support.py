@@ -18,7 +18,7 @@ from typing import Any
 from fleet import registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
-from fleet.drivers.local import LocalDriver
+from fleet.drivers.local import LocalDriver, stop_children
 from fleet.redis_server import RedisServer
 from fleet.settings import Settings
 from fleet.units import parse_memory
@@ -90,20 +90,7 @@ class Fleet:
 
     # -- teardown ----------------------------------------------------------------------------
     def stop(self) -> None:
-        procs = list(self.driver.procs.values())
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(5)
+        stop_children(list(self.driver.procs.values()), grace=10)
 
     def log_tails(self, lines: int = 40) -> str:
         out = []
