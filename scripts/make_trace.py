@@ -2,6 +2,8 @@
 
     python scripts/make_trace.py --nodes 16 --jobs 1000 --load 0.8 --seed 1 -o trace.json
     python scripts/make_trace.py --nodes 24 --jobs 2000 --gpus -o gpu-trace.json
+    python scripts/make_trace.py --shapes 1:2Gi,0.5:1Gi,0.25:1Gi,0.25:512Mi --scale 0.25 \
+        --jobs 60 --time-scale 25 -o live.json      # the live benchmark's trace
 
 Nodes come in uneven shapes (2 to 32 CPUs, 2 to 8 GiB per CPU, some with GPUs). Jobs have
 heterogeneous demands: CPUs from half a core to 8, memory per CPU drawn from a log-normal (some
@@ -9,6 +11,13 @@ jobs are memory-heavy, some CPU-heavy), log-normal durations (median 5 min), 10%
 With `--gpus`, a share of the jobs asks for GPUs in Philly's mix (1: 70%, 2: 10%, 4: 15%,
 8: 5%). Every job fits some node when it is empty. Arrivals are Poisson, at the rate that makes
 the offered load on the busiest resource `--load` × the fleet's capacity of it.
+
+`--shapes` gives the nodes instead (`cpus:memory`, comma-separated), for a fleet much smaller
+than the generated ones (the live benchmark's 4 local nodes): `--scale` then shrinks every job's
+CPUs and memory by that factor before it is checked against the nodes (the same distributions,
+in smaller units), and `--time-scale` divides every time (submit, duration) so that a trace of
+minutes-long jobs replays in a few minutes; `--max-duration` clips durations first (seconds,
+before scaling) so that one job in the log-normal's tail cannot dominate a short run.
 """
 
 from __future__ import annotations
@@ -67,8 +76,13 @@ def _fits_some(nodes: list[dict], res: dict) -> bool:
     )
 
 
-def make_job(rng: np.random.Generator, nodes: list[dict], gpu_job: bool) -> dict:
-    """One job's resources and duration, drawn until it fits some node."""
+def make_job(
+    rng: np.random.Generator, nodes: list[dict], gpu_job: bool, scale: float = 1.0
+) -> dict:
+    """One job's resources and duration, drawn until it fits some node.
+
+    `scale` shrinks CPUs and memory (not GPUs) before the fit check: the same mix, smaller units.
+    """
     while True:
         if gpu_job:
             gpus = int(rng.choice(PHILLY_GPUS[0], p=PHILLY_GPUS[1]))
@@ -79,6 +93,9 @@ def make_job(rng: np.random.Generator, nodes: list[dict], gpu_job: bool) -> dict
             cpus = float(rng.choice(JOB_CPUS[0], p=JOB_CPUS[1]))
             per_cpu = float(np.clip(rng.lognormal(np.log(2.0), 0.8), 0.25, 16))
             memory = int(round(cpus * per_cpu * 4) / 4 * GI) or GI // 4
+        if scale != 1.0:
+            cpus = cpus * scale
+            memory = max(int(memory * scale) // 2**20 * 2**20, 2**20)
         res = {"cpus": cpus, "memory": memory, "gpus": gpus}
         if _fits_some(nodes, res):
             duration = float(np.clip(rng.lognormal(np.log(300), 1.0), 10, 4 * 3600))
@@ -100,6 +117,30 @@ def gpu_share_for_balance(nodes: list[dict], cpu_jobs: list[dict], gpu_jobs: lis
     return float(np.clip(share, 0.05, 0.95))
 
 
+def parse_shapes(text: str) -> list[dict]:
+    """`1:2Gi,0.5:512Mi` -> nodes node-1, node-2 with those CPUs and memory (bytes)."""
+    from fleet.units import parse_memory
+
+    nodes = []
+    for k, part in enumerate(p for p in text.split(",") if p.strip()):
+        cpus, _, memory = part.strip().partition(":")
+        nodes.append({"name": f"node-{k + 1}", "cpus": float(cpus),
+                      "memory": int(parse_memory(memory)), "gpus": 0})
+    if not nodes:
+        raise ValueError("expected shapes like 1:2Gi,0.5:512Mi")
+    return nodes
+
+
+def compress(trace: dict, time_scale: float) -> dict:
+    """The same trace with every time divided by `time_scale` (rounded to milliseconds)."""
+    out = dict(trace, jobs=[dict(j) for j in trace["jobs"]])
+    for job in out["jobs"]:
+        job["submit_at"] = round(job["submit_at"] / time_scale, 3)
+        job["duration"] = round(job["duration"] / time_scale, 3)
+    out["meta"] = dict(trace.get("meta", {}), time_scale=time_scale)
+    return out
+
+
 def make_trace(
     nodes: int = 16,
     jobs: int = 1000,
@@ -107,6 +148,9 @@ def make_trace(
     gpus: bool = False,
     gpu_share: float | None = None,
     seed: int = 0,
+    shapes: list[dict] | None = None,
+    scale: float = 1.0,
+    max_duration: float | None = None,
 ) -> dict:
     """A trace dict (see fleet.sim); the same arguments give the same trace.
 
@@ -114,8 +158,12 @@ def make_trace(
     alike, so that both are at `load`.
     """
     rng = np.random.default_rng(seed)
-    node_list = make_nodes(rng, nodes, gpus)
-    cpu_jobs = [make_job(rng, node_list, False) for _ in range(jobs)]
+    node_list = [dict(n) for n in shapes] if shapes else make_nodes(rng, nodes, gpus)
+    gpus = gpus and any(n["gpus"] for n in node_list)
+    cpu_jobs = [make_job(rng, node_list, False, scale) for _ in range(jobs)]
+    if max_duration is not None:
+        for job in cpu_jobs:
+            job["duration"] = min(job["duration"], max_duration)
     gpu_jobs = [make_job(rng, node_list, True) for _ in range(jobs)] if gpus else []
     if gpus and gpu_share is None:
         gpu_share = gpu_share_for_balance(node_list, cpu_jobs, gpu_jobs)
@@ -131,7 +179,9 @@ def make_trace(
         job["id"] = f"job-{k + 1:05d}"
         job["submit_at"] = round(t, 3)
         job["priority"] = int(rng.random() < 0.1)
-    meta = {"nodes": nodes, "jobs": jobs, "load": load, "gpus": gpus, "seed": seed}
+    meta = {"nodes": len(node_list), "jobs": jobs, "load": load, "gpus": gpus, "seed": seed}
+    if shapes:
+        meta.update(scale=scale, max_duration=max_duration)
     if gpus:
         meta["gpu_share"] = round(share, 4)
     return {
@@ -153,11 +203,24 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-share", type=float, help="share of GPU jobs (default: CPUs and GPUs equally loaded)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shapes", help="nodes as cpus:memory,... instead of generated ones")
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink job CPUs and memory")
+    parser.add_argument("--max-duration", type=float, help="clip durations (s, before scaling)")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="divide every time by this")
     parser.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.jobs < 0 or not 0 < args.load:
         parser.error("--nodes must be >= 1, --jobs >= 0 and --load > 0")
-    trace = make_trace(args.nodes, args.jobs, args.load, args.gpus, args.gpu_share, args.seed)
+    if not (args.scale > 0 and args.time_scale > 0):
+        parser.error("--scale and --time-scale must be > 0")
+    try:
+        shapes = parse_shapes(args.shapes) if args.shapes else None
+    except ValueError as exc:
+        parser.error(f"--shapes: {exc}")
+    trace = make_trace(args.nodes, args.jobs, args.load, args.gpus, args.gpu_share, args.seed,
+                       shapes, args.scale, args.max_duration)
+    if args.time_scale != 1.0:
+        trace = compress(trace, args.time_scale)
     text = json.dumps(trace, indent=1)
     if args.output:
         args.output.write_text(text + "\n")
