@@ -121,7 +121,9 @@ class Master:
             nodes, pending, running, policy=self.settings.policy, state=self.policy_state,
             now=now,
         )
-        report.waiting.update(result.waiting)
+        report.waiting.update(
+            {job: f"#{result.positions[job]} in line: {why}" if job in result.positions else why
+             for job, why in result.waiting.items()})
         for job, decision in result.placements:
             node = decision.node
             assert node is not None

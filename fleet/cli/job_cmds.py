@@ -104,7 +104,8 @@ def explain(job: str, json_out: bool = typer.Option(False, "--json", help="print
         print_json(data)
         return
     if s["state"] == "PENDING":
-        console.print(f"{job} waits: {s.get('waiting') or 'not yet considered'}", highlight=False)
+        console.print(f"{job} waits: {s.get('waiting') or 'not yet considered'}", highlight=False,
+                      soft_wrap=True)
         return
     console.print(f"{job}: {why_line(s.get('placement'))}", highlight=False)
     for c in (s.get("placement") or {}).get("candidates", []):

@@ -42,6 +42,7 @@ def test_explain_gives_the_reason_a_job_waits_and_the_scores_of_a_placed_one(fle
     doc = json.loads(fleet.cli("explain", second, "--json", check=True).stdout)
     assert doc["state"] == "PENDING" and doc["node"] is None and doc["placement"] is None
     assert "memory" in doc["waiting"] and doc["waiting"] == waiting
+    assert doc["waiting"].startswith("#1 in line: ")  # its place in the pending queue
 
     # Placed: every candidate with its verdict; the chosen node has the best score.
     doc = json.loads(fleet.cli("explain", first, "--json", check=True).stdout)
