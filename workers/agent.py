@@ -62,7 +62,9 @@ class Agent:
             "capacity_source": dict(cap.source),
             "reserved": registry.reserved_of(allocs),
             "usage": {
-                "cpus": usage.cpus, "memory": usage.memory,
+                # a rate over a short or jittery interval can overshoot: a node cannot use more
+                # CPU than it has, and placement must not see a phantom spike
+                "cpus": min(usage.cpus, cap.cpus), "memory": usage.memory,
                 "gpus": sum(g.utilization or 0.0 for g in usage.gpus) / 100.0,  # busy-GPU equivalent
             },
             "gpu_usage": [g.to_dict() for g in usage.gpus],
@@ -101,7 +103,7 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         """Beat until stopped; a Redis outage is logged and waited out."""
-        while not stop.is_set():
+        while not stop.wait(self.settings.heartbeat_interval):  # join() made the first beat
             try:
                 self.beat()
             except registry.NodeIdTaken as exc:
@@ -111,7 +113,6 @@ class Agent:
                 return
             except redis.exceptions.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
-            stop.wait(self.settings.heartbeat_interval)
 
 
 def _container_id() -> str | None:
