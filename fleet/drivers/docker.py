@@ -17,6 +17,7 @@ runs from (after `scripts/base_image.sh`, which provides the base image without 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import secrets
@@ -198,7 +199,7 @@ class DockerDriver:
     # -- containers --------------------------------------------------------------------------
     def start_node(self, state: dict[str, Any], node: str) -> str:
         """Create and start worker container `node`; its id."""
-        from docker.types import DeviceRequest
+        DeviceRequest = sdk().types.DeviceRequest  # noqa: N806
 
         fid = state["fleet_id"]
         shape = NodeShape(**state["node_shape"])
@@ -330,12 +331,17 @@ class DockerDriver:
 
 
 # -- the engine and images ------------------------------------------------------------------------
-def engine() -> Any:
-    """A Docker SDK client, or a one-line error saying how to get an engine."""
+def sdk() -> Any:
+    """The Docker SDK (`docker` package), imported by name: this module is also called docker."""
     try:
-        import docker
+        return importlib.import_module("docker")
     except ImportError:
         raise FleetError("the docker driver needs the `docker` package: pip install docker") from None
+
+
+def engine() -> Any:
+    """A Docker SDK client, or a one-line error saying how to get an engine."""
+    docker = sdk()
     try:
         client = docker.from_env(timeout=120)
         client.ping()
@@ -352,8 +358,7 @@ def has_gpus(client: Any) -> bool:
 
 
 def image_exists(client: Any, image: str) -> bool:
-    import docker
-
+    docker = sdk()
     try:
         client.images.get(image)
         return True
@@ -411,7 +416,7 @@ def _run(argv: list[str], what: str, stdin: str | None = None) -> None:
 def remove_fleet(client: Any, fid: str) -> int:
     """Remove every container and volume labelled with fleet id `fid`; how many containers.
     Workers first (they stop within their grace), Redis last."""
-    import docker
+    docker = sdk()
 
     found = client.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
     # Workers get SIGTERM together (Celery's warm shutdown), then the services, Redis last.

@@ -19,7 +19,7 @@ import redis
 
 from fleet import registry
 from fleet.drivers.base import NodeShape, UpResult
-from fleet.drivers.docker import REPO, engine
+from fleet.drivers.docker import REPO, engine, sdk
 from fleet.errors import FleetError
 from fleet.settings import Settings, read_state, write_state
 
@@ -80,10 +80,14 @@ class SwarmDriver:
         """Until exactly `count` of the service's tasks heartbeat (by container id)."""
         client = redis.Redis.from_url(self.settings.resolved_redis_url())
         deadline = time.monotonic() + timeout
+        live: list[dict[str, Any]] = []
         while True:
             ids = self.task_containers()
-            live = [r for r in registry.live_reports(client)
-                    if any(str(r.get("container") or "-") in cid for cid in ids)]
+            try:
+                live = [r for r in registry.live_reports(client)
+                        if any(cid.startswith(str(r.get("container") or "-")) for cid in ids)]
+            except redis.ConnectionError:  # a stack just deployed: its Redis is still starting
+                live = []
             if len(live) == count and len(ids) == count:
                 return
             if time.monotonic() > deadline:
@@ -100,7 +104,7 @@ class SwarmDriver:
                 and t["Status"].get("ContainerStatus", {}).get("ContainerID")]
 
     def _service(self) -> Any:
-        import docker
+        docker = sdk()
 
         name = f"{self.stack}_{self.service}"
         try:

@@ -1,0 +1,102 @@
+"""compose.yaml with Compose (issue 4, acceptance 5): redis, master, flower and 4 workers with
+the file's limits; a job submitted from the host runs in one of the workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.client import Client
+from fleet.redis_server import free_port
+from fleet.settings import Settings
+from tests.container.conftest import REPO, env_value, eventually
+
+pytestmark = pytest.mark.container
+
+EXAMPLES = REPO / "examples"
+
+
+def compose_command() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    pytest.skip("neither docker-compose nor `docker compose` is installed")
+
+
+@pytest.fixture
+def project(docker_client: Any, compose_env_file: Path) -> Iterator[dict[str, Any]]:
+    name = f"fleetct{os.getpid()}"
+    env = {**os.environ, "FLEET_REDIS_PORT": str(free_port()),
+           "FLEET_FLOWER_PORT": str(free_port())}
+    base = [*compose_command(), "-p", name, "-f", str(REPO / "compose.yaml")]
+    try:
+        up = subprocess.run([*base, "up", "-d"], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield {"name": name, "env": env, "base": base}
+    finally:
+        logs = subprocess.run([*base, "logs", "--tail", "20"], env=env, cwd=REPO,
+                              capture_output=True, text=True)
+        print(logs.stdout[-6000:])
+        subprocess.run([*base, "down", "-v", "--timeout", "20"], env=env, cwd=REPO,
+                       capture_output=True, timeout=300)
+
+
+def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
+    project: dict[str, Any], docker_client: Any, compose_env_file: Path,
+) -> None:
+    containers = docker_client.containers.list(
+        filters={"label": f"com.docker.compose.project={project['name']}"})
+    by_service: dict[str, list[Any]] = {}
+    for c in containers:
+        by_service.setdefault(c.labels["com.docker.compose.service"], []).append(c)
+    assert {s: len(cs) for s, cs in by_service.items()} == {
+        "redis": 1, "master": 1, "flower": 1, "worker": 4}
+    for c in by_service["worker"]:
+        host = c.attrs["HostConfig"]
+        assert host["NanoCpus"] == 10**9 and host["Memory"] == 2**30
+        assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])
+
+    password = env_value(compose_env_file, "REDIS_PASSWORD")
+    url = f"redis://:{password}@127.0.0.1:{project['env']['FLEET_REDIS_PORT']}/0"
+    client = Client(Settings(redis_url=url))
+    worker_ids = {c.id[:12] for c in by_service["worker"]}
+    eventually(lambda: {n["container"] for n in client.nodes()} >= worker_ids, 90,
+               "4 compose workers heartbeating")
+    for node in client.nodes():
+        assert node["capacity"]["cpus"] == 1.0 and node["capacity"]["memory"] == 2**30
+
+    # submitted from the host with the CLI, as a user would
+    out = subprocess.run(
+        ["fleet", "submit", str(EXAMPLES / "digits-torch.yaml"), "--set", "params.epochs=3",
+         "--set", "resources.memory=900Mi"],
+        env={**os.environ, "FLEET_REDIS_URL": url, "PATH": f"{Path(os.sys.executable).parent}:"
+             + os.environ.get("PATH", "")},
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    status = client.wait(out.stdout.strip(), timeout=300)
+    assert status["state"] == "SUCCEEDED", status
+    assert status["node"] in worker_ids
+
+    # Flower is there, and asks for a login
+    flower = f"http://127.0.0.1:{project['env']['FLEET_FLOWER_PORT']}/"
+
+    def flower_says_401() -> bool:
+        try:
+            urllib.request.urlopen(flower, timeout=3)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
+        except OSError:
+            return False
+        return False
+
+    eventually(flower_says_401, 60, "Flower answering 401 without credentials")

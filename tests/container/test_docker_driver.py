@@ -1,0 +1,154 @@
+"""The docker driver end to end (issue 4, acceptance 2, 3, 4, 7): one fleet of containers for
+the module, started and driven through the real CLI, removed by its labels at the end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.client import Client
+from fleet.settings import Settings
+from tests.container.conftest import REPO, eventually, fleet_cli, fleet_json
+
+pytestmark = pytest.mark.container
+
+GIB = 2**30
+EXAMPLES = REPO / "examples"
+
+
+class DockerFleet:
+    def __init__(self, home: Path, docker: Any) -> None:
+        self.env = {"FLEET_HOME": str(home), "FLEET_HEARTBEAT_TTL": "5"}
+        self.docker = docker
+        self.settings = Settings(home=home)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.settings.state_file.read_text())
+
+    @property
+    def client(self) -> Client:
+        return Client(Settings(home=self.settings.home, redis_url=self.state["redis_url"]))
+
+    def workers(self) -> list[Any]:
+        return self.docker.containers.list(all=True, filters={"label": [
+            f"fleet.id={self.state['fleet_id']}", "fleet.role=worker"]})
+
+    def live_nodes(self) -> list[dict[str, Any]]:
+        return fleet_json("nodes", env=self.env)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[DockerFleet]:
+    f = DockerFleet(tmp_path_factory.mktemp("docker-fleet"), docker_client)
+    try:
+        fleet_cli("up", "--driver", "docker", "--workers", "2", "--cpus", "1", "--memory", "1g",
+                  "--detach", env=f.env, timeout=900)
+        yield f
+    finally:
+        fid = None
+        try:
+            fid = f.state["fleet_id"]
+            for c in f.workers():
+                print(f"--- {c.name} ---\n{c.logs(tail=30).decode(errors='replace')}")
+        except Exception:
+            pass
+        fleet_cli("down", "--driver", "docker", env=f.env, check=False)
+        if fid:  # whatever `down` left behind
+            for c in docker_client.containers.list(all=True, filters={"label": f"fleet.id={fid}"}):
+                c.remove(force=True)
+
+
+def test_nodes_report_their_container_limits_from_inside(fleet: DockerFleet) -> None:
+    def two_nodes() -> list[dict[str, Any]] | None:
+        nodes = fleet.live_nodes()
+        return nodes if len(nodes) == 2 else None
+
+    nodes = eventually(two_nodes, 60, "2 live nodes")
+    names = {c.name for c in fleet.workers()}
+    for node in nodes:
+        assert node["capacity"]["cpus"] == 1.0
+        assert node["capacity"]["memory"] == 1 * GIB
+        # read from the container's own cgroup, not taken from the command line
+        assert node["capacity_source"]["cpus"].startswith("cgroup1 cpu.cfs_quota_us") or \
+            node["capacity_source"]["cpus"].startswith("cgroup2 cpu.max")
+        assert "memory" in node["capacity_source"]["memory"]
+        assert node["container"] in names
+    for c in fleet.workers():
+        host = c.attrs["HostConfig"]
+        assert host["NanoCpus"] == 10**9
+        assert host["Memory"] == host["MemorySwap"] == 1 * GIB
+        assert host["RestartPolicy"]["Name"] == "on-failure"
+
+
+def test_torch_and_tf_examples_succeed_in_containers(fleet: DockerFleet) -> None:
+    client = fleet.client
+    overrides = ["params.epochs=5", "resources.memory=900Mi"]
+    jobs = [client.submit(str(EXAMPLES / f"digits-{fw}.yaml"), overrides=overrides)
+            for fw in ("torch", "tf")]
+    for job in jobs:
+        status = client.wait(job, timeout=300)
+        assert status["state"] == "SUCCEEDED", status
+        assert status["node"] in {"node-1", "node-2"}
+
+
+def test_job_past_its_container_memory_fails_oom_and_the_node_serves_on(
+    fleet: DockerFleet,
+) -> None:
+    client = fleet.client
+    restarts = {c.name: c.attrs["RestartCount"] for c in fleet.workers()}
+    # 700 MiB chunks: the second one takes the container past 1 GiB before the job's own
+    # watchdog samples, so the kernel's OOM killer acts inside the container's cgroup.
+    oom = client.submit({
+        "name": "oom", "entrypoint": "workers.jobs.synthetic:hold_memory",
+        "params": {"mib": 1400, "chunk_mib": 700, "seconds": 5},
+        "resources": {"cpus": 1, "memory": "900Mi"}, "max_retries": 0, "timeout": 120,
+    })
+    status = client.wait(oom, timeout=120)
+    assert status["state"] == "FAILED" and status["attempts"][-1]["end_reason"] == "OOM", status
+    oom_node = status["node"]
+    # both nodes full with one job each: the OOM node must run one of them
+    nexts = [client.submit({"name": "next", "entrypoint": "workers.jobs.synthetic:sleep",
+                            "params": {"seconds": 2}, "resources": {"cpus": 1, "memory": "512Mi"}})
+             for _ in range(2)]
+    done = [client.wait(j, timeout=120) for j in nexts]
+    assert all(d["state"] == "SUCCEEDED" for d in done), done
+    assert oom_node in {d["node"] for d in done}
+    for c in fleet.workers():
+        c.reload()
+        assert c.status == "running" and c.attrs["RestartCount"] == restarts[c.name], c.name
+
+
+def test_images_run_as_non_root_and_workers_have_no_docker_socket(fleet: DockerFleet) -> None:
+    for image in ("fleet/control", "fleet/worker", "fleet/worker-torch", "fleet/worker-tf"):
+        uid = fleet.docker.containers.run(image, ["-u"], entrypoint=["id"], remove=True)
+        assert int(uid.decode().strip()) != 0, image
+    for c in fleet.workers():
+        assert c.attrs["Config"]["User"] not in ("", "0", "root")
+        mounts = [m.get("Source", "") + " " + m.get("Destination", "") for m in c.attrs["Mounts"]]
+        assert not any("docker.sock" in m for m in mounts), mounts
+        assert not c.attrs["HostConfig"].get("Privileged")
+
+
+def test_scale_to_3_then_1_drains_and_removes_without_losing_a_job(fleet: DockerFleet) -> None:
+    client = fleet.client
+    fleet_cli("scale", "worker=3", "--driver", "docker", "--wait", "90", env=fleet.env)
+    assert len({n["node"] for n in fleet.live_nodes()}) == 3
+    assert len([c for c in fleet.workers() if c.status == "running"]) == 3
+    # one job per node, so the two nodes that go are busy: they must finish, not lose, them
+    jobs = [client.submit({"name": "busy", "entrypoint": "workers.jobs.synthetic:sleep",
+                           "params": {"seconds": 8}, "resources": {"cpus": 1, "memory": "256Mi"}})
+            for _ in range(3)]
+    eventually(lambda: all(client.status(j)["state"] == "RUNNING" for j in jobs), 60,
+               "3 jobs running")
+    out = fleet_cli("scale", "worker=1", "--driver", "docker", "--wait", "120", env=fleet.env)
+    assert "draining: node-" in out.stdout
+    for job in jobs:
+        assert client.wait(job, timeout=120)["state"] == "SUCCEEDED"
+    left = fleet.workers()
+    assert len(left) == 1, [c.name for c in left]
+    assert [n["node"] for n in fleet.live_nodes()] == [left[0].labels["fleet.node"]]

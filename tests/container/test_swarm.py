@@ -1,0 +1,69 @@
+"""compose.yaml on a single-node Swarm (issue 4, acceptance 6): `docker stack deploy`, then
+`fleet scale worker=3 --driver swarm` gives 3 heartbeating nodes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.client import Client
+from fleet.drivers.swarm import SwarmDriver
+from fleet.redis_server import free_port
+from fleet.settings import Settings
+from tests.container.conftest import REPO, env_value, eventually, fleet_cli
+
+pytestmark = pytest.mark.container
+
+STACK = "fleet"  # the swarm driver's default stack name
+
+
+@pytest.fixture
+def stack(docker_client: Any, compose_env_file: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
+    joined_here = docker_client.info()["Swarm"]["LocalNodeState"] != "active"
+    if joined_here:
+        subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True,
+                       capture_output=True, timeout=60)
+    port = str(free_port())
+    env = {**os.environ, "FLEET_REDIS_PORT": port, "FLEET_FLOWER_PORT": str(free_port())}
+    try:
+        deploy = subprocess.run(["docker", "stack", "deploy", "-c", str(REPO / "compose.yaml"),
+                                 STACK], env=env, cwd=REPO, capture_output=True, text=True,
+                                timeout=120)
+        assert deploy.returncode == 0, deploy.stderr
+        password = env_value(compose_env_file, "REDIS_PASSWORD")
+        yield {"FLEET_REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0",
+               "FLEET_HOME": str(tmp_path)}
+    finally:
+        subprocess.run(["docker", "stack", "rm", STACK], capture_output=True, timeout=120)
+        deadline = time.monotonic() + 60
+        label = f"com.docker.stack.namespace={STACK}"
+        while time.monotonic() < deadline and docker_client.containers.list(
+                all=True, sparse=True, filters={"label": label}):
+            time.sleep(1)
+        if joined_here:
+            subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True,
+                           timeout=60)
+
+
+def test_stack_deploy_then_scale_to_3_gives_3_heartbeating_nodes(
+    stack: dict[str, str], docker_client: Any,
+) -> None:
+    fleet_cli("scale", "worker=3", "--driver", "swarm", "--wait", "180", env=stack, timeout=240)
+    client = Client(Settings(redis_url=stack["FLEET_REDIS_URL"]))
+    tasks = SwarmDriver(Settings(redis_url=stack["FLEET_REDIS_URL"])).task_containers()
+    assert len(tasks) == 3
+
+    def three_live() -> bool:
+        live = {n["container"] for n in client.nodes()}
+        return all(any(cid.startswith(c) for c in live if c) for cid in tasks)
+
+    eventually(three_live, 60, "the 3 tasks' nodes heartbeating")
+    for node in client.nodes():
+        if any(cid.startswith(node["container"] or "-") for cid in tasks):
+            assert node["capacity"]["cpus"] == 1.0 and node["capacity"]["memory"] == 2**30
