@@ -72,8 +72,8 @@ images() {
     step build-worker-torch build worker-torch fleet/worker-torch
     step build-worker-tf build worker-tf fleet/worker-tf
     step build-worker build_worker
-    # The legacy builder keeps every superseded image: drop the dangling ones (disk).
-    docker image prune -f >/dev/null 2>&1 || true
+    # No `docker image prune` here: with the legacy builder the stages a final image copies
+    # from (build-torch, build-tf) are untagged, and pruning them throws the dependency cache away.
 }
 
 t_all="$(date +%s)"
