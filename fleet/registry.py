@@ -106,6 +106,17 @@ def live_reports(client: redis.Redis) -> list[dict[str, Any]]:
     return [s["report"] for s in node_states(client) if s["report"] is not None]
 
 
+def wait_for_nodes(client: redis.Redis, nodes: set[str], timeout: float) -> set[str]:
+    """Wait until every node in `nodes` heartbeats; returns the ones still missing at timeout
+    (empty when all came). Drivers turn a non-empty answer into their own error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = nodes - {r["node"] for r in live_reports(client)}
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.1)
+
+
 def set_drain(client: redis.Redis, node: str, on: bool = True) -> None:
     if on:
         client.set(keys.node_drain(node), "1")

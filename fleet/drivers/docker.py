@@ -184,17 +184,11 @@ class DockerDriver:
     def wait_for_nodes(self, state: dict[str, Any], nodes: set[str], timeout: float,
                        client: redis.Redis | None = None) -> None:
         client = client or redis.Redis.from_url(state["redis_url"])
-        deadline = time.monotonic() + timeout
-        while True:
-            live = {r["node"] for r in registry.live_reports(client)}
-            if nodes <= live:
-                return
-            if time.monotonic() > deadline:
-                missing = sorted(nodes - live)
-                tails = "".join(self._log_tail(state, node) for node in missing)
-                raise FleetError(f"nodes not heartbeating after {timeout:g}s: "
-                                 f"{', '.join(missing)}{tails}")
-            time.sleep(0.2)
+        missing = sorted(registry.wait_for_nodes(client, nodes, timeout))
+        if missing:
+            tails = "".join(self._log_tail(state, node) for node in missing)
+            raise FleetError(f"nodes not heartbeating after {timeout:g}s: "
+                             f"{', '.join(missing)}{tails}")
 
     # -- containers --------------------------------------------------------------------------
     def start_node(self, state: dict[str, Any], node: str) -> str:

@@ -116,16 +116,10 @@ class LocalDriver:
         self, nodes: set[str], timeout: float, client: redis.Redis | None = None
     ) -> None:
         client = client or redis.Redis.from_url(self._state()["redis_url"])
-        deadline = time.monotonic() + timeout
-        while True:
-            live = {r["node"] for r in registry.live_reports(client)}
-            if nodes <= live:
-                return
-            if time.monotonic() > deadline:
-                missing = ", ".join(sorted(nodes - live))
-                raise FleetError(f"nodes not heartbeating after {timeout:g}s: {missing} "
-                                 f"(logs in {self.logs})")
-            time.sleep(0.1)
+        missing = registry.wait_for_nodes(client, nodes, timeout)
+        if missing:
+            raise FleetError(f"nodes not heartbeating after {timeout:g}s: "
+                             f"{', '.join(sorted(missing))} (logs in {self.logs})")
 
     # -- processes ---------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

@@ -11,8 +11,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +57,6 @@ def fleet_cli(*args: str, env: dict[str, str], timeout: float = 300,
 
 def fleet_json(*args: str, env: dict[str, str]) -> Any:
     return json.loads(fleet_cli(*args, "--json", env=env).stdout)
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ import pytest
 from fleet.client import Client
 from fleet.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import REPO, env_value, eventually
+from tests.container.conftest import REPO, env_value
+from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
 
@@ -71,7 +72,7 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
     client = Client(Settings(redis_url=url))
     worker_ids = {c.id[:12] for c in by_service["worker"]}
     eventually(lambda: {n["container"] for n in client.nodes()} >= worker_ids, 90,
-               "4 compose workers heartbeating")
+               what="4 compose workers heartbeating", interval=0.5)
     for node in client.nodes():
         assert node["capacity"]["cpus"] == 1.0 and node["capacity"]["memory"] == 2**30
 
@@ -99,4 +100,4 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
             return False
         return False
 
-    eventually(flower_says_401, 60, "Flower answering 401 without credentials")
+    eventually(flower_says_401, 60, what="Flower answering 401 without credentials")

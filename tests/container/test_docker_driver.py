@@ -12,7 +12,8 @@ import pytest
 
 from fleet.client import Client
 from fleet.settings import Settings
-from tests.container.conftest import REPO, eventually, fleet_cli, fleet_json
+from tests.container.conftest import REPO, fleet_cli, fleet_json
+from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
 
@@ -68,7 +69,7 @@ def test_nodes_report_their_container_limits_from_inside(fleet: DockerFleet) -> 
         nodes = fleet.live_nodes()
         return nodes if len(nodes) == 2 else None
 
-    nodes = eventually(two_nodes, 60, "2 live nodes")
+    nodes = eventually(two_nodes, 60, what="2 live nodes", interval=0.5)
     names = {c.name for c in fleet.workers()}
     for node in nodes:
         assert node["capacity"]["cpus"] == 1.0
@@ -144,7 +145,7 @@ def test_scale_to_3_then_1_drains_and_removes_without_losing_a_job(fleet: Docker
                            "params": {"seconds": 8}, "resources": {"cpus": 1, "memory": "256Mi"}})
             for _ in range(3)]
     eventually(lambda: all(client.status(j)["state"] == "RUNNING" for j in jobs), 60,
-               "3 jobs running")
+               what="3 jobs running", interval=0.5)
     out = fleet_cli("scale", "worker=1", "--driver", "docker", "--wait", "120", env=fleet.env)
     assert "draining: node-" in out.stdout
     for job in jobs:

@@ -16,7 +16,8 @@ from fleet.client import Client
 from fleet.drivers.swarm import SwarmDriver
 from fleet.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import REPO, env_value, eventually, fleet_cli
+from tests.container.conftest import REPO, env_value, fleet_cli
+from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
 
@@ -63,7 +64,7 @@ def test_stack_deploy_then_scale_to_3_gives_3_heartbeating_nodes(
         live = {n["container"] for n in client.nodes()}
         return all(any(cid.startswith(c) for c in live if c) for cid in tasks)
 
-    eventually(three_live, 60, "the 3 tasks' nodes heartbeating")
+    eventually(three_live, 60, what="the 3 tasks' nodes heartbeating")
     for node in client.nodes():
         if any(cid.startswith(node["container"] or "-") for cid in tasks):
             assert node["capacity"]["cpus"] == 1.0 and node["capacity"]["memory"] == 2**30
