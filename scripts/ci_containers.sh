@@ -6,7 +6,7 @@
 # Usage: scripts/ci_containers.sh [all|engine|images|env]    (default all)
 #   engine  scripts/docker_engine.sh (install + start dockerd when none answers)
 #   images  scripts/base_image.sh, then docker build of control, worker-torch, worker-tf and
-#           the combined worker image the docker driver runs (torch + TensorFlow)
+#           worker (both frameworks: the image the docker driver runs)
 #   env     docker/compose.env with generated secrets (0600), unless it exists
 set -euo pipefail
 
@@ -26,25 +26,6 @@ step() {   # step NAME COMMAND...: run it, print how long it took
 
 build() {  # build TARGET TAG
     docker build -q --network host -f docker/Dockerfile --target "$1" -t "$2" . >/dev/null
-}
-
-# The docker driver's worker image: both frameworks, so any node runs any job. Built by the
-# driver's own code (fleet.drivers.docker.ensure_images: a `worker` target of docker/Dockerfile
-# when it has one, else worker-tf plus torch's packages from worker-torch), without a venv too.
-build_worker() {
-    if grep -Eqi '^FROM[[:space:]]+[^[:space:]]+[[:space:]]+AS[[:space:]]+worker[[:space:]]*$' \
-        docker/Dockerfile; then
-        build worker fleet/worker
-    else
-        python3 - <<'EOF'
-import re, subprocess
-src = open("fleet/drivers/docker.py").read()
-overlay = re.search(r'WORKER_OVERLAY = """\\\n(.*?)"""', src, re.S).group(1).replace("\\\\", "\\")
-subprocess.run(["docker", "build", "-q", "--network", "host", "-t", "fleet/worker", "-"],
-               input=overlay.format(torch="fleet/worker-torch", tf="fleet/worker-tf"),
-               text=True, check=True, stdout=subprocess.DEVNULL)
-EOF
-    fi
 }
 
 compose_env() {
@@ -71,7 +52,7 @@ images() {
     step build-control build control fleet/control
     step build-worker-torch build worker-torch fleet/worker-torch
     step build-worker-tf build worker-tf fleet/worker-tf
-    step build-worker build_worker
+    step build-worker build worker fleet/worker
     # No `docker image prune` here: with the legacy builder the stages a final image copies
     # from (build-torch, build-tf) are untagged, and pruning them throws the dependency cache away.
 }

@@ -27,7 +27,7 @@ def up(
     workers: int = typer.Option(2, "--workers", "-n", min=0, help="worker nodes to start"),
     cpus: float = typer.Option(1.0, "--cpus", help="CPUs per node"),
     memory: str = typer.Option("3Gi", "--memory", help="memory per node, e.g. 2Gi"),
-    driver: str = typer.Option("local", "--driver", help="local"),
+    driver: str = typer.Option("local", "--driver", help="local | docker | swarm"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return once the fleet is up"),
     flower: bool = typer.Option(True, "--flower/--no-flower", help="start Flower"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
@@ -65,24 +65,27 @@ def up(
         console.print("fleet down")
 
 
-def down(driver: str = typer.Option("local", "--driver")) -> None:
-    """Stop the fleet this machine started (nodes, master, Flower, Redis)."""
-    from fleet.drivers import get_driver
+RECORDED = "default: the driver that started the fleet (state file), else local"
 
-    get_driver(driver, settings()).down()
+
+def down(driver: str = typer.Option(None, "--driver", help=RECORDED)) -> None:
+    """Stop the fleet this machine started (nodes, master, Flower, Redis)."""
+    from fleet.drivers import driver_for_state
+
+    driver_for_state(settings(), driver).down()
     console.print("fleet down")
 
 
 def scale(
     target: str = typer.Argument(..., help="worker=N"),
-    driver: str = typer.Option("local", "--driver"),
+    driver: str = typer.Option(None, "--driver", help=RECORDED),
     wait: float = typer.Option(None, "--wait", help="wait up to S seconds for nodes to join/leave"),
 ) -> None:
     """Converge to N worker nodes; extra nodes drain (finish what they run) before stopping."""
-    from fleet.drivers import get_driver
+    from fleet.drivers import driver_for_state
     from fleet.scaling import parse_target
 
-    added, draining = get_driver(driver, settings()).scale(parse_target(target), wait=wait)
+    added, draining = driver_for_state(settings(), driver).scale(parse_target(target), wait=wait)
     console.print(f"added: {', '.join(added) or '-'}; draining: {', '.join(draining) or '-'}")
 
 

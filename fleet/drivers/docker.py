@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -49,22 +48,16 @@ LABEL_ID, LABEL_ROLE, LABEL_NODE = "fleet.id", "fleet.role", "fleet.node"
 STOP_TIMEOUT_S = 30
 SHM_SIZE = 256 * 2**20  # Docker's 64 MB /dev/shm is too small for DataLoader workers
 
-# The worker image runs torch and TensorFlow jobs alike: placement does not look at a job's
-# framework, so every node must be able to run either. Until docker/Dockerfile has a `worker`
-# target, it is made from the two framework images: worker-tf plus the packages only the torch
-# image has (torch's own; the two venvs share everything else, built from the same stage).
-WORKER_OVERLAY = """\
-FROM {torch} AS torch
-USER 0
-RUN mkdir /extra && cd /opt/venv/lib/python3.11/site-packages \\
- && cp -a torch torch-*.dist-info torchgen functorch filelock filelock-*.dist-info \\
-    fsspec fsspec-*.dist-info jinja2 jinja2-*.dist-info markupsafe markupsafe-*.dist-info \\
-    mpmath mpmath-*.dist-info networkx networkx-*.dist-info sympy sympy-*.dist-info isympy.py \\
-    /extra/
-FROM {tf}
-COPY --from=torch /extra/ /opt/venv/lib/python3.11/site-packages/
-RUN python -c "import torch, tensorflow"
-"""
+# Every container: read-only root filesystem, no capabilities, no privilege gain through setuid
+# binaries; what must be written goes to /tmp and $HOME (tmpfs) and /work (a volume).
+HARDENING: dict[str, Any] = {
+    "read_only": True,
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g,mode=1777",
+              "/home/fleet": f"rw,nosuid,nodev,size=256m,mode=0700,uid={CONTAINER_UID},"
+                             f"gid={CONTAINER_UID}"},
+}
 
 
 class DockerDriver:
@@ -207,6 +200,7 @@ class DockerDriver:
         if has_gpus(self.docker):
             extra["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         artifacts = state["artifacts"]
+        work = self._volume(fid, "worker", node)
         container = self.docker.containers.run(
             state["images"]["worker"], command, name=name, detach=True,
             labels=self._labels(fid, "worker", node),
@@ -216,15 +210,16 @@ class DockerDriver:
             nano_cpus=int(shape.cpus * 1e9), mem_limit=int(shape.memory),
             memswap_limit=int(shape.memory),
             restart_policy={"Name": "on-failure", "MaximumRetryCount": 0},
-            volumes={artifacts: {"bind": artifacts, "mode": "rw"}},
-            stop_signal="SIGTERM", **extra,
+            volumes={artifacts: {"bind": artifacts, "mode": "rw"},
+                     work: {"bind": "/work", "mode": "rw"}},
+            stop_signal="SIGTERM", **HARDENING, **extra,
         )
         return str(container.id)
 
     def _start_redis(self, fid: str, port: int, password: str) -> str:
         # The named volume is mounted on /work, which the image owns as uid 10001: a fresh volume
         # takes that owner, so Redis (not root) can write its append-only file there.
-        volume = self.docker.volumes.create(f"fleet-{fid}-redis", labels=self._labels(fid, "redis"))
+        volume = self._volume(fid, "redis")
         script = (f'exec {REDIS_SERVER} --bind 127.0.0.1 --port "$REDIS_PORT" '
                   '--requirepass "$REDIS_PASSWORD" --protected-mode yes --dir /work '
                   "--appendonly yes --appendfsync everysec --save '60 1000'")
@@ -233,8 +228,8 @@ class DockerDriver:
             self.control_image, ["-c", script], entrypoint=["sh"], name=f"fleet-{fid}-redis",
             detach=True, labels=self._labels(fid, "redis"), network_mode="host",
             environment={"REDIS_PORT": str(port), "REDIS_PASSWORD": password},
-            volumes={volume.name: {"bind": "/work", "mode": "rw"}},
-            restart_policy={"Name": "unless-stopped"},
+            volumes={volume: {"bind": "/work", "mode": "rw"}},
+            restart_policy={"Name": "unless-stopped"}, **HARDENING,
             healthcheck={"test": ["CMD-SHELL", check], "interval": 5 * 10**9,
                          "timeout": 3 * 10**9, "retries": 3},
         )
@@ -247,7 +242,7 @@ class DockerDriver:
             self.control_image, command, entrypoint=entrypoint, name=f"fleet-{fid}-{role}",
             detach=True, labels=self._labels(fid, role), network_mode="host", init=True,
             environment={**self._env(url, None), **(env or {})},
-            restart_policy={"Name": "unless-stopped"},
+            restart_policy={"Name": "unless-stopped"}, **HARDENING,
         )
         return str(container.id)
 
@@ -286,6 +281,12 @@ class DockerDriver:
         except PermissionError:  # not root: let every user write, like /tmp
             path.chmod(0o1777)
         return path
+
+    def _volume(self, fid: str, role: str, node: str | None = None) -> str:
+        """A named volume for a container's /work, labelled so `fleet down` removes it. A new
+        volume takes the owner of the image's /work (the non-root user), so it is writable."""
+        name = f"fleet-{fid}-{node or role}-work"
+        return str(self.docker.volumes.create(name, labels=self._labels(fid, role, node)).name)
 
     @staticmethod
     def _labels(fid: str, role: str, node: str | None = None) -> dict[str, str]:
@@ -374,22 +375,7 @@ def ensure_images(client: Any, images: Iterable[str], log: Callable[[str], None]
         log(f"preparing the base image and wheels: {base}")
         _run([str(base)], "base_image")
     for image in missing:
-        target = image.split("/")[-1].split(":")[0]
-        if target == "worker" and not has_target("worker"):
-            for part in ("worker-torch", "worker-tf"):
-                if not image_exists(client, f"fleet/{part}"):
-                    _build(part, f"fleet/{part}", log)
-            log(f"building {image} from fleet/worker-torch + fleet/worker-tf")
-            dockerfile = WORKER_OVERLAY.format(torch="fleet/worker-torch", tf="fleet/worker-tf")
-            _run(["docker", "build", "--network", "host", "-t", image, "-"], f"build-{target}",
-                 stdin=dockerfile)
-        else:
-            _build(target, image, log)
-
-
-def has_target(target: str) -> bool:
-    return bool(re.search(rf"^FROM\s+\S+\s+AS\s+{re.escape(target)}\s*$", DOCKERFILE.read_text(),
-                          re.MULTILINE | re.IGNORECASE))
+        _build(image.split("/")[-1].split(":")[0], image, log)
 
 
 def _build(target: str, image: str, log: Callable[[str], None]) -> None:
@@ -398,10 +384,10 @@ def _build(target: str, image: str, log: Callable[[str], None]) -> None:
           "-t", image, str(REPO)], f"build-{target}")
 
 
-def _run(argv: list[str], what: str, stdin: str | None = None) -> None:
+def _run(argv: list[str], what: str) -> None:
     if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
         raise FleetError(f"{argv[0]} not found: it is needed to build the images ({what})")
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise FleetError(f"{what} failed (exit {proc.returncode}):\n{tail}")

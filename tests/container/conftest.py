@@ -76,3 +76,17 @@ def env_value(path: Path, key: str) -> str:
         if line.startswith(f"{key}="):
             return line.split("=", 1)[1]
     raise KeyError(key)
+
+
+def assert_hardened(container: Any) -> None:
+    """Issue 6's container rules, read off the engine: non-root, read-only root filesystem,
+    every capability dropped, no privilege gain, no Docker socket, not privileged."""
+    attrs, host = container.attrs, container.attrs["HostConfig"]
+    name = container.name
+    assert attrs["Config"]["User"] not in ("", "0", "root", "0:0"), name
+    assert host.get("ReadonlyRootfs") is True, name
+    assert [c.upper() for c in host.get("CapDrop") or []] in (["ALL"], ["CAP_ALL"]), name
+    assert any(o.startswith("no-new-privileges") for o in host.get("SecurityOpt") or []), name
+    assert not host.get("Privileged"), name
+    mounts = [f"{m.get('Source', '')} {m.get('Destination', '')}" for m in attrs["Mounts"]]
+    assert not any("docker.sock" in m for m in mounts), (name, mounts)

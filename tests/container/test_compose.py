@@ -17,7 +17,7 @@ import pytest
 from fleet.client import Client
 from fleet.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import REPO, env_value
+from tests.container.conftest import REPO, assert_hardened, env_value
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
@@ -65,7 +65,8 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
     for c in by_service["worker"]:
         host = c.attrs["HostConfig"]
         assert host["NanoCpus"] == 10**9 and host["Memory"] == 2**30
-        assert not any("docker.sock" in (m.get("Source") or "") for m in c.attrs["Mounts"])
+    for c in containers:
+        assert_hardened(c)
 
     password = env_value(compose_env_file, "REDIS_PASSWORD")
     url = f"redis://:{password}@127.0.0.1:{project['env']['FLEET_REDIS_PORT']}/0"

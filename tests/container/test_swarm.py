@@ -68,3 +68,10 @@ def test_stack_deploy_then_scale_to_3_gives_3_heartbeating_nodes(
     for node in client.nodes():
         if any(cid.startswith(node["container"] or "-") for cid in tasks):
             assert node["capacity"]["cpus"] == 1.0 and node["capacity"]["memory"] == 2**30
+    # the hardening Swarm honours: read-only root, every capability dropped, non-root
+    for cid in tasks:
+        c = docker_client.containers.get(cid)
+        host = c.attrs["HostConfig"]
+        assert host.get("ReadonlyRootfs") is True, c.name
+        assert [x.upper() for x in host.get("CapDrop") or []] in (["ALL"], ["CAP_ALL"]), c.name
+        assert c.attrs["Config"]["User"] not in ("", "0", "root"), c.name
