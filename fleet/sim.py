@@ -2,32 +2,45 @@
 
 Pure: no I/O, no clock but `perf_counter` around each decision. Event-driven: a job's submit
 and its end are events; after all the events of one instant, one `schedule_round` (the very
-function the live master calls) places what it can. A job placed runs for exactly its
-`duration`. Only the `seed` baseline can over-commit a node (every other policy places only
-what fits); the simulator lets it, counts it, and charges what a real node would:
+function the live master calls) places what it can.
 
-- memory: once the job that pushed the node's reserved memory past its capacity reaches its
-  working set (a tenth of its duration in), the node runs out of memory and the kernel's OOM
-  killer kills the largest job there, then the next largest, until what is left fits. A killed
-  job loses its work and goes back to the queue with its place in line.
+What a job asks for (`resources`) and what it uses (`usage`) differ, as they do in every
+published cluster trace: a job may use fewer CPUs than it reserved, or more (a thread pool
+larger than its request), and less memory. `usage` defaults to the request, so a trace without
+it replays as if every job used exactly what it asked for. Placement sees only what the live
+master sees: the reservations (exact, at once) and the node agents' measured usage, as of the
+last heartbeat (`report_delay` seconds old; CPU capped at the node's capacity, as the agent
+reports it).
+
+- CPUs: processor sharing per node. A job's `duration` is its run time when it gets all the
+  CPU it uses. While the CPUs its node's running jobs use add up to more than the node has,
+  every one of them runs at capacity / sum (each runnable thread gets an equal share, so each
+  job's share is in proportion to its use); speeds are recomputed whenever a job starts or
+  ends there.
+- Memory: only the `seed` baseline can over-commit reservations (every other policy places only
+  what fits); the simulator lets it, counts it, and charges what a real node would: once the
+  job that pushed the memory its node's jobs use past the capacity reaches its working set (a
+  tenth of its duration in), the kernel's OOM killer kills the largest job there (by use), then
+  the next largest, until what is left fits. A killed job loses its work and goes back to the
+  queue with its place in line.
 - GPUs: a job that gets no GPU of its own fails a tenth of the way in (CUDA runs out of memory
   on the device it shares), and goes back to the queue.
-- CPUs: shared; every job on the node runs at capacity / reserved speed (processor sharing,
-  with no loss to thrashing: the kindest reading for the baseline).
 
-A job killed `MAX_ATTEMPTS` times counts as failed. Since nothing else slows a job down, a
-job's completion time is its duration plus its wait: no policy can bring mean JCT below the
-mean duration (reported as `mean_duration`).
+A job killed `MAX_ATTEMPTS` times counts as failed. A job's completion time is its wait plus
+its duration stretched by the CPU sharing it met; the mean duration (`mean_duration`) is the
+floor no policy can go below.
 
 Trace format (JSON): `{"nodes": [{"name", "cpus", "memory", "gpus", "gpu_memory", "labels"}],
 "jobs": [{"id", "submit_at", "duration", "resources": {"cpus", "memory", "gpus", "gpu_memory"},
-"priority", "node_selector", "policy"}]}`; memory as bytes or `2Gi`.
+"usage": {"cpus", "memory"}, "priority", "node_selector", "policy"}]}`; memory as bytes or
+`2Gi`; `usage` and each of its keys optional (default: the request).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -50,6 +63,9 @@ from fleet.placement.nodes import ALLOCATED, CPUS, EPS, GPUS, MEMORY, quantity
 
 KILL_FRACTION = 0.1  # an over-committed job dies this far into its run
 MAX_ATTEMPTS = 20
+#: How old the measured usage placement sees is: the agent's heartbeat interval (Settings).
+REPORT_DELAY = 1.0
+USAGE_KEYS = ("cpus", "memory")
 _FINISH, _KILL, _OOM, _SUBMIT = 0, 1, 2, 3  # at one instant: free capacity, then take jobs in
 
 
@@ -61,6 +77,14 @@ class TraceJob:
     request: Request
     priority: int = 0
     policy: str | None = None
+    #: (CPUs, memory bytes) the job really uses; None: exactly its request.
+    usage: tuple[float, float] | None = None
+
+    def used(self) -> tuple[float, float]:
+        """(CPUs, memory) the job uses while it runs."""
+        if self.usage is None:
+            return self.request.cpus, self.request.memory
+        return self.usage
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,23 @@ def _labels(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise SpecError(where, "expected a mapping of label to value")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _usage(value: Any, request: list[float], where: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError(where, "expected an object with cpus and/or memory")
+    unknown = sorted(set(value) - set(USAGE_KEYS))
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}", f"unknown usage key; use {', '.join(USAGE_KEYS)}")
+    used = []
+    for name, asked in zip(USAGE_KEYS, (request[CPUS], request[MEMORY]), strict=True):
+        try:
+            used.append(asked if value.get(name) is None else quantity(name, value[name]))
+        except ValueError as exc:
+            raise SpecError(f"{where}.{name}", str(exc)) from None
+    return used[0], used[1]
 
 
 def parse_trace(data: Any) -> Trace:
@@ -148,6 +189,7 @@ def parse_trace(data: Any) -> Trace:
                 Request(vec[0], vec[1], vec[2], vec[3], node_selector=selector),
                 priority,
                 policy,
+                _usage(job.get("usage"), vec, f"{where}.usage"),
             )
         )
     jobs.sort(key=lambda j: j.submit_at)
@@ -167,6 +209,7 @@ class SimResult:
     mean_wait: float
     p95_wait: float
     mean_slowdown: float
+    mean_stretch: float  # run time / duration: what sharing CPUs cost the jobs (1: nothing)
     makespan: float
     makespan_lower_bound: float
     makespan_ratio: float
@@ -199,21 +242,30 @@ class _Run:
     dies_at: float | None = None
 
 
-def _rate(cap: np.ndarray, res: np.ndarray, need: np.ndarray) -> float:
-    """Speed of a job on a node: CPUs over-committed are shared (processor sharing)."""
-    if need[CPUS] > 0 and res[CPUS] > cap[CPUS] + EPS[CPUS] and cap[CPUS] > 0:
-        return float(cap[CPUS] / res[CPUS])
+def _rate(cpus: float, demand: float) -> float:
+    """Speed of the CPU-using jobs on a node with `cpus` whose jobs use `demand` CPUs in all."""
+    if demand > cpus + EPS[CPUS] and cpus > 0:
+        return cpus / demand
     return 1.0
 
 
 class _Sim:
     """The event loop's state; `simulate` is its only user."""
 
-    def __init__(self, trace: Trace, policy: str, seed: int, starvation_after: float) -> None:
+    def __init__(
+        self, trace: Trace, policy: str, seed: int, starvation_after: float, report_delay: float
+    ) -> None:
         self.trace, self.policy, self.starvation_after = trace, policy, starvation_after
         self.nodes, self.jobs = trace.nodes, trace.jobs
         self.cap = self.nodes.capacity
         self.reserved = np.zeros_like(self.cap)
+        # What the running jobs really use, per node: CPUs (demand) and memory (working sets).
+        self.used = np.zeros((len(self.nodes), 2))
+        self.uses = [j.used() for j in self.jobs]
+        # Usage as the node agents last reported it: changes reach it `report_delay` late.
+        self.report_delay = report_delay
+        self.reported = np.zeros_like(self.cap)
+        self.changes: deque[tuple[float, int, np.ndarray]] = deque()
         self.state = PolicyState(np.random.default_rng(seed))
         self.needs = [j.request.vector() for j in self.jobs]
         self.heap: list[tuple[float, int, int, int]] = []
@@ -277,21 +329,31 @@ class _Sim:
 
     def _oom(self, i: int, now: float) -> None:
         """The kernel's OOM killer on node i: the largest job goes, until memory fits."""
-        while self.reserved[i, MEMORY] > self.cap[i, MEMORY] + EPS[MEMORY] and self.on_node[i]:
-            victim = max(self.on_node[i], key=lambda k: (self.needs[k][MEMORY], k))
+        while self.used[i, 1] > self.cap[i, MEMORY] + EPS[MEMORY] and self.on_node[i]:
+            victim = max(self.on_node[i], key=lambda k: (self.uses[k][1], k))
             self._kill(victim, now)
+
+    def _use(self, k: int, i: int, sign: float, now: float) -> None:
+        """Job k starts (+1) or stops (−1) using its CPUs and memory on node i."""
+        cpus, memory = self.uses[k]
+        self.used[i] += (sign * cpus, sign * memory)
+        delta = np.zeros(len(RESOURCES))
+        delta[[CPUS, MEMORY, GPUS]] = sign * cpus, sign * memory, sign * self.needs[k][GPUS]
+        self.changes.append((now, i, delta))
 
     def _end(self, k: int, now: float) -> None:
         run = self.runs.pop(k)
         self.on_node[run.node].discard(k)
         self.reserved[run.node, :ALLOCATED] -= self.needs[k][:ALLOCATED]
+        self._use(k, run.node, -1.0, now)
         self._rerate(run.node, now)
 
     def _rerate(self, i: int, now: float) -> None:
-        """Bring the speeds of node i's jobs up to date after its reservations changed."""
+        """Bring the speeds of node i's jobs up to date after the CPUs they use changed."""
+        node_rate = _rate(float(self.cap[i, CPUS]), float(self.used[i, 0]))
         for k in self.on_node[i]:
             run = self.runs[k]
-            rate = _rate(self.cap[i], self.reserved[i], self.needs[k])
+            rate = node_rate if self.uses[k][0] > 0 else 1.0
             if rate != run.rate:
                 self.tick += 1
                 run.left -= (now - run.since) * run.rate
@@ -299,13 +361,24 @@ class _Sim:
                 if run.dies_at is None:
                     heapq.heappush(self.heap, (now + run.left / rate, _FINISH, k, self.tick))
 
+    def _measured(self, now: float) -> np.ndarray:
+        """(n, 4) usage as the agents report it at `now`: CPUs and memory used, busy GPUs.
+
+        A change shows `report_delay` after it happened; like the agent, a node reports no more
+        than it has (CPU time is capped by its CPUs, memory by the OOM killer).
+        """
+        while self.changes and self.changes[0][0] + self.report_delay <= now:
+            _, i, delta = self.changes.popleft()
+            self.reported[i] += delta
+        return np.clip(self.reported, 0.0, self.cap)
+
     def _round(self, now: float) -> set[int]:
         cap, reserved, nodes = self.cap, self.reserved, self.nodes
         view = NodeView(
             nodes.names,
             cap,
             reserved.copy(),
-            np.minimum(reserved, cap),
+            self._measured(now),
             nodes.labels,
             nodes._static,
         )
@@ -336,8 +409,9 @@ class _Sim:
         reserved[i, :ALLOCATED] += need[:ALLOCATED]
         over = bool((reserved[i, :ALLOCATED] > cap[i, :ALLOCATED] + EPS[:ALLOCATED]).any())
         self.over_commits += over
+        self._use(k, i, 1.0, now)
         self.tick += 1
-        rate = _rate(cap[i], reserved[i], need)
+        rate = _rate(float(cap[i, CPUS]), float(self.used[i, 0])) if self.uses[k][0] > 0 else 1.0
         run = _Run(k, i, self.jobs[k].duration, rate, now, self.tick, self.tick)
         self.runs[k] = run
         self.on_node[i].add(k)
@@ -348,11 +422,10 @@ class _Sim:
             heapq.heappush(self.heap, (run.dies_at, _KILL, k, run.attempt))
         else:
             heapq.heappush(self.heap, (now + run.left / rate, _FINISH, k, run.version))
-        if need[MEMORY] > 0 and reserved[i, MEMORY] > cap[i, MEMORY] + EPS[MEMORY]:
+        if self.uses[k][1] > 0 and self.used[i, 1] > cap[i, MEMORY] + EPS[MEMORY]:
             # The node runs out of memory once this job reaches its working set.
             heapq.heappush(self.heap, (now + KILL_FRACTION * self.jobs[k].duration, _OOM, i, 0))
-        if over:
-            self._rerate(i, now)
+        self._rerate(i, now)
 
     def _fitting(self, held: set[int]) -> tuple[int, int]:
         """(waiting jobs that fit a node not held, those that fit only held ones), by free now."""
@@ -377,11 +450,14 @@ def simulate(
     *,
     seed: int = 0,
     starvation_after: float = 300.0,
+    report_delay: float = REPORT_DELAY,
 ) -> SimResult:
     """Replay `trace` with `policy` (the fleet's; a job's own `policy` wins); see the module doc."""
     get_policy(policy)
+    if not report_delay >= 0:
+        raise ValueError(f"report_delay must be >= 0, got {report_delay!r}")
     tr = trace if isinstance(trace, Trace) else parse_trace(trace)
-    return _Sim(tr, policy, seed, starvation_after).run()
+    return _Sim(tr, policy, seed, starvation_after, report_delay).run()
 
 
 def _est_end(run: _Run) -> float:
@@ -428,6 +504,7 @@ def _metrics(sim: _Sim) -> SimResult:
     duration = np.array([jobs[k].duration for k in done])
     jct = np.array([finished[k] for k in done]) - submit
     wait = np.array([started[k] for k in done]) - submit
+    stretch = (jct - wait) / duration if len(done) else np.zeros(0)
     t0 = jobs[0].submit_at if jobs else 0.0
     makespan = float(max(finished[k] for k in done) - t0) if done else 0.0
     bound, work_bound = lower_bound(trace)
@@ -451,6 +528,7 @@ def _metrics(sim: _Sim) -> SimResult:
         mean_wait=float(wait.mean()) if len(wait) else 0.0,
         p95_wait=_pct(wait, 95),
         mean_slowdown=float((jct / duration).mean()) if len(jct) else 0.0,
+        mean_stretch=float(stretch.mean()) if len(stretch) else 0.0,
         makespan=makespan,
         makespan_lower_bound=bound,
         makespan_ratio=makespan / bound if bound else 0.0,
@@ -476,8 +554,14 @@ def _metrics(sim: _Sim) -> SimResult:
 
 
 def compare(
-    trace: Mapping[str, Any] | Trace, policies: Sequence[str], *, seed: int = 0
+    trace: Mapping[str, Any] | Trace,
+    policies: Sequence[str],
+    *,
+    seed: int = 0,
+    report_delay: float = REPORT_DELAY,
 ) -> list[dict[str, Any]]:
     """One row (`SimResult.as_dict()`) per policy, on the same trace and seed."""
     tr = trace if isinstance(trace, Trace) else parse_trace(trace)
-    return [simulate(tr, policy, seed=seed).as_dict() for policy in policies]
+    return [
+        simulate(tr, policy, seed=seed, report_delay=report_delay).as_dict() for policy in policies
+    ]

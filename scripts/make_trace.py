@@ -10,14 +10,28 @@ heterogeneous demands: CPUs from half a core to 8, memory per CPU drawn from a l
 jobs are memory-heavy, some CPU-heavy), log-normal durations (median 5 min), 10% at priority 1.
 With `--gpus`, a share of the jobs asks for GPUs in Philly's mix (1: 70%, 2: 10%, 4: 15%,
 8: 5%). Every job fits some node when it is empty. Arrivals are Poisson, at the rate that makes
-the offered load on the busiest resource `--load` × the fleet's capacity of it.
+the offered load on the busiest resource `--load` × the fleet's capacity of it (offered load
+counts requests, what the operator sees).
+
+What a job really uses differs from what it asks for, as in every published cluster trace
+(Google 2011 and 2019, Alibaba 2018 and PAI 2020: most tasks use less CPU than they request, a
+minority more, and memory below the request). Each job gets `usage` = request × a ratio drawn,
+independently per job, from a log-normal: CPUs median 0.7, sigma 0.5, clipped to [0.05, 4]
+(about a quarter of the jobs use more CPU than they asked for, 2% more than twice); memory
+median 0.8, sigma 0.25, clipped at 1 (a job over its memory request is killed by its node's
+watchdog, so none is generated). The ratios come from a random stream of their own, so the rest
+of a trace is the same with `--no-usage` (every job uses exactly its request, as before).
+docs/placement.md says where these numbers come from. `--cpu-usage` and `--memory-usage`
+(`MEDIAN:SIGMA`) change them, for a sensitivity study.
 
 `--shapes` gives the nodes instead (`cpus:memory`, comma-separated), for a fleet much smaller
 than the generated ones (the live benchmark's 4 local nodes): `--scale` then shrinks every job's
 CPUs and memory by that factor before it is checked against the nodes (the same distributions,
 in smaller units), and `--time-scale` divides every time (submit, duration) so that a trace of
 minutes-long jobs replays in a few minutes; `--max-duration` clips durations first (seconds,
-before scaling) so that one job in the log-normal's tail cannot dominate a short run.
+before scaling) so that one job in the log-normal's tail cannot dominate a short run. A
+`--shapes` trace gets no `usage` unless `--usage` is given: the live benchmark's jobs burn
+exactly the CPUs they ask for.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +59,11 @@ CPU_SHAPES = [
 GPU_SHAPES = [((16, 64, 4, 16), 2), ((32, 128, 8, 32), 1)]
 PHILLY_GPUS = ([1, 2, 4, 8], [0.70, 0.10, 0.15, 0.05])
 JOB_CPUS = ([0.5, 1, 2, 4, 8], [0.20, 0.35, 0.25, 0.15, 0.05])
+# usage / request: (median, sigma) of a log-normal, and the clip (docs/placement.md: sources)
+CPU_USAGE = (0.7, 0.5)
+MEMORY_USAGE = (0.8, 0.25)
+CPU_USAGE_CLIP = (0.05, 4.0)
+MEMORY_USAGE_CLIP = (0.05, 1.0)
 
 
 def _pick(rng: np.random.Generator, shapes: list) -> tuple:
@@ -102,6 +122,24 @@ def make_job(
             return {"resources": res, "duration": round(duration, 1)}
 
 
+def draw_usage(
+    rng: np.random.Generator,
+    jobs: list[dict],
+    cpu: tuple[float, float] = CPU_USAGE,
+    memory: tuple[float, float] = MEMORY_USAGE,
+) -> None:
+    """Give each job a `usage` (CPUs, memory really used): its request × log-normal ratios."""
+    n = len(jobs)
+    cpu_ratio = np.clip(rng.lognormal(np.log(cpu[0]), cpu[1], n), *CPU_USAGE_CLIP)
+    mem_ratio = np.clip(rng.lognormal(np.log(memory[0]), memory[1], n), *MEMORY_USAGE_CLIP)
+    for job, c, m in zip(jobs, cpu_ratio, mem_ratio, strict=True):
+        res = job["resources"]
+        job["usage"] = {
+            "cpus": round(float(res["cpus"] * c), 3),
+            "memory": int(res["memory"] * m) // 2**20 * 2**20,
+        }
+
+
 def gpu_share_for_balance(nodes: list[dict], cpu_jobs: list[dict], gpu_jobs: list[dict]) -> float:
     """The share of GPU jobs that puts the same offered load on the CPUs as on the GPUs."""
     cpus = sum(n["cpus"] for n in nodes)
@@ -151,12 +189,19 @@ def make_trace(
     shapes: list[dict] | None = None,
     scale: float = 1.0,
     max_duration: float | None = None,
+    usage: bool | None = None,
+    cpu_usage: tuple[float, float] = CPU_USAGE,
+    memory_usage: tuple[float, float] = MEMORY_USAGE,
 ) -> dict:
     """A trace dict (see fleet.sim); the same arguments give the same trace.
 
     With GPUs and no `gpu_share`, the share of GPU jobs is the one that loads CPUs and GPUs
-    alike, so that both are at `load`.
+    alike, so that both are at `load`. `usage` (default: on, off with `shapes`) draws what each
+    job really uses (`draw_usage`) from a random stream of its own: with it off, the trace is
+    the same but for the `usage` fields.
     """
+    if usage is None:
+        usage = not shapes
     rng = np.random.default_rng(seed)
     node_list = [dict(n) for n in shapes] if shapes else make_nodes(rng, nodes, gpus)
     gpus = gpus and any(n["gpus"] for n in node_list)
@@ -179,18 +224,30 @@ def make_trace(
         job["id"] = f"job-{k + 1:05d}"
         job["submit_at"] = round(t, 3)
         job["priority"] = int(rng.random() < 0.1)
-    meta = {"nodes": len(node_list), "jobs": jobs, "load": load, "gpus": gpus, "seed": seed}
+    meta: dict[str, Any] = {
+        "nodes": len(node_list), "jobs": jobs, "load": load, "gpus": gpus, "seed": seed
+    }
     if shapes:
         meta.update(scale=scale, max_duration=max_duration)
     if gpus:
         meta["gpu_share"] = round(share, 4)
-    return {
-        "meta": meta,
-        "nodes": node_list,
-        "jobs": [
-            {k: j[k] for k in ("id", "submit_at", "duration", "resources", "priority")} for j in job_list
-        ],
-    }
+    keys: tuple[str, ...] = ("id", "submit_at", "duration", "resources", "priority")
+    if usage:
+        draw_usage(np.random.default_rng([seed, 1]), job_list, cpu_usage, memory_usage)
+        meta["usage"] = {"cpus": list(cpu_usage), "memory": list(memory_usage)}
+        keys += ("usage",)
+    return {"meta": meta, "nodes": node_list, "jobs": [{k: j[k] for k in keys} for j in job_list]}
+
+
+def _median_sigma(text: str) -> tuple[float, float]:
+    median, _, sigma = text.partition(":")
+    try:
+        pair = float(median), float(sigma)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MEDIAN:SIGMA, e.g. 0.7:0.5, got {text!r}") from None
+    if not (pair[0] > 0 and pair[1] >= 0):
+        raise argparse.ArgumentTypeError("the median must be > 0 and sigma >= 0")
+    return pair
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="shrink job CPUs and memory")
     parser.add_argument("--max-duration", type=float, help="clip durations (s, before scaling)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="divide every time by this")
+    parser.add_argument(
+        "--usage", action=argparse.BooleanOptionalAction, default=None,
+        help="draw what each job really uses (default: on, off with --shapes)",
+    )
+    parser.add_argument(
+        "--cpu-usage", type=_median_sigma, default=CPU_USAGE, metavar="MEDIAN:SIGMA",
+        help="log-normal of CPUs used / requested (default 0.7:0.5)",
+    )
+    parser.add_argument(
+        "--memory-usage", type=_median_sigma, default=MEMORY_USAGE, metavar="MEDIAN:SIGMA",
+        help="log-normal of memory used / requested, clipped at 1 (default 0.8:0.25)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     args = parser.parse_args(argv)
     if args.nodes < 1 or args.jobs < 0 or not 0 < args.load:
@@ -218,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"--shapes: {exc}")
     trace = make_trace(args.nodes, args.jobs, args.load, args.gpus, args.gpu_share, args.seed,
-                       shapes, args.scale, args.max_duration)
+                       shapes, args.scale, args.max_duration, args.usage, args.cpu_usage,
+                       args.memory_usage)
     if args.time_scale != 1.0:
         trace = compress(trace, args.time_scale)
     text = json.dumps(trace, indent=1)

@@ -27,13 +27,16 @@ def sim_command(
     policy: list[str] = typer.Option(["spread"], "--policy", "-p", help="policies to compare"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
     seed: int = typer.Option(0, help="seed of randomized policies"),
+    report_delay: float = typer.Option(
+        1.0, "--report-delay", min=0.0,
+        help="seconds before placement sees a change in measured usage (the heartbeat)"),
 ) -> None:
     """Replay a trace through the placement code in simulated time; compare policies."""
     from pathlib import Path
 
     from fleet.cli.sim_cmd import sim
 
-    sim(Path(trace), policy=policy, json_out=json_out, seed=seed)
+    sim(Path(trace), policy=policy, json_out=json_out, seed=seed, report_delay=report_delay)
 
 
 def main() -> None:

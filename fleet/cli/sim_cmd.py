@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,7 +15,7 @@ from rich.table import Table
 
 from fleet.errors import SpecError
 from fleet.placement import POLICIES
-from fleet.sim import compare, parse_trace
+from fleet.sim import REPORT_DELAY, compare, parse_trace
 
 
 def load_trace(path: Path) -> Any:
@@ -42,6 +42,7 @@ def render(rows: list[dict[str, Any]], title: str = "") -> Table:
         "JCT mean / p95",
         "wait mean / p95",
         "slow-down",
+        "stretch",
         "makespan ÷ bound",
         "util cpu/mem/gpu %",
         "idle / held wait",
@@ -57,6 +58,7 @@ def render(rows: list[dict[str, Any]], title: str = "") -> Table:
             _pair(row["mean_jct"], row["p95_jct"]),
             _pair(row["mean_wait"], row["p95_wait"]),
             f"{row['mean_slowdown']:.2f}",
+            f"{row['mean_stretch']:.3f}",
             f"{row['makespan_ratio']:.3f}",
             util,
             _pair(row["idle_while_waiting"], row["held_while_waiting"]),
@@ -68,9 +70,10 @@ def render(rows: list[dict[str, Any]], title: str = "") -> Table:
 
 
 _CAPTION = (
-    "idle wait: job-seconds a job waited though it fit some node's free resources; held wait: "
-    "the same, where the only such nodes were held for a starving job. Bound: release-aware "
-    "lower bound on the makespan."
+    "slow-down: JCT / duration; stretch: run time / duration (what sharing CPUs with busier "
+    "neighbours cost). idle wait: job-seconds a job waited though it fit some node's free "
+    "resources; held wait: the same, where the only such nodes were held for a starving job. "
+    "Bound: release-aware lower bound on the makespan."
 )
 
 
@@ -81,15 +84,20 @@ def sim(
     ),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     seed: int = typer.Option(0, help="seed of the policies' random choices"),
+    # Annotated, so that a plain call (`fleet.cli.main` calls this function) gets the float.
+    report_delay: Annotated[
+        float,
+        typer.Option(min=0.0, help="seconds before placement sees a change in measured usage"),
+    ] = REPORT_DELAY,
 ) -> None:
     """Replay TRACE in simulated time through the placement code, once per policy."""
     for name in policy:
         if name not in POLICIES:
             raise SpecError("--policy", f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     parsed = parse_trace(load_trace(trace))
-    rows = compare(parsed, policy, seed=seed)
+    rows = compare(parsed, policy, seed=seed, report_delay=report_delay)
     if json_out:
-        payload = {"trace": str(trace), "seed": seed, "results": rows}
+        payload = {"trace": str(trace), "seed": seed, "report_delay": report_delay, "results": rows}
         typer.echo(json.dumps(payload, indent=2))
         return
     jobs = len(parsed.jobs)
