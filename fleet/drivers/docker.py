@@ -220,10 +220,12 @@ class DockerDriver:
         # The named volume is mounted on /work, which the image owns as uid 10001: a fresh volume
         # takes that owner, so Redis (not root) can write its append-only file there.
         volume = self._volume(fid, "redis")
-        script = (f'exec {REDIS_SERVER} --bind 127.0.0.1 --port "$REDIS_PORT" '
-                  '--requirepass "$REDIS_PASSWORD" --protected-mode yes --dir /work '
+        # The password goes in a 0600 config file on the tmpfs, not on redis-server's argv.
+        script = ("umask 077 && printf 'requirepass %s\\n' \"$REDIS_PASSWORD\" > /tmp/redis.conf && "
+                  f'exec {REDIS_SERVER} /tmp/redis.conf --bind 127.0.0.1 --port "$REDIS_PORT" '
+                  "--protected-mode yes --dir /work "
                   "--appendonly yes --appendfsync everysec --save '60 1000'")
-        check = f'{REDIS_CLI} -p "$REDIS_PORT" -a "$REDIS_PASSWORD" --no-auth-warning ping'
+        check = f'REDISCLI_AUTH="$REDIS_PASSWORD" {REDIS_CLI} -p "$REDIS_PORT" ping'
         container = self.docker.containers.run(
             self.control_image, ["-c", script], entrypoint=["sh"], name=f"fleet-{fid}-redis",
             detach=True, labels=self._labels(fid, "redis"), network_mode="host",

@@ -137,6 +137,11 @@ def test_images_run_as_non_root_and_containers_are_locked_down(fleet: DockerFlee
     denied = worker.exec_run(["python", "-c", "open('/opt/venv/x', 'w')"])
     assert denied.exit_code != 0 and b"Read-only file system" in denied.output, denied.output
     assert worker.exec_run(["sh", "-c", "echo ok > /work/probe && cat /work/probe"]).output == b"ok\n"
+    # Redis's password is in no process's argv (it is in a 0600 file on the tmpfs)
+    password = fleet.state["redis_url"].split(":")[2].split("@")[0]
+    redis = next(c for c in every if c.labels["fleet.role"] == "redis")
+    argv = redis.exec_run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).output
+    assert b"redis-server" in argv and password.encode() not in argv, argv
 
 
 def test_scale_to_3_then_1_drains_and_removes_without_losing_a_job(fleet: DockerFleet) -> None:
