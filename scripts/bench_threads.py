@@ -9,9 +9,10 @@ cgroup with cpu.cfs_quota_us = cpu.cfs_period_us = 100000: one CPU, as `docker r
 else `sched_setaffinity` to one core (the result file says which). Each configuration runs in
 a fresh process that joins the limit before importing the framework:
 
-- fleet: as fleet runs a `cpus: 1` job: `workers.runners.job_env(Resources(cpus=1, cpuset=(c,)))`
-  in the environment before the import, `runners.prepare(...)` after it, and the process pinned
-  to the one core the supervisor's `Pinning` gives a 1-CPU job.
+- fleet: as fleet runs a `cpus: 1` job: `workers.runners.job_env(Resources(...))` in the
+  environment before the import, `runners.prepare(...)` after it, and pinned to whatever the
+  supervisor's `Pinning` gives a 1-CPU job on this node: nothing under a quota alone (the node
+  shares the host's cores), the one core under sched_setaffinity (the core is the node's own).
 - default: the framework's own thread count (it sees the host's cores, not the quota).
 - x4: threads = host cores × 4.
 - threads=N for N in 1..host cores × 2: hand-set (torch.set_num_threads / TF intra-op), the
@@ -34,6 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import RESULTS, Recorder, fleet_env, median, percentile  # noqa: E402
+
+from workers.cores import Pinning  # noqa: E402
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 100_000
@@ -88,6 +91,7 @@ def child(args: argparse.Namespace) -> None:
 
         resources = Resources(cpus=1.0, memory=2**30,
                               cpuset=(args.pin,) if args.pin is not None else ())
+        # (a pin here is the one fleet's Pinning chose, see main())
         os.environ.update(runners.job_env(resources))
         runners.prepare(args.framework, resources)  # as the job process: before the job's code
     threads = int(mode.split("=")[1]) if mode.startswith("threads=") else None
@@ -200,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         limit, pin_all = f"sched_setaffinity to core {core}", core
     rec.set("limit", limit)
+    node_cpuset = sorted(os.sched_getaffinity(0)) if pin_all is None else [pin_all]
+    cores, _ = Pinning(node_cpuset, cpus=1.0).take(1.0)
+    fleet_pin = cores[0] if cores else None
+    rec.note(f"fleet pins its 1-CPU job to: {fleet_pin if fleet_pin is not None else 'nothing'}")
     rec.note(f"1-CPU limit: {limit}; host cores: {host}")
     sweep = [f"threads={n}" for n in range(1, 2 * host + 1)]
     modes = ["fleet", "default", f"threads={4 * host}", *sweep]
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[dict]] = {m: [] for m in modes}
             for _ in range(args.repeats):
                 for mode in modes:
-                    pin = core if mode == "fleet" else pin_all
+                    pin = fleet_pin if mode == "fleet" else pin_all
                     before = throttled(cgroup)
                     out = run_config(framework, mode, cgroup, pin, args)
                     after = throttled(cgroup)
