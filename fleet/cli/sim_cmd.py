@@ -15,7 +15,8 @@ from rich.table import Table
 
 from fleet.errors import SpecError
 from fleet.placement import POLICIES
-from fleet.sim import REPORT_DELAY, compare, parse_trace
+from fleet.sim import REPORT_DELAY, compare
+from fleet.trace import parse_trace
 
 
 def load_trace(path: Path) -> Any:
