@@ -8,6 +8,11 @@
 A spec is validated (pydantic) and checked against the live nodes before anything is written:
 a bad spec or a job bigger than every node raises SpecError naming the field, and nothing is
 enqueued. An accepted submission is one atomic Redis step, durable once acknowledged.
+
+The nodes a submission is checked against may be up to `NODES_FRESH_S` old when they show room
+for it (as if it had been submitted that much earlier: nodes come and go, and a job accepted
+just before its node left waits like any other); a refusal is always checked against the nodes
+as they are now. A burst of submissions thus costs one round trip each.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from fleet.jobstore import JobStore
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
+
+NODES_FRESH_S = 1.0
 
 
 def connect(url: str) -> redis.Redis:
@@ -49,6 +56,7 @@ class Client:
         self.settings = settings or Settings()
         self.r = client or connect(redis_url or self.settings.resolved_redis_url())
         self.store = JobStore(self.r)
+        self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
 
     # -- submit ------------------------------------------------------------------------------
     def spec_from(self, source: JobSpec | Mapping | str | Path, overrides=()) -> JobSpec:
@@ -65,12 +73,20 @@ class Client:
     ) -> str:
         """Validate, check it can fit some node, then accept it atomically. Returns the job id."""
         spec = self.spec_from(source, overrides)
-        nodes = NodeView.from_reports(registry.live_reports(self.r))
         request = Request.from_resources(spec.resources.model_dump(), spec.node_selector)
-        too_big = never_fits(nodes, request)
+        too_big = never_fits(self._live_nodes(), request)
+        if too_big is not None and self._nodes is not None:
+            self._nodes = None  # a refusal is judged on the nodes as they are now
+            too_big = never_fits(self._live_nodes(), request)
         if too_big is not None:
             raise SpecError(*too_big)
         return self.store.submit(spec, job_id=job_id)
+
+    def _live_nodes(self) -> NodeView:
+        now = time.monotonic()
+        if self._nodes is None or not 0 <= now - self._nodes[0] < NODES_FRESH_S:
+            self._nodes = (now, NodeView.from_reports(registry.live_reports(self.r)))
+        return self._nodes[1]
 
     def _limits(self) -> dict[str, Any]:
         return {"allowlist": self.settings.allowlist, "max_timeout": self.settings.max_job_timeout}

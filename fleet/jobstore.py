@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -105,36 +105,56 @@ class JobStore:
         return int(n), _text(why)
 
     def claim(self, job_id: str, attempt: int, node: str, incarnation: str) -> tuple[bool, str]:
-        ok, why = self._scripts["claim"](
+        ok, why, _ = self.claim_spec(job_id, attempt, node, incarnation)
+        return ok, why
+
+    def claim_spec(
+        self, job_id: str, attempt: int, node: str, incarnation: str
+    ) -> tuple[bool, str, dict[str, Any] | None]:
+        """Claim the attempt; on success the job's spec comes back in the same round trip."""
+        answer = self._scripts["claim"](
             keys=[keys.job(job_id), keys.job_attempts(job_id), keys.EVENTS, keys.PLACING],
             args=[job_id, attempt, node, incarnation, _now(None)],
         )
-        return bool(ok), _text(why)
+        ok, why = bool(answer[0]), _text(answer[1])
+        spec = json.loads(answer[2]) if ok and len(answer) > 2 and answer[2] else None
+        return ok, why, spec
 
     def progress(self, job_id: str, attempt: int, report: Mapping, kind: str = "progress") -> bool:
         """False when the attempt is no longer current: its process must stop."""
+        return self.progress_many(job_id, attempt, [report], kind)
+
+    def progress_many(
+        self, job_id: str, attempt: int, reports: Sequence[Mapping], kind: str = "progress"
+    ) -> bool:
+        """Several reports (oldest first) in one step; False as for `progress`."""
         return bool(
             self._scripts["progress"](
                 keys=[keys.job(job_id), keys.job_metrics(job_id), keys.job_attempts(job_id),
                       keys.EVENTS],
-                args=[job_id, attempt, json.dumps(report), _now(None), kind, METRICS_CAP],
+                args=[job_id, attempt, _now(None), kind, METRICS_CAP,
+                      *(json.dumps(r) for r in reports)],
             )
         )
 
     def finish(
-        self, job_id: str, attempt: int, node: str, outcome: Outcome, now: float | None = None
+        self, job_id: str, attempt: int, node: str, outcome: Outcome, now: float | None = None,
+        progress: Sequence[Mapping] = (),
     ) -> tuple[bool, str]:
-        """End an attempt. Returns (applied, resulting job state)."""
+        """End an attempt, recording its last `progress` reports first (if it was running).
+        Returns (applied, resulting job state)."""
         counted = "0" if outcome.reason.infrastructure else "1"
         ok, state = self._scripts["finish"](
             keys=[
                 keys.job(job_id), keys.job_attempts(job_id), keys.node_alloc(node), keys.PENDING,
                 keys.EVENTS, keys.WAKE, keys.PLACING, keys.job_cancel(job_id),
+                keys.job_metrics(job_id),
             ],
             args=[
                 job_id, attempt, outcome.outcome, outcome.reason.value, outcome.error,
                 json.dumps(dict(outcome.result or {})), counted, _now(now), RETRY_BACKOFF_S,
-                json.dumps(dict(outcome.extra or {})),
+                json.dumps(dict(outcome.extra or {})), METRICS_CAP,
+                *(json.dumps(r) for r in progress),
             ],
         )
         return bool(ok), _text(state)
@@ -190,8 +210,11 @@ class JobStore:
         """Progress reports of every attempt, oldest first, from index `start`."""
         return [json.loads(v) for v in self.r.lrange(keys.job_metrics(job_id), start, -1)]
 
-    def pending_ids(self) -> list[str]:
-        return [_text(v) for v in self.r.zrange(keys.PENDING, 0, -1)]
+    def pending_ids(self, start: int = 0, limit: int | None = None) -> list[str]:
+        """Pending jobs in line order (priority, then submit order), `limit` of them from the
+        `start`-th."""
+        end = -1 if limit is None else start + limit - 1
+        return [_text(v) for v in self.r.zrange(keys.PENDING, start, end)]
 
     def placing(self, older_than: float) -> list[str]:
         """Reserved jobs no worker has claimed since `older_than` (maybe never published)."""
@@ -229,7 +252,7 @@ def decode_job(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     return job
 
 
-def _text(value: bytes | str | int) -> str:
+def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 

@@ -5,6 +5,15 @@ call the pure scheduler in `fleet.placement`, then reserve each decision atomica
 then publish the Celery task to the chosen node's queue (late binding: a queue holds only what
 its node has room for). `now` is passed in so tests control time.
 
+A round runs on every wake-up (a job arrived or ended, a node joined), so under load it runs
+once per job and its cost is the master's cost per job. It is kept independent of the length
+of the queue: a pending job's immutable part (request, priority, order) is read from Redis once
+and kept while the job stays pending, only the head of the line (`PENDING_WINDOW` jobs) is
+considered (further only while none of it fits and a node has room), and the reasons of
+waiting jobs (`fleet explain`, ~35 µs each to compose) are recomputed and written at most once
+a second (for the first `EXPLAIN_WINDOW` in line) unless the queue is short. The lease is renewed,
+and reserved-but-unclaimed jobs are looked for, on timers rather than every round.
+
 Failure handling lives here too: a node whose lease lapsed (or that came back as a new
 incarnation) has every attempt it held ended as NODE_LOST, which sends the job back to pending
 as a new attempt; a reserved job nobody claimed (the master died between reserve and publish,
@@ -14,6 +23,7 @@ or the message was lost) is published again, a duplicate being harmless thanks t
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -30,6 +40,7 @@ from fleet.broker import RUN_TASK, task_id, task_payload
 from fleet.jobstore import JobStore, Outcome
 from fleet.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
+from fleet.placement.nodes import CPUS, MEMORY
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
 from fleet.settings import Settings
 from fleet.states import EndReason, JobState
@@ -37,6 +48,13 @@ from fleet.states import EndReason, JobState
 log = logging.getLogger("fleet.master")
 
 UNCLAIMED_AFTER_S = 30.0  # a reserved job not claimed by then is published again
+RECONCILE_EVERY_S = 1.0  # how often to look for such jobs
+LEASE_RENEW_S = 1.0  # the lease (settings.master_lease_ttl) is renewed at most this often
+PENDING_WINDOW = 32  # pending jobs read per round: the head of the line (more if it is stuck)
+EXPLAIN_WINDOW = 1000  # pending jobs read by a round that gives reasons
+CPU_EPS = 1e-6
+EXPLAIN_EVERY_S = 1.0  # waiting reasons recomputed at most this often...
+EXPLAIN_ALWAYS_UP_TO = 16  # ...unless this few jobs wait
 
 
 @dataclass
@@ -61,6 +79,12 @@ class Master:
         self._leading = False
         self._connected_since: float | None = None
         self._waiting_written: dict[str, str] = {}
+        self._renewed_at = -math.inf
+        self._reconciled_at = -math.inf
+        self._explained_at = -math.inf
+        # Pending jobs as read once from Redis (what decides placement never changes while a
+        # job is pending); entries leave when the job leaves the pending set or we reserve it.
+        self._pending: dict[str, tuple[PendingJob, float]] = {}
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
@@ -79,7 +103,7 @@ class Master:
 
     def step(self, now: float) -> RoundReport | None:
         """One round if we lead; None when another master holds the lease."""
-        if not self.lease.acquire():
+        if not self._hold_lease(now):
             if self._leading:
                 log.warning("lost the master lease")
             self._leading = False
@@ -89,26 +113,33 @@ class Master:
             log.info("master %s leads", self.id)
             self._leading = True
             self._connected_since = now
+            self._pending.clear()  # another master may have placed them meanwhile
+            self._waiting_written.clear()
             self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
+            self._reconciled_at = now
         states = registry.node_states(self.r)
         if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
             # Only after watching for one full TTL: leases that lapsed while Redis (or this
             # master) was away are not deaths; live nodes renew them within one heartbeat.
             self._requeue_lost(states, now, report)
-        self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
+        if now - self._reconciled_at >= RECONCILE_EVERY_S:
+            self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
+            self._reconciled_at = now
         self._schedule(states, now, report)
         return report
 
+    def _hold_lease(self, now: float) -> bool:
+        """Renew the lease if it was renewed over LEASE_RENEW_S ago (it lasts several times
+        that); a master that stops renewing loses it to a standby within its TTL."""
+        if self._leading and 0 <= now - self._renewed_at < LEASE_RENEW_S:
+            return True
+        if not self.lease.acquire():
+            return False
+        self._renewed_at = now
+        return True
+
     # -- decide + apply ----------------------------------------------------------------------
     def _schedule(self, states: list[dict], now: float, report: RoundReport) -> None:
-        pending_ids = self.store.pending_ids()
-        if not pending_ids:
-            return
-        jobs = self.store.get_many(pending_ids)
-        pending = [_pending_job(j) for j in jobs if (j["not_before"] or 0) <= now]
-        for j in jobs:
-            if (j["not_before"] or 0) > now:
-                report.waiting[j["id"]] = j.get("waiting") or "backing off before a retry"
         live = [s["report"] for s in states if s["report"] and not s["draining"]]
         incarnations = {r["node"]: r["incarnation"] for r in live}
         nodes = NodeView.from_reports(live)
@@ -117,16 +148,37 @@ class Master:
             for s in states
             for job, a in s["alloc"].items()
         ]
-        result = schedule_round(
-            nodes, pending, running, policy=self.settings.policy, state=self.policy_state,
-            now=now,
-        )
-        report.waiting.update(
-            {job: f"#{result.positions[job]} in line: {why}" if job in result.positions else why
-             for job, why in result.waiting.items()})
+        # The head of the line; the next stretch too while nothing in it could be placed and
+        # some node has room (so capacity never idles while a job that fits waits further on).
+        # A round that explains (about once a second) reads further, to give reasons.
+        explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at
+        size = EXPLAIN_WINDOW if explain else PENDING_WINDOW
+        ids: list[str] = []
+        while True:
+            window = self.store.pending_ids(start=len(ids), limit=size)
+            ids += window
+            whole = len(window) < size  # the rest of the line has been read
+            self._refresh_pending(ids, whole)
+            pending, backing_off = self._ready(ids, now)
+            explain = explain or (whole and len(ids) <= EXPLAIN_ALWAYS_UP_TO)
+            result = schedule_round(
+                nodes, pending, running, policy=self.settings.policy, state=self.policy_state,
+                now=now, explain=explain,
+            )
+            if result.placements or whole or not _has_room(nodes):
+                break
+        if not ids:
+            return
+        if explain:
+            self._explained_at = now
+            report.waiting.update(backing_off)
+            report.waiting.update(
+                {job: f"#{result.positions[job]} in line: {why}" if job in result.positions
+                 else why for job, why in result.waiting.items()})
         for job, decision in result.placements:
             node = decision.node
             assert node is not None
+            self._pending.pop(job.id, None)  # if it comes back (a retry), it is read anew
             attempt, why = self.store.reserve(
                 job.id, node, incarnations[node], decision.as_dict(), now
             )
@@ -135,7 +187,40 @@ class Master:
                 continue
             self._publish(job.id, attempt, node, incarnations[node])
             report.placed.append((job.id, node))
-        self._write_waiting(report.waiting)
+        if explain:
+            self._write_waiting(report.waiting)
+        elif report.waiting:  # refusals: say so now, keep the other reasons
+            self.store.set_waiting(report.waiting)
+            self._waiting_written.update(report.waiting)
+
+    def _ready(self, ids: list[str], now: float) -> tuple[list[PendingJob], dict[str, str]]:
+        """The jobs of `ids` that may be placed now, and why the others may not."""
+        pending: list[PendingJob] = []
+        backing_off: dict[str, str] = {}
+        for job_id in ids:
+            cached = self._pending.get(job_id)
+            if cached is None:  # its record vanished: nothing to place
+                continue
+            job, not_before = cached
+            if not_before <= now:
+                pending.append(job)
+            else:
+                backing_off[job_id] = "backing off before a retry"
+        return pending, backing_off
+
+    def _refresh_pending(self, ids: list[str], whole: bool) -> None:
+        """Read the jobs of `ids` not known yet (one round trip). Forget the ones that left the
+        line: all not in `ids` when it is the whole line, else (a longer line was read before)
+        only once the cache outgrows what a round reads."""
+        if whole or len(self._pending) > 2 * EXPLAIN_WINDOW:
+            current = set(ids)
+            for gone in [j for j in self._pending if j not in current]:
+                del self._pending[gone]
+        missing = [j for j in ids if j not in self._pending]
+        if missing:
+            for job in self.store.get_many(missing):
+                if job["state"] == JobState.PENDING.value:
+                    self._pending[job["id"]] = (_pending_job(job), job["not_before"] or 0.0)
 
     def _publish(self, job_id: str, attempt: int, node: str, incarnation: str) -> None:
         self.app.send_task(
@@ -192,6 +277,12 @@ def _pending_job(job: dict) -> PendingJob:
         policy=spec.get("policy"),
         est_duration=float(spec.get("timeout") or 0) or None,
     )
+
+
+def _has_room(nodes: NodeView) -> bool:
+    """Some live node has CPU and memory left unreserved."""
+    free = nodes.free()
+    return bool(((free[:, CPUS] > CPU_EPS) & (free[:, MEMORY] > 0)).any())
 
 
 def _request_from_alloc(alloc: dict) -> Request:

@@ -1,25 +1,29 @@
 """Dispatch cost: no-op jobs through fleet versus raw Celery on the same Redis (issue 7).
 
-    python scripts/bench_dispatch.py            # ~3-4 min here: saturation, latency, profiles
+    python scripts/bench_dispatch.py            # ~1-2 min here: saturation, latency, profiles
     python scripts/bench_dispatch.py --quick    # smoke run
 
 Both sides run on one private Redis, with the same number of worker processes (`--nodes`, each
 pinned to its own core, one job at a time), the same Celery settings (`fleet.broker.make_app`:
-JSON, acks_late, prefetch 1, thread pool, task events) and the same log level:
+JSON, acks_late, prefetch 1, thread pool, task events, results stored) and the same log level:
 
 - fleet: `Client.submit` of `workers.jobs.synthetic:noop` (cpus = the node's) → master
-  (placement, reserve.lua, publish to fleet.node.<N>) → worker → supervisor (claim.lua, spawns
-  `python -m workers.jobproc`, polls) → finish.lua.
+  (placement, reserve.lua, publish to fleet.node.<N>) → worker → supervisor (claim.lua, asks
+  the node's fork server for the job process, blocks on its pipes) → finish.lua.
 - raw Celery: `app.send_task` of a trivial task to one queue, consumed by `--nodes` worker
   processes (`celery worker --pool threads --concurrency 1`); the task records its start time.
 
-Measured: throughput at saturation (N jobs submitted at once, first submit → last end), and
-submit→start latency at a moderate rate (half of fleet's saturated throughput, both sides).
-"start" for fleet is both the claim (the worker took the attempt: what Celery's task start is)
-and the job function's first line (after the job process spawned). Per-stage medians of fleet's
-path come from the job records (submitted → placed → claimed → function → finished). The job
-process spawn is measured on its own. `--profile` samples the master and a node (with its job
-processes) with py-spy during a separate burst, and cProfiles `Client.submit`.
+Measured: throughput at saturation (N jobs submitted at once, first submit → last end; both
+systems up at once, `--rounds` bursts each, alternating, the median kept), the CPU time each
+process spends per job during those bursts, and submit→start latency at a moderate rate (half
+of fleet's saturated throughput, both sides). "start" for fleet is both the claim (the worker
+took the attempt: what Celery's task start is) and the job function's first line (in its own
+process). Per-stage medians of fleet's path come from the job records (submitted → placed →
+claimed → function → finished). The job process's fixed cost is measured on its own (forked,
+exec'd). Profiles (default on) sample the master and a node (with its fork server and job
+processes) with py-spy during a separate burst, and cProfile `Client.submit`.
+`--prefork-reference` adds Celery running each task in a process of its own (prefork pool,
+`--max-tasks-per-child 1`): what process-per-task costs Celery itself.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, RESULTS, Recorder, fleet_env, median, percentile  # noqa: E402
 
 RAW_QUEUE = "bench.raw"
+PREFORK_QUEUE = "bench.prefork"
+# The Celery sides: the baseline, and Celery made to run each task in a process of its own
+# (prefork pool, one task per child): a reference for what process-per-job costs Celery itself.
+MODES = {
+    "threads": {"queue": RAW_QUEUE, "host": "raw",
+                "pool": ["--pool", "threads", "--concurrency", "1"]},
+    "prefork1": {"queue": PREFORK_QUEUE, "host": "prefork",
+                 "pool": ["--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1"]},
+}
 RAW_TASK = "bench.noop"
 RAW_STARTS = "bench:raw:start"  # hash task id → start time (written by the task)
 NOOP = {
@@ -54,7 +67,7 @@ NOOP = {
 
 
 # -- raw Celery worker (a child process of this script) ---------------------------------------
-def raw_worker_main(url: str, core: int, loglevel: str) -> None:
+def raw_worker_main(url: str, core: int, loglevel: str, mode: str = "threads") -> None:
     import redis
 
     from fleet.broker import make_app
@@ -69,16 +82,18 @@ def raw_worker_main(url: str, core: int, loglevel: str) -> None:
         r.hset(RAW_STARTS, self.request.id, repr(time.time()))
         return {}
 
-    app.worker_main(["worker", "--pool", "threads", "--concurrency", "1", "--queues", RAW_QUEUE,
-                     "--hostname", f"raw{core}-{os.getpid()}@bench", "--prefetch-multiplier", "1",
-                     "--events", "--without-mingle", "--without-gossip", "--loglevel", loglevel])
+    how = MODES[mode]
+    app.worker_main(["worker", *how["pool"], "--queues", how["queue"],
+                     "--hostname", f"{how['host']}{core}-{os.getpid()}@bench",
+                     "--prefetch-multiplier", "1", "--events", "--without-mingle",
+                     "--without-gossip", "--loglevel", loglevel])
 
 
 # -- the two systems ---------------------------------------------------------------------------
 class FleetSide:
     name = "fleet"
 
-    def __init__(self, url: str, home: Path, nodes: int, loglevel: str) -> None:
+    def __init__(self, url: str, home: Path, nodes: int, loglevel: str, redis_pid: int) -> None:
         from fleet.client import Client
         from fleet.drivers.base import NodeShape
         from fleet.drivers.local import LocalDriver
@@ -86,6 +101,7 @@ class FleetSide:
         from fleet.spec import parse_spec
 
         os.environ["FLEET_REDIS_URL"] = url
+        self.redis_pid = redis_pid
         self.settings = Settings(home=home, redis_url=url)
         self.driver = LocalDriver(self.settings)
         self.client = Client(self.settings)
@@ -103,16 +119,39 @@ class FleetSide:
     def submit(self) -> str:
         return self.client.submit(self.spec)
 
+    def cpu_procs(self) -> dict[str, Any]:
+        import psutil
+
+        procs = {"redis": psutil.Process(self.redis_pid),
+                 "master": psutil.Process(self.master_pid)}
+        for name, pid in self.node_pids.items():
+            worker = psutil.Process(pid)
+            procs[f"{name}: worker (Celery + supervisor)"] = worker
+            for child in worker.children():  # the fork server: its jobs are reaped into it
+                procs[f"{name}: fork server + job processes"] = child
+        return procs
+
     def wait_all(self, ids: list[str], timeout: float) -> list[dict]:
+        """Waits as cheaply as the raw side does (one small read per 50 ms: the state of the
+        last job not known to be done), so that the waiting takes no CPU from the fleet."""
+        from fleet import keys
+        from fleet.states import TERMINAL_NAMES
+
         deadline = time.monotonic() + timeout
-        while True:
-            jobs = self.client.store.get_many(ids)
-            if all(j.get("terminal") for j in jobs) and len(jobs) == len(ids):
-                return jobs
+        left = list(ids)
+        while left:
+            if (self.r.hget(keys.job(left[-1]), "state") or b"").decode() in TERMINAL_NAMES:
+                pipe = self.r.pipeline(transaction=False)
+                for i in left:
+                    pipe.hget(keys.job(i), "state")
+                left = [i for i, s in zip(left, pipe.execute(), strict=True)
+                        if (s or b"").decode() not in TERMINAL_NAMES]
+                if not left:
+                    break
             if time.monotonic() > deadline:
-                left = [j["id"] for j in jobs if not j.get("terminal")]
                 raise RuntimeError(f"fleet: {len(left)} jobs not done after {timeout}s")
-            time.sleep(0.2)
+            time.sleep(0.05)
+        return self.client.store.get_many(ids)
 
     def records(self, ids: list[str], submitted: dict[str, float]) -> list[dict[str, float]]:
         jobs = {j["id"]: j for j in self.wait_all(ids, 600)}
@@ -138,9 +177,8 @@ class FleetSide:
 
 
 class RawSide:
-    name = "raw celery"
-
-    def __init__(self, url: str, logs: Path, nodes: int, loglevel: str) -> None:
+    def __init__(self, url: str, logs: Path, nodes: int, loglevel: str, redis_pid: int,
+                 mode: str = "threads") -> None:
         import redis
 
         from fleet.broker import make_app
@@ -148,31 +186,47 @@ class RawSide:
 
         self.app = make_app(Settings(redis_url=url), url)
         self.r = redis.Redis.from_url(url)
+        self.redis_pid = redis_pid
+        self.queue, host = MODES[mode]["queue"], MODES[mode]["host"]
         cores = sorted(os.sched_getaffinity(0))
         self.procs = []
         logs.mkdir(parents=True, exist_ok=True)
         for i in range(nodes):
-            log = (logs / f"raw-{i}.log").open("ab")
+            log = (logs / f"{mode}-{i}.log").open("ab")
             self.procs.append(subprocess.Popen(
-                [sys.executable, __file__, "_raw_worker", url, str(cores[i % len(cores)]), loglevel],
+                [sys.executable, __file__, "_raw_worker", url, str(cores[i % len(cores)]), loglevel,
+                 mode],
                 stdout=log, stderr=subprocess.STDOUT, env=fleet_env(), start_new_session=True))
-        # ready when every worker answers a ping
+        # ready when every worker of this side answers a ping
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             replies = self.app.control.ping(timeout=0.5) or []
-            if len(replies) >= nodes:
+            if sum(next(iter(x)).startswith(host) for x in replies) >= nodes:
                 break
         else:
-            raise RuntimeError("raw celery workers did not start")
+            raise RuntimeError(f"celery workers ({mode}) did not start")
 
     def submit(self) -> str:
-        return self.app.send_task(RAW_TASK, queue=RAW_QUEUE).id
+        return self.app.send_task(RAW_TASK, queue=self.queue).id
+
+    def cpu_procs(self) -> dict[str, Any]:
+        import psutil
+
+        procs = {"redis": psutil.Process(self.redis_pid)}
+        for i, proc in enumerate(self.procs):
+            procs[f"worker {i + 1}"] = psutil.Process(proc.pid)
+        return procs
 
     def records(self, ids: list[str], submitted: dict[str, float]) -> list[dict[str, float]]:
+        """Waits as the fleet side does: one small read per 50 ms (has the last task run?)."""
         deadline = time.monotonic() + 600
-        while self.r.hlen(RAW_STARTS) < len(ids) and time.monotonic() < deadline:
+        starts: list = [None]
+        while time.monotonic() < deadline:
+            if self.r.hexists(RAW_STARTS, ids[-1]):
+                starts = self.r.hmget(RAW_STARTS, ids)
+                if all(x is not None for x in starts):
+                    break
             time.sleep(0.05)
-        starts = self.r.hmget(RAW_STARTS, ids)
         return [{"submit": submitted[i], "start": float(s), "func": float(s), "end": float(s)}
                 for i, s in zip(ids, starts, strict=True) if s is not None]
 
@@ -230,8 +284,11 @@ def stage_medians(recs: list[dict]) -> dict[str, float]:
 
 
 def spawn_cost(repeats: int) -> dict[str, float]:
-    """The job process's fixed cost: `python -c pass` vs `python -m workers.jobproc` running
-    the noop job to its result event (spawn + interpreter + imports + the job)."""
+    """The job process's fixed cost, spawn → result event → exit of the noop job: forked by a
+    node's fork server (what fleet does), exec'd as `python -m workers.jobproc` (what it did),
+    and `python -c pass` (an interpreter's start alone)."""
+    from workers.forkserver import ForkServer
+
     work = Path(tempfile.mkdtemp(prefix="bench-jobproc-"))
     order = {
         "job_id": "bench-noop-00000000", "attempt": 1, "entrypoint": NOOP["entrypoint"],
@@ -239,6 +296,7 @@ def spawn_cost(repeats: int) -> dict[str, float]:
         "checkpoint_dir": str(work / "ckpt"),
         "resources": {"cpus": 1, "memory": 2**28, "cpuset": [], "gpu_ids": []},
     }
+    feed = json.dumps(order).encode()
 
     def once(argv: list[str], feed: bytes, events: bool) -> float:
         read_fd, write_fd = os.pipe()
@@ -255,20 +313,42 @@ def spawn_cost(repeats: int) -> dict[str, float]:
             raise RuntimeError(f"jobproc gave no result: {text!r}")
         return took
 
+    server = ForkServer(fleet_env({"PYTHONUNBUFFERED": "1"}))
+
+    def forked() -> float:
+        start = time.perf_counter()
+        job = server.spawn({}, work, feed)
+        job.wait()
+        os.set_blocking(job.events, True)
+        with os.fdopen(job.events, "rb") as f:
+            text = f.read()
+        took = time.perf_counter() - start
+        os.close(job.output)
+        job.close()
+        if b'"result"' not in text:
+            raise RuntimeError(f"forked job gave no result: {text!r}")
+        return took
+
     py = sys.executable
     out: dict[str, list[float]] = collections.defaultdict(list)
-    for _ in range(repeats):  # interleaved, so drift in the machine's load hits both alike
-        out["python -c pass"].append(once([py, "-c", "pass"], b"", False))
-        out["python -m workers.jobproc (noop)"].append(
-            once([py, "-m", "workers.jobproc"], json.dumps(order).encode(), True))
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        server.start()
+        forked()  # the server's own start is paid once per node, not per job
+        for _ in range(repeats):  # interleaved, so drift in the machine's load hits all alike
+            out["forked by the fork server (noop)"].append(forked())
+            out["python -m workers.jobproc (noop)"].append(once([py, "-m", "workers.jobproc"], feed, True))
+            out["python -c pass"].append(once([py, "-c", "pass"], b"", False))
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return {k: 1e3 * median(v) for k, v in out.items()}
 
 
 def import_profile(top: int = 8) -> list[tuple[str, int]]:
-    """The biggest cumulative imports of the job process (python -X importtime)."""
-    code = ("import workers.jobproc, fleet.spec, workers.runners, workers.context, "
-            "workers.jobs.synthetic")
+    """The biggest cumulative imports of a job process: the fork server's (paid once per node)
+    and the noop job's module (paid by every job, after the fork)."""
+    code = ("from workers import forkserver, jobproc; jobproc.preload(); "
+            "import workers.jobs.synthetic")
     res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
                          text=True, env=fleet_env())
     rows = []
@@ -280,6 +360,31 @@ def import_profile(top: int = 8) -> list[tuple[str, int]]:
         rows.append((name, int(parts[1].strip())))
     top_level = [(n, c) for n, c in rows if not n.startswith(" ")]
     return sorted(top_level, key=lambda x: -x[1])[:top]
+
+
+def cpu_seconds(procs: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds (user + system, with reaped children's) of each process, and of this one."""
+    import resource
+
+    out = {}
+    for name, proc in procs.items():
+        try:
+            t = proc.cpu_times()
+            out[name] = t.user + t.system + t.children_user + t.children_system
+        except Exception:  # noqa: BLE001 - a process gone: nothing more to count
+            out[name] = 0.0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    out["bench client (submit + wait)"] = me.ru_utime + me.ru_stime
+    return out
+
+
+def cpu_per_job(side: Any, n: int) -> tuple[list[dict], float, dict[str, float]]:
+    """A burst, with the CPU time each process spent on it, in ms per job."""
+    procs = side.cpu_procs()
+    before = cpu_seconds(procs)
+    recs, call = burst(side, n)
+    after = cpu_seconds(procs)
+    return recs, call, {k: 1e3 * (after[k] - before[k]) / n for k in after}
 
 
 # -- profiles ----------------------------------------------------------------------------------
@@ -349,8 +454,13 @@ def profile_submit(side: FleetSide, n: int, top: int = 10) -> tuple[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=2, help="worker processes on each side")
-    p.add_argument("--jobs", type=int, default=60, help="fleet jobs per saturation burst")
+    p.add_argument("--jobs", type=int, default=300, help="fleet jobs per saturation burst")
     p.add_argument("--raw-jobs", type=int, default=600, help="raw Celery tasks per burst")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="saturation bursts per side, alternating fleet and raw (medians kept)")
+    p.add_argument("--prefork-reference", dest="prefork", action="store_true",
+                   help="also measure Celery running each task in a process of its own (prefork "
+                        "pool, --max-tasks-per-child 1; 20 tasks a burst: it is slow)")
     p.add_argument("--latency-jobs", type=int, default=40, help="jobs per paced latency run")
     p.add_argument("--rate", type=float, default=None,
                    help="paced submit rate (jobs/s); default half of fleet's saturated rate")
@@ -361,60 +471,77 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
-        args.jobs, args.raw_jobs, args.latency_jobs, args.spawn_repeats = 10, 60, 8, 3
+        args.jobs, args.raw_jobs, args.latency_jobs, args.spawn_repeats = 30, 60, 8, 3
+        args.rounds = 1
 
     from fleet.redis_server import new_server
 
     rec = Recorder("dispatch", args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     server = new_server(tmp / "redis").start()
-    url = server.url
-    results: dict[str, dict[str, Any]] = {}
+    assert server.process is not None
+    url, redis_pid = server.url, server.process.pid
+    results: dict[str, dict[str, Any]] = {"fleet": {}, "raw": {}}
+    fleet = raw = prefork = None
     try:
-        # fleet --------------------------------------------------------------------------------
-        fleet = FleetSide(url, tmp / "fleet", args.nodes, args.loglevel)
-        try:
-            burst(fleet, 2 * args.nodes)  # warm-up: first job process, first placement
-            recs, call = burst(fleet, args.jobs)
-            results["fleet"] = {"tp": throughput(recs), "submit_call_ms": 1e3 * call,
-                                "sat_stages": stage_medians(recs),
-                                "failed": sum(r["state"] != "SUCCEEDED" for r in recs)}
-            rate = args.rate or max(0.5, round(results["fleet"]["tp"] / 2, 1))
-            lat = paced(fleet, args.latency_jobs, rate)
-            results["fleet"]["lat"] = lat
-            results["fleet"]["lat_stages"] = stage_medians(lat)
-            if args.profile:
-                prof_dir = args.out / "profiles"
-                prof_dir.mkdir(parents=True, exist_ok=True)
-                stamp = rec.stamp
-                spies = {
-                    "master": pyspy_start(fleet.master_pid, prof_dir / f"dispatch-master-{stamp}.txt",
-                                          False),
-                    "node": pyspy_start(fleet.node_pids["node-1"],
-                                        prof_dir / f"dispatch-node-{stamp}.txt", True),
-                }
-                time.sleep(1.0)
-                burst(fleet, args.jobs)
-                for s in spies.values():
-                    pyspy_stop(s)
-                text, per_call = profile_submit(fleet, max(20, args.jobs // 2))
-                (prof_dir / f"dispatch-submit-{stamp}.txt").write_text(text)
-                rec.set("profiles", {
-                    name: summarize_collapsed(prof_dir / f"dispatch-{name}-{stamp}.txt")
-                    for name in spies
-                })
-                rec.set("submit_cprofile_top", text)
-        finally:
-            fleet.stop()
-        # raw Celery ---------------------------------------------------------------------------
-        raw = RawSide(url, tmp / "raw-logs", args.nodes, args.loglevel)
-        try:
-            burst(raw, 2 * args.nodes)
-            recs, call = burst(raw, args.raw_jobs)
-            results["raw"] = {"tp": throughput(recs), "submit_call_ms": 1e3 * call}
-            results["raw"]["lat"] = paced(raw, args.latency_jobs, rate)
-        finally:
-            raw.stop()
+        # Every system up at once, bursts alternating, so that drift in the machine's load
+        # (shared, noisy) hits all alike; each idles while another runs.
+        fleet = FleetSide(url, tmp / "fleet", args.nodes, args.loglevel, redis_pid)
+        raw = RawSide(url, tmp / "raw-logs", args.nodes, args.loglevel, redis_pid)
+        sides: list[tuple[str, Any, int]] = [("fleet", fleet, args.jobs), ("raw", raw, args.raw_jobs)]
+        if args.prefork:
+            prefork = RawSide(url, tmp / "raw-logs", args.nodes, args.loglevel, redis_pid,
+                              mode="prefork1")
+            sides.append(("prefork", prefork, min(args.jobs, 20)))
+        for _, side, _ in sides:
+            burst(side, 2 * args.nodes)  # warm-ups: first job process, first placement
+        runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in sides}
+        for _ in range(args.rounds):
+            for key, side, n in sides:
+                recs, call, cpu = cpu_per_job(side, n)
+                run = {"tp": throughput(recs), "submit_call_ms": 1e3 * call, "cpu": cpu}
+                if key == "fleet":
+                    run["stages"] = stage_medians(recs)
+                    run["failed"] = sum(r["state"] != "SUCCEEDED" for r in recs)
+                runs[key].append(run)
+        for key, rs in runs.items():
+            chosen = sorted(rs, key=lambda x: x["tp"])[len(rs) // 2]  # the median run
+            results[key] = {"tp": chosen["tp"], "submit_call_ms": chosen["submit_call_ms"],
+                            "cpu_ms_per_job": chosen["cpu"], "runs_tp": [x["tp"] for x in rs]}
+            if key == "fleet":
+                results[key]["sat_stages"] = chosen["stages"]
+                results[key]["failed"] = sum(x["failed"] for x in rs)
+        rate = args.rate or max(0.5, round(results["fleet"]["tp"] / 2, 1))
+        lat = paced(fleet, args.latency_jobs, rate)
+        results["fleet"]["lat"] = lat
+        results["fleet"]["lat_stages"] = stage_medians(lat)
+        results["raw"]["lat"] = paced(raw, args.latency_jobs, rate)
+        if args.profile:
+            prof_dir = args.out / "profiles"
+            prof_dir.mkdir(parents=True, exist_ok=True)
+            stamp = rec.stamp
+            spies = {
+                "master": pyspy_start(fleet.master_pid, prof_dir / f"dispatch-master-{stamp}.txt",
+                                      False),
+                "node": pyspy_start(fleet.node_pids["node-1"],
+                                    prof_dir / f"dispatch-node-{stamp}.txt", True),
+            }
+            time.sleep(1.0)
+            burst(fleet, args.jobs)
+            for spy in spies.values():
+                pyspy_stop(spy)
+            text, per_call = profile_submit(fleet, max(20, args.jobs // 2))
+            (prof_dir / f"dispatch-submit-{stamp}.txt").write_text(text)
+            rec.set("profiles", {
+                name: summarize_collapsed(prof_dir / f"dispatch-{name}-{stamp}.txt")
+                for name in spies
+            })
+            rec.set("submit_cprofile_top", text)
+    finally:
+        for running in (fleet, raw, prefork):
+            if running is not None:
+                running.stop()
+    try:
         spawn = spawn_cost(args.spawn_repeats)
         imports = import_profile()
     finally:
@@ -435,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
             "submit→function p50 ms": ms(func, 50), "submit→function p99 ms": ms(func, 99),
         })
     rec.doc["rows"][1]["× raw"] = f["tp"] / r["tp"]
+    if "prefork" in results:
+        pf = results["prefork"]
+        rec.note(f"reference, Celery with a process per task (prefork pool, --max-tasks-per-child "
+                 f"1, same workers): {pf['tp']:.1f} jobs/s = {pf['tp'] / r['tp']:.3f}× raw; "
+                 f"fleet = {f['tp'] / pf['tp']:.2f}× it (runs "
+                 + ", ".join(f"{x:.1f}" for x in pf["runs_tp"]) + ")")
     rec.set("fleet_stages_saturated_ms", f["sat_stages"])
     rec.set("fleet_stages_paced_ms", f["lat_stages"])
     rec.set("fleet_failed_jobs", f["failed"])
@@ -446,10 +579,26 @@ def main(argv: list[str] | None = None) -> int:
              + ", ".join(f"{k} {v:.0f}" for k, v in f["sat_stages"].items()))
     rec.note("fleet stage medians when paced (ms): "
              + ", ".join(f"{k} {v:.1f}" for k, v in f["lat_stages"].items()))
+    rec.note("saturated runs (jobs/s, the median run is reported): fleet "
+             + ", ".join(f"{x:.1f}" for x in f["runs_tp"]) + "; raw celery "
+             + ", ".join(f"{x:.0f}" for x in r["runs_tp"]))
+    for key, label in (("fleet", "fleet"), ("raw", "raw celery"),
+                       ("prefork", "celery, a process per task")):
+        if key not in results:
+            continue
+        cpu = results[key]["cpu_ms_per_job"]
+        rec.note(f"{label}: CPU ms per job at saturation, by process (total {sum(cpu.values()):.2f}): "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     rec.note("job process fixed cost (median ms): "
-             + ", ".join(f"{k} {v:.0f}" for k, v in spawn.items()))
-    rec.note("biggest imports of the job process (cumulative ms): "
-             + ", ".join(f"{n} {c / 1e3:.0f}" for n, c in imports))
+             + ", ".join(f"{k} {v:.1f}" for k, v in spawn.items()))
+    env = {k: os.environ.get(k, "") for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+    rec.set("bytecode_env", env)
+    rec.note("bytecode: " + ", ".join(f"{k}={v!r}" for k, v in env.items())
+             + (" (no bytecode cache: each job compiles its job module from source, ~2 ms; an "
+                "installed package has .pyc)" if env["PYTHONDONTWRITEBYTECODE"]
+                and not env["PYTHONPYCACHEPREFIX"] else ""))
+    rec.note("biggest imports of a job process, the fork server's and the job module's "
+             "(cumulative ms): " + ", ".join(f"{n} {c / 1e3:.1f}" for n, c in imports))
     for name, rows in (rec.doc.get("profiles") or {}).items():
         if rows:
             rec.note(f"py-spy {name} ({rows[0]['samples']} samples, inclusive share): "
@@ -463,6 +612,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_raw_worker":
-        raw_worker_main(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        raw_worker_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         sys.exit(main())

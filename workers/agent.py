@@ -65,9 +65,10 @@ class Agent:
                 # a rate over a short or jittery interval can overshoot: a node cannot use more
                 # CPU than it has, and placement must not see a phantom spike
                 "cpus": min(usage.cpus, cap.cpus), "memory": usage.memory,
-                "gpus": sum(g.utilization or 0.0 for g in usage.gpus) / 100.0,  # busy-GPU equivalent
+                # busy-GPU equivalent; each sample is {"index", "util" (percent), "memory_used"}
+                "gpus": sum(g.get("util") or 0.0 for g in usage.gpus) / 100.0,
             },
-            "gpu_usage": [g.to_dict() for g in usage.gpus],
+            "gpu_usage": [dict(g) for g in usage.gpus],
             "jobs": [
                 {"job": j.job_id, "attempt": j.attempt, "cores": list(j.cores), "step": j.step,
                  "pid": j.pid}

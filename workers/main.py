@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     node = args.node_id
     incarnation = uuid.uuid4().hex[:12]
     labels = dict(item.split("=", 1) for item in args.label if "=" in item)
-    supervisor = Supervisor(settings, client, node, incarnation, Pinning(capacity.cpuset))
+    pinning = Pinning(capacity.cpuset, cpus=capacity.cpus)
+    supervisor = Supervisor(settings, client, node, incarnation, pinning)
     agent = Agent(
         settings, client, supervisor, capacity, labels=labels,
         on_stop=lambda: os.kill(os.getpid(), signal.SIGTERM),  # Celery's warm shutdown
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except FleetError as exc:
         logging.getLogger("fleet.worker").critical("%s", exc)
         return 2
+    supervisor.start()  # the fork server, in this node's cgroups, before any job
     stop = threading.Event()
     beat = threading.Thread(target=agent.run, args=(stop,), daemon=True, name="heartbeat")
     beat.start()
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop.set()
         beat.join(timeout=5)
+        supervisor.close()
         if not registry.allocations(client, node):
             registry.deregister(client, node, incarnation)
     return 0

@@ -1,13 +1,16 @@
 -- End an attempt: release its reservation, then either end the job (exactly once) or send it
--- back to pending as a new attempt. Fenced: only the current attempt may end it.
--- KEYS: job, attempts, node alloc, pending, events, wake, placing, cancel flag
+-- back to pending as a new attempt. Fenced: only the current attempt may end it. The attempt's
+-- last progress reports, when its supervisor had not sent them yet, come with it.
+-- KEYS: job, attempts, node alloc, pending, events, wake, placing, cancel flag, metrics
 -- ARGV: job_id, attempt, outcome (SUCCEEDED|FAILED|FAILURE|CANCELLED), reason, error,
---       result(json), counted(0|1), now, backoff_s, attempt_extra(json)
+--       result(json), counted(0|1), now, backoff_s, attempt_extra(json), metrics cap,
+--       progress report(json)...
 local j = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'retries', 'infra_retries',
   'max_retries', 'max_infra_retries', 'priority', 'seq')
 if j[2] ~= ARGV[2] then return {0, 'superseded'} end
 if j[1] == 'PENDING' or TERMINAL[j[1]] then return {0, 'job is ' .. tostring(j[1])} end
 local now = ARGV[8]
+if j[1] == 'RUNNING' then record_progress(KEYS[1], KEYS[9], 12, now, ARGV[11]) end
 release(KEYS[3], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[7], ARGV[1])
 local rec = cjson.decode(ARGV[10])

@@ -24,3 +24,16 @@ local function release(alloc, job, attempt)
     redis.call('HDEL', alloc, job)
   end
 end
+
+-- Progress reports of the current running attempt, the JSON strings ARGV[first..] (oldest
+-- first): the last one becomes the job's progress, all go to its metrics list (capped).
+local function record_progress(job, metrics, first, now, cap)
+  local reports = {}
+  for i = first, #ARGV do reports[#reports + 1] = ARGV[i] end
+  if #reports == 0 then return end
+  redis.call('HSET', job, 'progress', reports[#reports], 'updated_at', now)
+  for i = 1, #reports, 1000 do
+    redis.call('RPUSH', metrics, unpack(reports, i, math.min(i + 999, #reports)))
+  end
+  redis.call('LTRIM', metrics, -tonumber(cap), -1)
+end

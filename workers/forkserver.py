@@ -1,0 +1,386 @@
+"""The node's fork server: each job process is forked from a warm interpreter, not exec'd.
+
+Starting `python -m workers.jobproc` per job costs an interpreter start and its imports (~45 ms
+here, more than the whole of a no-op job); forking a process that has them imported already
+costs about a millisecond. So the supervisor starts one fork server per node
+(`python -m workers.forkserver`, started after the node confined itself, so it and every job
+are in the node's cgroups), with the environment a job may see (no broker credential) and no
+framework imported: thread counts must be in the environment before torch or TensorFlow loads,
+and each job's child sets its own before it imports anything of the job.
+
+A forked job process is what an exec'd one was (see `workers.jobproc`, which both run):
+- its own session and process group: the supervisor stops a job by killing its group;
+- PR_SET_PDEATHSIG to the fork server, and the fork server ends as soon as the supervisor's
+  end of its control socket closes (which the kernel does when the worker dies, SIGKILL
+  included), killing its jobs' process groups first: a killed worker leaves no job behind;
+- stdin: its order (JSON); stdout and stderr: its log; FLEET_EVENT_FD: its event pipe;
+  its working directory, thread and GPU environment as the supervisor asks.
+The server is also the subreaper of its jobs: what a job leaves orphaned is reaped, not left a
+zombie of a worker running as a container's PID 1. A job's command line reads
+`python -m workers.jobproc`, as an exec'd one did (ps, pgrep and the benchmarks find jobs so).
+
+Protocol, over AF_UNIX SOCK_SEQPACKET sockets (one JSON message per packet):
+- control socket, supervisor → server: `{"env": {...}, "cwd": "..."}` carrying four
+  descriptors (SCM_RIGHTS): the order pipe's read end, the output pipe's and the event pipe's
+  write ends, and one end of the job's own status socket;
+- status socket, server → supervisor: `{"pid": N}` once forked, then `{"exit": returncode,
+  "maxrss": bytes}` once reaped (returncode as subprocess gives it: -signal when killed).
+  EOF before "exit" means the server died, and the job with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from workers import jobproc
+
+CTL_FD_ENV = "FLEET_FORKSERVER_FD"
+_FDS = 4  # order (read), output (write), events (write), status socket
+_MAX_MESSAGE = 1 << 16
+SPAWN_TIMEOUT_S = 30.0
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+# -- the supervisor's side ---------------------------------------------------------------------
+class JobProcess:
+    """A job process forked by the server: Popen's few methods the supervisor needs.
+
+    `events` and `output` are the read ends of its event and output pipes (the caller reads and
+    closes them); `returncode` is set once `status` says the process was reaped.
+    """
+
+    def __init__(self, pid: int, status: socket.socket, events: int, output: int) -> None:
+        self.pid = pid
+        self.status = status
+        self.events = events
+        self.output = output
+        self.returncode: int | None = None
+        self.maxrss = 0
+        self.server_lost = False  # the fork server died: the job died with it (PDEATHSIG)
+
+    def read_status(self) -> None:
+        """Read the status socket (call when it is readable): sets `returncode` on exit."""
+        try:
+            data = self.status.recv(_MAX_MESSAGE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if self.returncode is None:
+                self.returncode, self.server_lost = -signal.SIGKILL, True
+            return
+        message = json.loads(data)
+        if "exit" in message:
+            self.returncode = int(message["exit"])
+            self.maxrss = int(message.get("maxrss") or 0)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and _readable(self.status.fileno(), 0):
+            self.read_status()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The return code, or None if still running after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not _readable(self.status.fileno(), left):
+                return None
+            self.read_status()
+        return self.returncode
+
+    def close(self) -> None:
+        self.status.close()
+
+
+class ForkServer:
+    """Starts (and restarts) a node's fork server and asks it for job processes. Thread-safe."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self._proc: subprocess.Popen | None = None
+        self._ctl: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Start the server unless it runs (also what `spawn` does after it died)."""
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self) -> socket.socket:
+        if self._proc is not None and self._proc.poll() is None and self._ctl is not None:
+            return self._ctl
+        if self._ctl is not None:
+            self._ctl.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.forkserver"], stdin=subprocess.DEVNULL,
+                env={**self.env, CTL_FD_ENV: str(theirs.fileno())}, pass_fds=[theirs.fileno()],
+                start_new_session=True,  # a terminal's ^C goes to the worker, not to its jobs
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._ctl = ours
+        return ours
+
+    def spawn(self, env: Mapping[str, str], cwd: Path, order: bytes) -> JobProcess:
+        """Fork a job process with `env` added to the server's environment, in `cwd`, and hand
+        it `order` on its stdin. Restarts a dead server once; raises OSError if that fails."""
+        for _ in range(2):
+            with self._lock:
+                ctl = self._ensure()
+            job = self._request(ctl, env, cwd, order)
+            if job is not None:
+                return job
+            with self._lock:
+                if self._ctl is ctl:  # nobody restarted it meanwhile: it is dead or stuck
+                    self._stop_locked()
+        raise OSError("the node's fork server does not answer")
+
+    def _request(
+        self, ctl: socket.socket, env: Mapping[str, str], cwd: Path, order: bytes
+    ) -> JobProcess | None:
+        order_r, order_w = os.pipe()
+        out_r, out_w = os.pipe()
+        ev_r, ev_w = os.pipe()
+        status, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        message = json.dumps({"env": dict(env), "cwd": str(cwd)}).encode()
+        os.set_blocking(order_w, False)  # the order waits in the pipe: the child reads at once
+        try:
+            written = os.write(order_w, order)
+        except BlockingIOError:
+            written = 0
+        os.set_blocking(order_w, True)
+        try:
+            socket.send_fds(ctl, [message], [order_r, out_w, ev_w, theirs.fileno()])
+            sent = True
+        except OSError:
+            sent = False
+        finally:
+            for fd in (order_r, out_w, ev_w):
+                os.close(fd)
+            theirs.close()
+        pid = None
+        if sent and _readable(status.fileno(), SPAWN_TIMEOUT_S):
+            try:
+                data = status.recv(_MAX_MESSAGE)
+                pid = json.loads(data)["pid"] if data else None
+            except (OSError, ValueError, KeyError):
+                pid = None
+        if pid is None:
+            for fd in (order_w, out_r, ev_r):
+                os.close(fd)
+            status.close()
+            return None
+        _write_all(order_w, order[written:])  # what did not fit in the pipe, then EOF
+        return JobProcess(int(pid), status, ev_r, out_r)
+
+    def stop(self) -> None:
+        """Close the control socket: the server kills what it still runs and exits."""
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """The order, then EOF. A job that died before reading it just loses it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- the server --------------------------------------------------------------------------------
+def serve(ctl: socket.socket) -> None:
+    """Fork a job process per request until the control socket closes.
+
+    Returns only in a forked child, set up as its job process; the server itself never returns
+    (it exits when its supervisor goes).
+    """
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake select through wake_w
+    jobs: dict[int, int] = {}  # pid -> the fd of its status socket
+    title = _job_title()
+    listen = ctl.fileno()
+    while True:
+        try:
+            ready, _, _ = select.select([listen, wake_r], [], [], 1.0)
+        except InterruptedError:
+            ready = []
+        if wake_r in ready:
+            _drain(wake_r)
+        _reap(jobs)
+        if listen not in ready:
+            continue
+        try:
+            message, fds, _, _ = socket.recv_fds(ctl, _MAX_MESSAGE, _FDS)
+        except OSError:
+            message, fds = b"", []
+        if not message:  # the supervisor is gone: so are its jobs
+            _shutdown(jobs)
+        if len(fds) != _FDS:
+            for fd in fds:
+                os.close(fd)
+            continue
+        request = json.loads(message)
+        pid = os.fork()
+        if pid == 0:
+            _become_job(request, fds, ctl, [wake_r, wake_w, *jobs.values()], title)
+            return
+        for fd in fds[:3]:
+            os.close(fd)
+        jobs[pid] = fds[3]
+        _send(fds[3], {"pid": pid})
+
+
+def _become_job(request: dict[str, Any], fds: list[int], ctl: socket.socket,
+                others: list[int], title: tuple[int, bytes] | None) -> None:
+    """In the forked child: become the job process `python -m workers.jobproc` would be."""
+    server = os.getppid()
+    os.setsid()  # its own session and process group
+    if title is not None:
+        _set_title(*title)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    ctl.close()
+    order, output, events, status = fds
+    for fd in (*others, status):
+        os.close(fd)
+    os.dup2(order, 0)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(order)
+    os.close(output)
+    os.environ.update(request["env"])
+    os.environ[jobproc.EVENT_FD_ENV] = str(events)
+    os.environ[jobproc.PARENT_ENV] = str(server)
+    os.chdir(request["cwd"])
+
+
+def _job_title() -> tuple[int, bytes] | None:
+    """(where this process's command line is in its memory, a job's command line of the same
+    length) or None where /proc does not say. Forked children share the layout."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: fields 48 and 49
+        with open("/proc/self/cmdline", "rb") as f:
+            line = f.read()[: end - start]
+    except (OSError, ValueError, IndexError):
+        return None
+    ours, theirs = b"workers.forkserver", b"workers.jobproc"
+    if ours not in line:
+        return None
+    return start, line.replace(ours, theirs + b"\0" * (len(ours) - len(theirs)), 1)
+
+
+def _set_title(start: int, line: bytes) -> None:
+    try:
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(line)
+    except OSError:  # cosmetic: a job is a job whatever ps calls it
+        pass
+
+
+def _reap(jobs: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = jobs.pop(pid, None)
+        if fd is None:  # an orphan a job left, reparented here (we are their subreaper)
+            continue
+        _kill_group(pid)  # what the job left behind in its group goes with it
+        _send(fd, {"exit": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss * 1024})
+        os.close(fd)
+
+
+def _shutdown(jobs: dict[int, int]) -> None:
+    for pid in jobs:
+        _kill_group(pid)
+    os._exit(0)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _send(fd: int, message: dict[str, Any]) -> None:
+    try:
+        os.write(fd, json.dumps(message).encode())
+    except OSError:  # its supervisor stopped listening: nothing to tell
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def main() -> int:
+    ctl = socket.socket(fileno=int(os.environ.pop(CTL_FD_ENV)))
+    jobproc.preload()
+    prctl = jobproc.libc_prctl()
+    if prctl is not None:  # what a job leaves orphaned is reparented here, and reaped
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    serve(ctl)  # returns only in a job process
+    jobproc.exit_now(jobproc.main())
+    return 0  # unreachable
+
+
+if __name__ == "__main__":
+    sys.exit(main())
