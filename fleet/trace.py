@@ -9,7 +9,7 @@ Trace format (JSON): `{"nodes": [{"name", "cpus", "memory", "gpus", "gpu_memory"
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,21 @@ def _usage(value: Any, request: list[float], where: str) -> tuple[float, float] 
     return used[0], used[1]
 
 
+def _named(items: list[Any], kind: str, key: str) -> Iterator[tuple[str, Mapping, str]]:
+    """(where, entry, name) of each entry of the `kind` list; names default to `node-3` etc.
+    and must be unique."""
+    seen: set[str] = set()
+    for k, item in enumerate(items):
+        where = f"{kind}[{k}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(where, "expected an object")
+        name = str(item.get(key, f"{kind[:-1]}-{k}"))
+        if name in seen:
+            raise SpecError(f"{where}.{key}", f"duplicate {kind[:-1]} {key} {name!r}")
+        seen.add(name)
+        yield where, item, name
+
+
 def parse_trace(data: Any) -> Trace:
     """Validate a trace; SpecError names the culprit, e.g. `jobs[3].resources.memory`."""
     if not isinstance(data, Mapping):
@@ -99,27 +114,14 @@ def parse_trace(data: Any) -> Trace:
     if not isinstance(raw_jobs, list):
         raise SpecError("jobs", "expected a list of jobs")
     names, capacity, labels = [], [], []
-    for k, node in enumerate(raw_nodes):
-        where = f"nodes[{k}]"
-        if not isinstance(node, Mapping):
-            raise SpecError(where, "expected an object")
-        name = str(node.get("name", f"node-{k}"))
-        if name in names:
-            raise SpecError(f"{where}.name", f"duplicate node name {name!r}")
+    for where, node, name in _named(raw_nodes, "nodes", "name"):
         names.append(name)
         capacity.append(_resources(node, where))
         labels.append(_labels(node.get("labels"), f"{where}.labels"))
     cap = np.array(capacity, dtype=np.float64)
     nodes = NodeView(tuple(names), cap, np.zeros_like(cap), np.zeros_like(cap), tuple(labels))
-    jobs, seen = [], set()
-    for k, job in enumerate(raw_jobs):
-        where = f"jobs[{k}]"
-        if not isinstance(job, Mapping):
-            raise SpecError(where, "expected an object")
-        job_id = str(job.get("id", f"job-{k}"))
-        if job_id in seen:
-            raise SpecError(f"{where}.id", f"duplicate job id {job_id!r}")
-        seen.add(job_id)
+    jobs = []
+    for where, job, job_id in _named(raw_jobs, "jobs", "id"):
         resources = job.get("resources")
         if not isinstance(resources, Mapping):
             raise SpecError(f"{where}.resources", "expected an object with cpus, memory, gpus")
