@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -349,16 +350,22 @@ def run_fleet(policy: str, trace: dict, nodes: dict[str, dict], work_dir: Path, 
         out["per_job"] = rows
         return out
     finally:
-        for p in driver.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in driver.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        stop_all(driver.procs.values())
         server.stop()
+
+
+def stop_all(procs: Iterable[subprocess.Popen]) -> None:
+    """SIGTERM every node at once (warm shutdown), then SIGKILL the groups of those still up."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
 
 
 def run_shared(trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
@@ -410,15 +417,7 @@ def run_shared(trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
         out["per_job"] = rows
         return out
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        stop_all(procs.values())
         server.stop()
 
 
