@@ -53,8 +53,10 @@ images() {
     step build-worker-torch build worker-torch fleet/worker-torch
     step build-worker-tf build worker-tf fleet/worker-tf
     step build-worker build worker fleet/worker
-    # No `docker image prune` here: with the legacy builder the stages a final image copies
-    # from (build-torch, build-tf) are untagged, and pruning them throws the dependency cache away.
+    # Each rebuild after a code change leaves the images it replaced behind, untagged, each with
+    # its own copy of the venv (gigabytes): prune those. Only final images carry the label, so
+    # the untagged dependency stages, the build cache of the legacy builder, stay.
+    step prune-replaced docker image prune -f --filter label=org.fleet.image=final
 }
 
 t_all="$(date +%s)"
