@@ -35,7 +35,7 @@ from workers.context import Resources
 from workers.cores import Pinning
 from workers.forkserver import ForkServer
 from workers.pipes import JobPipes
-from workers.probe import find_cgroup, tree_memory
+from workers.probe import TreeMemory, find_cgroup
 from workers.watch import (
     CancelWatch,
     MemoryWatch,
@@ -174,6 +174,7 @@ class Supervisor:
         proc = self.forks.spawn(runners.job_env(given), workdir, json.dumps(order).encode())
         entry.pid = proc.pid
         pipes = JobPipes(proc)
+        memory = TreeMemory(proc.pid)
         watches: list[Watch] = [
             MemoryWatch(int(res["memory"])),
             TimeoutWatch(float(spec.get("timeout") or self.settings.max_job_timeout)),
@@ -194,7 +195,7 @@ class Supervisor:
                     continue
                 next_tick = time.monotonic() + TICK_S
                 vitals.now = time.time()
-                vitals.memory = tree_memory(proc.pid)
+                vitals.memory = memory.sample()
                 vitals.peak_memory = max(vitals.peak_memory, vitals.memory)
                 if relay.pump(pipes, vitals):
                     entry.step = relay.step

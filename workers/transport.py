@@ -96,7 +96,7 @@ class Channel(kombu_redis.Channel):
             self.connection._deliver(envelope, dest)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu resets it to None
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()

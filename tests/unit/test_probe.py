@@ -280,7 +280,7 @@ def test_usage_probe_tree_sees_a_child_burn_cpu_and_grow() -> None:
         assert usage_probe.cpu_seconds is not None and seconds_before is not None
         assert usage_probe.cpu_seconds - seconds_before >= 0.5
         assert after.memory >= before.memory + 90 * MIB
-        assert probe.tree_memory(child.pid) >= 100 * MIB
+        assert probe.TreeMemory(child.pid).sample() >= 100 * MIB
     finally:
         child.kill()
         child.wait()
@@ -298,18 +298,21 @@ def test_usage_probe_counts_a_child_that_ended_between_samples() -> None:
 
 
 def test_tree_memory_of_a_child_and_after_it_is_gone() -> None:
+    mine = probe.TreeMemory(os.getpid(), rescan_s=0.0)  # finds the tree on every sample
+    before = mine.sample()
     child = spawn("stay")
+    theirs = probe.TreeMemory(child.pid)
     try:
         assert child.stdin is not None and child.stdout is not None
         child.stdin.write("go\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "ready"
-        assert probe.tree_memory(child.pid) >= 100 * MIB
-        assert probe.tree_memory(os.getpid()) >= probe.tree_memory(child.pid)
+        assert theirs.sample() >= 100 * MIB  # the known member, read again between rescans
+        assert mine.sample() >= before + 90 * MIB  # the new child, found by the rescan
     finally:
         child.kill()
         child.wait()
-    assert probe.tree_memory(child.pid) == 0
+    assert theirs.sample() == 0
 
 
 def test_read_capacity_on_this_machine_is_sane() -> None:
