@@ -101,7 +101,15 @@ class EventWriter:
         self._held: list[str] = []
         self._due: float | None = None  # when the held progress must be written
         self._cond = threading.Condition()
-        threading.Thread(target=self._flusher, daemon=True, name="fleet-events").start()
+        self._flusher_started = False  # started with the first held event: a no-op needs none
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A child the job forks (a data loader worker) starts empty, with a thread of its own
+        when it reports: the parent's held events stay the parent's to write."""
+        self._held, self._due = [], None
+        self._cond = threading.Condition()
+        self._flusher_started = False
 
     def emit(self, event: dict) -> None:
         line = json.dumps(event, default=float)
@@ -111,6 +119,9 @@ class EventWriter:
                 self._flush()
             elif self._due is None:
                 self._due = time.monotonic() + self._interval
+                if not self._flusher_started:
+                    self._flusher_started = True
+                    threading.Thread(target=self._flusher, daemon=True, name="fleet-events").start()
                 self._cond.notify()
 
     def _flusher(self) -> None:

@@ -49,3 +49,19 @@ def test_a_lone_report_is_not_held_past_the_interval() -> None:
     assert select.select([r], [], [], 5)[0], "the report never came"
     assert time.monotonic() - start < 5
     assert json.loads(os.read(r, 4096))["step"] == 7
+
+
+def test_a_forked_child_reports_on_its_own_and_does_not_repeat_the_parents() -> None:
+    r, w = os.pipe()
+    writer = EventWriter(w, interval=0.05)
+    writer.emit({"type": "progress", "step": 1, "who": "parent"})  # held when the fork comes
+    pid = os.fork()
+    if pid == 0:  # the child: one report of its own, written by its own flusher thread
+        try:
+            writer.emit({"type": "progress", "step": 2, "who": "child"})
+            time.sleep(0.5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    _, events = read_lines(r, 0.5)
+    assert sorted((e["who"], e["step"]) for e in events) == [("child", 2), ("parent", 1)]
