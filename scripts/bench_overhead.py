@@ -73,50 +73,35 @@ def direct(core: int, epochs: int) -> dict[str, float]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def reaped_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the children a process's descendants have reaped: the fork server reaps
-    each job process, so its delta around a job is the job's own CPU time."""
+def node_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, reaped) CPU seconds of a node process and its live descendants. Own: their time
+    on the CPU, i.e. what fleet's node (the worker, supervisor, heartbeat and fork server)
+    spent, all on the job's own core. Reaped: the time of children they have reaped; the fork
+    server reaps each job process, so its delta around a job is the job's own CPU time."""
     import psutil
 
     top = psutil.Process(pid)
-    total = 0.0
+    own = reaped = 0.0
     for proc in [top, *top.children(recursive=True)]:
         try:
             t = proc.cpu_times()
-            total += t.children_user + t.children_system
         except psutil.NoSuchProcess:
             continue
-    return total
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its live descendants, their own time only: a job that has
-    ended is counted in its parent's children time, which is left out, so what this measures
-    around a job is what fleet's node spent beside it (the worker, supervisor, heartbeat and
-    fork server), on the job's own core."""
-    import psutil
-
-    top = psutil.Process(pid)
-    total = 0.0
-    for proc in [top, *top.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
+        own += t.user + t.system
+        reaped += t.children_user + t.children_system
+    return own, reaped
 
 
 def through_fleet(client, epochs: int, node_pid: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     spec = {"name": "bench-overhead", "entrypoint": ENTRY, "framework": "torch",
             "params": {"epochs": epochs}, "resources": {"cpus": 1, "memory": "1Gi"},
             "timeout": 3600, "max_retries": 0}
-    node_cpu, job_cpu = own_cpu_seconds(node_pid), reaped_cpu_seconds(node_pid)
+    node_cpu, job_cpu = node_cpu_seconds(node_pid)
     submitted = time.time()
     job_id = client.submit(spec)
     final = client.wait(job_id, timeout=3600)
-    node_cpu = own_cpu_seconds(node_pid) - node_cpu
-    job_cpu = reaped_cpu_seconds(node_pid) - job_cpu
+    own, reaped = node_cpu_seconds(node_pid)
+    node_cpu, job_cpu = own - node_cpu, reaped - job_cpu
     if final["state"] != "SUCCEEDED":
         raise RuntimeError(f"fleet job {job_id} ended {final['state']}: {final.get('error')}")
     return {"wall_s": float(final["finished_at"]) - submitted,

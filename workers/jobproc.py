@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 EVENT_FD_ENV = "FLEET_EVENT_FD"
-EVENTS_FLUSH_S = 0.25  # events wait at most this long to share one write with others
-TERMINAL = frozenset({"result", "error"})  # written at once: the job is about to exit
 PARENT_ENV = "FLEET_JOB_PARENT"  # the pid this process must die with (set by the fork server)
 _PR_SET_PDEATHSIG = 1
 
@@ -83,69 +81,16 @@ def exit_now(code: int) -> NoReturn:
         os._exit(code)
 
 
-class EventWriter:
-    """Writes events to the supervisor as JSON lines, in batches.
-
-    A training loop may report and checkpoint hundreds of times a second; one write per event
-    would wake the supervisor as often, on the job's own core (issue 7). Events are therefore
-    held for at most `interval` seconds and written together; every event still arrives, in
-    order. The job's outcome (result, error) is written at once, after what was held. A thread
-    that sleeps until a batch is due bounds the delay however long the job goes between
-    events; a SIGKILL loses at most `interval` seconds of them, which the next attempt reports
-    again from its checkpoint.
-    """
-
-    def __init__(self, fd: int, interval: float = EVENTS_FLUSH_S) -> None:
-        self._fd = fd
-        self._interval = interval
-        self._held: list[str] = []
-        self._due: float | None = None  # when the held progress must be written
-        self._cond = threading.Condition()
-        self._flusher_started = False  # started with the first held event: a no-op needs none
-        os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        """A child the job forks (a data loader worker) starts empty, with a thread of its own
-        when it reports: the parent's held events stay the parent's to write."""
-        self._held, self._due = [], None
-        self._cond = threading.Condition()
-        self._flusher_started = False
-
-    def emit(self, event: dict) -> None:
-        line = json.dumps(event, default=float)
-        with self._cond:
-            self._held.append(line)
-            if event.get("type") in TERMINAL:
-                self._flush()
-            elif self._due is None:
-                self._due = time.monotonic() + self._interval
-                if not self._flusher_started:
-                    self._flusher_started = True
-                    threading.Thread(target=self._flusher, daemon=True, name="fleet-events").start()
-                self._cond.notify()
-
-    def _flusher(self) -> None:
-        with self._cond:
-            while True:
-                if self._due is None:
-                    self._cond.wait()
-                elif (left := self._due - time.monotonic()) > 0:
-                    self._cond.wait(left)
-                else:
-                    self._flush()
-
-    def _flush(self) -> None:  # with the lock held
-        data = ("\n".join(self._held) + "\n").encode()
-        self._held.clear()
-        self._due = None
-        while data:
-            data = data[os.write(self._fd, data):]
-
-
 def main() -> int:
     _die_with_parent()
     order: dict[str, Any] = json.loads(sys.stdin.read())
-    emit = EventWriter(int(os.environ[EVENT_FD_ENV])).emit
+    out = os.fdopen(int(os.environ[EVENT_FD_ENV]), "w", buffering=1)
+    lock = threading.Lock()
+
+    def emit(event: dict) -> None:
+        line = json.dumps(event, default=float)
+        with lock:
+            out.write(line + "\n")
 
     from fleet.entrypoints import check_entrypoint
     from workers import runners

@@ -1,0 +1,66 @@
+"""The supervisor's view of a job's pipes: every event arrives, in few wake-ups, and what a job
+wrote before it was killed is still read (it waits in the kernel's pipe buffer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from workers import pipes
+from workers.forkserver import JobProcess
+
+
+def fake_job() -> tuple[JobProcess, int, int, socket.socket]:
+    """A JobProcess over real pipes and a status socket; returns it and the job's write ends."""
+    events_r, events_w = os.pipe()
+    output_r, output_w = os.pipe()
+    ours, server = socket.socketpair()
+    ours.setblocking(False)
+    return JobProcess(os.getpid(), ours, events_r, output_r), events_w, output_w, server
+
+
+def test_a_burst_of_events_is_read_whole_in_order_with_few_wakeups() -> None:
+    proc, events_w, output_w, server = fake_job()
+    watched = pipes.JobPipes(proc)
+    batches: list[list[dict]] = []
+    step, deadline = 0, time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # ~1 s of a job writing an event every millisecond
+        os.write(events_w, (json.dumps({"type": "progress", "step": step}) + "\n").encode())
+        step += 1
+        time.sleep(0.001)
+        watched.wait(0)
+        if events := watched.take()[1]:
+            batches.append(events)
+    server.sendall(json.dumps({"exit": 0}).encode())
+    os.close(events_w)
+    os.close(output_w)
+    while watched.wait(1.0) is None:
+        pass
+    watched.drain(1.0)
+    batches.append(watched.take()[1])
+    assert [e["step"] for batch in batches for e in batch] == list(range(step))
+    assert len(batches) <= 1.0 / pipes.READ_GAP_S + 3, len(batches)  # not one per event
+    assert proc.returncode == 0
+    watched.close()
+
+
+def test_what_a_killed_job_wrote_during_the_rest_is_still_read() -> None:
+    proc, events_w, output_w, server = fake_job()
+    watched = pipes.JobPipes(proc)
+    os.write(events_w, b'{"type": "progress", "step": 1}\n')
+    assert watched.wait(1.0) is None  # read step 1; the pipes now rest
+    os.write(events_w, b'{"type": "progress", "step": 2}\n')  # the job's last words
+    os.write(output_w, b"last line\n")
+    os.close(events_w)
+    os.close(output_w)
+    server.close()  # the job and its server are gone, as after a SIGKILL
+    started = time.monotonic()
+    while watched.wait(1.0) is None:
+        assert time.monotonic() - started < 5
+    watched.drain(1.0)
+    lines, events = watched.take()
+    assert [e["step"] for e in events] == [1, 2]
+    assert lines == ["last line"]
+    watched.close()
