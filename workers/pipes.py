@@ -47,7 +47,7 @@ class JobPipes:
         """Read what comes within `timeout` seconds; the job's return code once it exited."""
         rest = self._rest_until - time.monotonic()
         if rest > 0 and self._status is not None:
-            for _ in self._exit_only.poll(max(0, int(min(rest, timeout) * 1000 + 0.999))):
+            if self._exit_only.poll(max(0, int(min(rest, timeout) * 1000 + 0.999))):
                 self._poll_once(0)  # it exited: read everything ready, as below
             return self.proc.returncode
         self._poll_once(timeout)
