@@ -22,9 +22,9 @@ LOST_REASONS = ("NODE_LOST", "WORKER_LOST")
 
 def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     """A stream entry as the documented JSON object: {id, time, event, job, ...fields}."""
-    event: dict[str, Any] = {"id": _text(entry_id)}
+    event: dict[str, Any] = {"id": keys.text(entry_id)}
     for k, v in fields.items():
-        event[_text(k)] = _text(v)
+        event[keys.text(k)] = keys.text(v)
     event["time"] = float(event.get("time") or 0.0)
     for name in INT_FIELDS:
         if name in event:
@@ -67,7 +67,7 @@ def follow_events(
         found: Any = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
         for _stream, entries in found or []:
             for entry_id, fields in entries:
-                last = _text(entry_id)
+                last = keys.text(entry_id)
                 event = decode_event(entry_id, fields)
                 if job is None or event.get("job") == job:
                     yield event
@@ -76,7 +76,7 @@ def follow_events(
 def last_event_id(client: redis.Redis) -> str:
     """The id of the newest event ("0-0" when none): follow from here to miss nothing."""
     newest: Any = client.xrevrange(keys.EVENTS, count=1)
-    return _text(newest[0][0]) if newest else "0-0"
+    return keys.text(newest[0][0]) if newest else "0-0"
 
 
 def event_line(event: Mapping[str, Any]) -> str:
@@ -91,6 +91,3 @@ def event_line(event: Mapping[str, Any]) -> str:
     )
     return f"{stamp} {event.get('job', '-')} {name}" + (f" {extra}" if extra else "")
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

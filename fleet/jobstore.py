@@ -102,7 +102,7 @@ class JobStore:
             args=[job_id, node, incarnation, _now(now), json.dumps(placement),
                   _chosen_score(placement, node)],
         )
-        return int(n), _text(why)
+        return int(n), keys.text(why)
 
     def claim(self, job_id: str, attempt: int, node: str, incarnation: str) -> tuple[bool, str]:
         ok, why, _ = self.claim_spec(job_id, attempt, node, incarnation)
@@ -116,7 +116,7 @@ class JobStore:
             keys=[keys.job(job_id), keys.job_attempts(job_id), keys.EVENTS, keys.PLACING],
             args=[job_id, attempt, node, incarnation, _now(None)],
         )
-        ok, why = bool(answer[0]), _text(answer[1])
+        ok, why = bool(answer[0]), keys.text(answer[1])
         spec = json.loads(answer[2]) if ok and len(answer) > 2 and answer[2] else None
         return ok, why, spec
 
@@ -157,12 +157,12 @@ class JobStore:
                 *(json.dumps(r) for r in progress),
             ],
         )
-        return bool(ok), _text(state)
+        return bool(ok), keys.text(state)
 
     def cancel(self, job_id: str) -> str:
         """The state the job is in (or heads to) after the request."""
         for _ in range(5):  # a placed job may move between our read and the script: re-read
-            node = _text(self.r.hget(keys.job(job_id), "node") or b"")
+            node = keys.text(self.r.hget(keys.job(job_id), "node") or b"")
             ok, state = self._scripts["cancel"](
                 keys=[
                     keys.job(job_id), keys.PENDING, keys.node_alloc(node or "-"),
@@ -171,7 +171,7 @@ class JobStore:
                 ],
                 args=[job_id, _now(None), node],
             )
-            state = _text(state)
+            state = keys.text(state)
             if state != "moved":
                 if not ok and state == "no such job":
                     from fleet.errors import NotFound
@@ -214,15 +214,15 @@ class JobStore:
         """Pending jobs in line order (priority, then submit order), `limit` of them from the
         `start`-th."""
         end = -1 if limit is None else start + limit - 1
-        return [_text(v) for v in self.r.zrange(keys.PENDING, start, end)]
+        return [keys.text(v) for v in self.r.zrange(keys.PENDING, start, end)]
 
     def placing(self, older_than: float) -> list[str]:
         """Reserved jobs no worker has claimed since `older_than` (maybe never published)."""
-        return [_text(v) for v in self.r.zrangebyscore(keys.PLACING, "-inf", older_than)]
+        return [keys.text(v) for v in self.r.zrangebyscore(keys.PLACING, "-inf", older_than)]
 
     def job_ids(self, limit: int | None = None) -> list[str]:
         end = -1 if limit is None else limit - 1
-        return [_text(v) for v in self.r.zrevrange(keys.JOBS, 0, end)]
+        return [keys.text(v) for v in self.r.zrevrange(keys.JOBS, 0, end)]
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(keys.job_cancel(job_id)))
@@ -237,7 +237,7 @@ def _chosen_score(placement: Mapping, node: str) -> str:
 
 def decode_job(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     """A job hash as plain Python: JSON fields parsed, numbers as numbers."""
-    job: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+    job: dict[str, Any] = {keys.text(k): keys.text(v) for k, v in raw.items()}
     for field in ("spec", "request", "placement", "progress", "result"):
         if job.get(field):
             job[field] = json.loads(job[field])
@@ -251,9 +251,6 @@ def decode_job(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     job["terminal"] = job.get("state") in TERMINAL_NAMES
     return job
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _now(now: float | None) -> str:

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 PREFIX = "fleet"
 
+
+def text(value: object) -> str:
+    """A key, member or field as Redis returned it (bytes, unless the client decodes) as str."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 # -- jobs -----------------------------------------------------------------------------------
 JOBS = f"{PREFIX}:jobs"  # zset: job id -> submit time (every job ever accepted)
 PENDING = f"{PREFIX}:pending"  # zset: job id -> order score (priority, then submit order)

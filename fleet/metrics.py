@@ -54,7 +54,7 @@ def read_snapshot(client: redis.Redis) -> Snapshot:
     """One consistent-enough read: node reports in one round trip, job records in chunks."""
     nodes = [s["report"] for s in registry.node_states(client) if s["report"]]
     members: Any = client.zrange(keys.JOBS, 0, -1)
-    ids = [_text(v) for v in members]
+    ids = [keys.text(v) for v in members]
     jobs: list[JobTimes] = []
     for i in range(0, len(ids), CHUNK):
         pipe = client.pipeline(transaction=False)
@@ -66,7 +66,7 @@ def read_snapshot(client: redis.Redis) -> Snapshot:
             if state is None:
                 continue
             attempt = json.loads(first) if first else {}
-            jobs.append(JobTimes(_text(state), _float(submitted), _float(attempt.get("placed_at")),
+            jobs.append(JobTimes(keys.text(state), _float(submitted), _float(attempt.get("placed_at")),
                                  _float(attempt.get("started_at"))))
     pipe = client.pipeline(transaction=False)
     pipe.zcard(keys.PENDING)
@@ -169,8 +169,5 @@ def serve(client: redis.Redis, port: int, address: str = "127.0.0.1") -> tuple[A
 def _float(value: Any) -> float | None:
     if value is None or value == b"" or value == "":
         return None
-    return float(_text(value) if isinstance(value, bytes) else value)
+    return float(keys.text(value) if isinstance(value, bytes) else value)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
