@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 from celery import Celery
+from celery.result import denied_join_result
 
 from fleet import keys, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
-from fleet.jobstore import JobStore, Outcome
+from fleet.jobstore import JobStore, Outcome, decode_job
 from fleet.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
 from fleet.placement.nodes import CPUS, MEMORY
@@ -117,7 +118,11 @@ class Master:
             self._waiting_written.clear()
             self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
             self._reconciled_at = now
-        states = registry.node_states(self.r)
+        # A round that explains (about once a second) reads further down the line, to give
+        # every waiting job its reason.
+        explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at
+        size = EXPLAIN_WINDOW if explain else PENDING_WINDOW
+        states, head = self._read(size)
         if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
             # Only after watching for one full TTL: leases that lapsed while Redis (or this
             # master) was away are not deaths; live nodes renew them within one heartbeat.
@@ -125,7 +130,7 @@ class Master:
         if now - self._reconciled_at >= RECONCILE_EVERY_S:
             self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
             self._reconciled_at = now
-        self._schedule(states, now, report)
+        self._schedule(states, head, size, explain, now, report)
         return report
 
     def _hold_lease(self, now: float) -> bool:
@@ -139,7 +144,29 @@ class Master:
         return True
 
     # -- decide + apply ----------------------------------------------------------------------
-    def _schedule(self, states: list[dict], now: float, report: RoundReport) -> None:
+    def _read(self, size: int) -> tuple[list[dict], list[str]]:
+        """The nodes' states and the head of the line (`size` pending jobs; those not cached
+        are read in full and cached) in two round trips: the node names with the line, then
+        the nodes' records with the new jobs."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smembers(keys.NODES)
+        pipe.zrange(keys.PENDING, 0, size - 1)
+        members, line = pipe.execute()
+        nodes, head = registry.names(members), [keys.text(j) for j in line]
+        missing = [j for j in head if j not in self._pending]
+        pipe = self.r.pipeline(transaction=False)
+        registry.read_states(pipe, nodes)
+        for job_id in missing:
+            pipe.hgetall(keys.job(job_id))
+        raw = pipe.execute()
+        self._refresh_pending(head, len(head) < size,
+                              read=[decode_job(job) for job in raw[3 * len(nodes):] if job])
+        return registry.states_from(nodes, raw), head
+
+    def _schedule(
+        self, states: list[dict], head: list[str], size: int, explain: bool, now: float,
+        report: RoundReport,
+    ) -> None:
         live = [s["report"] for s in states if s["report"] and not s["draining"]]
         incarnations = {r["node"]: r["incarnation"] for r in live}
         nodes = NodeView.from_reports(live)
@@ -150,15 +177,8 @@ class Master:
         ]
         # The head of the line; the next stretch too while nothing in it could be placed and
         # some node has room (so capacity never idles while a job that fits waits further on).
-        # A round that explains (about once a second) reads further, to give reasons.
-        explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at
-        size = EXPLAIN_WINDOW if explain else PENDING_WINDOW
-        ids: list[str] = []
+        ids, whole = list(head), len(head) < size  # whole: the rest of the line has been read
         while True:
-            window = self.store.pending_ids(start=len(ids), limit=size)
-            ids += window
-            whole = len(window) < size  # the rest of the line has been read
-            self._refresh_pending(ids, whole)
             pending, backing_off = self._ready(ids, now)
             explain = explain or (whole and len(ids) <= EXPLAIN_ALWAYS_UP_TO)
             result = schedule_round(
@@ -167,6 +187,10 @@ class Master:
             )
             if result.placements or whole or not _has_room(nodes):
                 break
+            window = self.store.pending_ids(start=len(ids), limit=size)
+            ids += window
+            whole = len(window) < size
+            self._refresh_pending(ids, whole)
         if not ids:
             return
         if explain:
@@ -208,28 +232,34 @@ class Master:
                 backing_off[job_id] = "backing off before a retry"
         return pending, backing_off
 
-    def _refresh_pending(self, ids: list[str], whole: bool) -> None:
-        """Read the jobs of `ids` not known yet (one round trip). Forget the ones that left the
-        line: all not in `ids` when it is the whole line, else (a longer line was read before)
-        only once the cache outgrows what a round reads."""
+    def _refresh_pending(self, ids: list[str], whole: bool, read: list[dict] | None = None) -> None:
+        """Read the jobs of `ids` not known yet (one round trip), unless the caller `read` them.
+        Forget the ones that left the line: all not in `ids` when it is the whole line, else
+        (a longer line was read before) only once the cache outgrows what a round reads."""
         if whole or len(self._pending) > 2 * EXPLAIN_WINDOW:
             current = set(ids)
             for gone in [j for j in self._pending if j not in current]:
                 del self._pending[gone]
-        missing = [j for j in ids if j not in self._pending]
-        if missing:
-            for job in self.store.get_many(missing):
-                if job["state"] == JobState.PENDING.value:
-                    self._pending[job["id"]] = (_pending_job(job), job["not_before"] or 0.0)
+        if read is None:
+            missing = [j for j in ids if j not in self._pending]
+            read = self.store.get_many(missing) if missing else []
+        for job in read:
+            if job["state"] == JobState.PENDING.value:
+                self._pending[job["id"]] = (_pending_job(job), job["not_before"] or 0.0)
 
     def _publish(self, job_id: str, attempt: int, node: str, incarnation: str) -> None:
-        self.app.send_task(
-            RUN_TASK,
-            kwargs={"payload": task_payload(job_id, attempt, node, incarnation)},
-            queue=keys.node_queue(node),
-            task_id=task_id(job_id, attempt),
-            shadow=job_id.rsplit("-", 1)[0],  # Flower lists the task under the job's name
-        )
+        """Send the attempt's task to its node's queue. Denied a join, Celery does not
+        subscribe to the task's result channel (and unsubscribe when the result object is
+        dropped), two pub/sub commands per job for a result the master never reads; the
+        worker still stores it (Flower and `AsyncResult` read it)."""
+        with denied_join_result():
+            self.app.send_task(
+                RUN_TASK,
+                kwargs={"payload": task_payload(job_id, attempt, node, incarnation)},
+                queue=keys.node_queue(node),
+                task_id=task_id(job_id, attempt),
+                shadow=job_id.rsplit("-", 1)[0],  # Flower lists the task under the job's name
+            )
 
     def _write_waiting(self, waiting: dict[str, str]) -> None:
         changed = {k: v for k, v in waiting.items() if self._waiting_written.get(k) != v}

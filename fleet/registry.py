@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -47,7 +47,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> Non
               int(ttl * 1000), json.dumps(sample), HISTORY_CAP],
     )
     if not ok:
-        raise NodeIdTaken(node, _text(holder))
+        raise NodeIdTaken(node, keys.text(holder))
 
 
 def _script(client: redis.Redis) -> Any:
@@ -62,7 +62,7 @@ def _script(client: redis.Redis) -> Any:
 def allocations(client: redis.Redis, node: str) -> dict[str, dict[str, Any]]:
     """Job id -> reservation ({attempt, incarnation, cpus_m, memory, gpus}) on `node`."""
     raw = client.hgetall(keys.node_alloc(node))
-    return {_text(k): json.loads(v) for k, v in raw.items()}
+    return {keys.text(k): json.loads(v) for k, v in raw.items()}
 
 
 def reserved_of(allocs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
@@ -74,25 +74,39 @@ def reserved_of(allocs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 
 
 def known_nodes(client: redis.Redis) -> list[str]:
-    return sorted(_text(n) for n in client.smembers(keys.NODES))
+    return names(client.smembers(keys.NODES))
+
+
+def names(members: Iterable[bytes | str]) -> list[str]:
+    """The node names of the NODES set's members, in order."""
+    return sorted(keys.text(n) for n in members)
 
 
 def node_states(client: redis.Redis) -> list[dict[str, Any]]:
     """Every known node: its last report (None when its lease expired), allocations, drain flag.
 
-    One pipelined round trip for all nodes.
+    One pipelined round trip for all nodes (after one for their names).
     """
     nodes = known_nodes(client)
     pipe = client.pipeline(transaction=False)
+    read_states(pipe, nodes)
+    return states_from(nodes, pipe.execute())
+
+
+def read_states(pipe: redis.client.Pipeline, nodes: Sequence[str]) -> None:
+    """Queue the reads `states_from` decodes, on a pipeline that may carry other reads too."""
     for node in nodes:
         pipe.hmget(keys.node(node), "report")
         pipe.hgetall(keys.node_alloc(node))
         pipe.exists(keys.node_drain(node))
-    raw = pipe.execute()
+
+
+def states_from(nodes: Sequence[str], raw: Sequence[Any]) -> list[dict[str, Any]]:
+    """The states of `nodes` from the replies to `read_states` (3 per node, in order)."""
     states = []
     for i, node in enumerate(nodes):
         (report_raw,), alloc_raw, drain = raw[3 * i : 3 * i + 3]
-        allocs = {_text(k): json.loads(v) for k, v in alloc_raw.items()}
+        allocs = {keys.text(k): json.loads(v) for k, v in alloc_raw.items()}
         report = json.loads(report_raw) if report_raw else None
         if report is not None:
             report["reserved"] = reserved_of(allocs)
@@ -130,7 +144,7 @@ def is_draining(client: redis.Redis, node: str) -> bool:
 
 def deregister(client: redis.Redis, node: str, incarnation: str) -> None:
     """A node leaving cleanly: drop its lease and name, unless a newer incarnation took over."""
-    if _text(client.hget(keys.node(node), "incarnation") or b"") not in ("", incarnation):
+    if keys.text(client.hget(keys.node(node), "incarnation") or b"") not in ("", incarnation):
         return
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node(node), keys.node_drain(node))
@@ -149,6 +163,3 @@ def forget(client: redis.Redis, node: str) -> None:
 def history(client: redis.Redis, node: str) -> list[dict[str, Any]]:
     return [json.loads(v) for v in client.lrange(keys.node_history(node), 0, -1)]
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -5,10 +5,16 @@ from running. Real Redis, master and worker processes.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from fleet import keys
-from fleet.master import PENDING_WINDOW
+from fleet import keys, registry
+from fleet.broker import make_app
+from fleet.client import Client
+from fleet.master import PENDING_WINDOW, Master
+from fleet.redis_server import RedisServer
+from fleet.settings import Settings
 from tests.integration.support import Fleet
 
 pytestmark = pytest.mark.integration
@@ -47,3 +53,23 @@ def test_a_job_that_fits_runs_past_a_long_blocked_head_of_the_line(fleet: Fleet)
     assert fleet.wait_job(holder, 30)["state"] == "CANCELLED"
     for job_id in blocked:
         fleet.client.cancel(job_id)
+
+
+def test_the_master_publishes_without_subscribing_to_results(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    """A master in this process places a job on a node (a report written here): the task is on
+    the node's queue, and the master subscribed to nothing (Celery would subscribe to the
+    task's result channel, and unsubscribe at once: two commands a job for nothing)."""
+    r = redis_server.client()
+    registry.heartbeat(r, {"node": "node-1", "incarnation": "i",
+                           "capacity": {"cpus": 2, "memory": 2**30}}, ttl=60)
+    job_id = Client(settings).submit(job("noop"))
+    app = make_app(settings, redis_server.url)
+    r.config_resetstat()
+    report = Master(settings, r, app).step(time.time())
+
+    assert report is not None and report.placed == [(job_id, "node-1")]
+    assert r.llen(keys.node_queue("node-1")) == 1
+    commands = r.info("commandstats")
+    assert "cmdstat_subscribe" not in commands and "cmdstat_unsubscribe" not in commands
