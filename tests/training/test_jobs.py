@@ -101,6 +101,28 @@ def test_digits_stops_early_when_asked(digits: ModuleType, tmp_path: Path) -> No
     assert checkpoint.latest(tmp_path / "ckpt")[0] == 2  # type: ignore[index]
 
 
+def test_digits_checkpoints_every_nth_epoch_and_never_loses_the_last(
+    digits: ModuleType, tmp_path: Path
+) -> None:
+    full = _context(tmp_path / "full")
+    assert digits.train(full, epochs=7, checkpoint_every=3)["epochs"] == 7
+    assert [e["step"] for e in _events(full, "checkpoint")] == [3, 6, 7]  # 7: the last
+
+    stop = threading.Event()
+
+    def emit(event: dict) -> None:
+        if event["type"] == "progress" and event["step"] == 4:
+            stop.set()  # a cancel or drain between two checkpoints
+
+    stopped = _context(tmp_path / "stopped", emit=emit, stop=stop)
+    result = digits.train(stopped, epochs=12, checkpoint_every=3)
+    assert result["stopped"] is True and result["epochs"] == 4
+    assert checkpoint.latest(tmp_path / "stopped" / "ckpt")[0] == 4  # type: ignore[index]
+
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        digits.train(_context(tmp_path / "bad"), checkpoint_every=0)
+
+
 # -- synthetic jobs -------------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """The digits classifier of `digits_torch`, in Keras 3 on TensorFlow.
 
 Same data split, model shape, parameters and result keys, so the two frameworks compare
-directly. A Keras callback reports each epoch, checkpoints it, and ends training early when a
-stop is asked; a resumed attempt restores weights and optimizer state and continues with
+directly. A Keras callback reports each epoch, checkpoints as `digits_torch` does, and ends
+training early when a stop is asked; a resumed attempt restores weights and optimizer state and continues with
 `initial_epoch` after the last saved epoch.
 """
 
@@ -22,11 +22,14 @@ def train(
     batch_size: int = 64,
     seed: int = 0,
     hidden: int = 64,
+    checkpoint_every: int = 1,
 ) -> dict[str, Any]:
     """Train an MLP (64 → hidden → 10, Adam); report loss and validation accuracy per epoch.
 
-    Returns the same keys as `digits_torch.train`.
+    Returns the same keys as `digits_torch.train`, and checkpoints as it does.
     """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
@@ -48,7 +51,7 @@ def train(
     )
 
     resumed_from = runner.restore(ctx, model)
-    epoch_hook = _EpochHook(ctx, runner, epochs)
+    epoch_hook = _EpochHook(ctx, runner, epochs, checkpoint_every)
     epoch_hook.done = resumed_from or 0
     if epoch_hook.done < epochs and not ctx.should_stop():
         x_train, y_train = data["train"]
@@ -81,15 +84,19 @@ def train(
 class _EpochHook:
     """What happens at the end of each epoch, kept apart from Keras so it reads plainly."""
 
-    def __init__(self, ctx: JobContext, runner: Any, epochs: int) -> None:
+    def __init__(self, ctx: JobContext, runner: Any, epochs: int, checkpoint_every: int) -> None:
         self.ctx, self.runner, self.epochs = ctx, runner, epochs
+        self.every = checkpoint_every
         self.done = 0
         self.train_loss: float | None = None
 
     def epoch_end(self, model: Any, epoch: int, logs: dict[str, Any]) -> bool:
-        """Checkpoint and report epoch `epoch` (1-based); True when training should stop."""
+        """Report epoch `epoch` (1-based), checkpointing every `every`-th, the last, and the
+        one a stop ends on; True when training should stop."""
         self.train_loss = float(logs["loss"])
-        self.runner.save(self.ctx, epoch, model)
+        saved = epoch % self.every == 0 or epoch == self.epochs
+        if saved:
+            self.runner.save(self.ctx, epoch, model)
         self.ctx.report(
             epoch,
             loss=self.train_loss,
@@ -97,7 +104,10 @@ class _EpochHook:
             val_loss=logs["val_loss"],
         )
         self.done = epoch
-        return self.ctx.should_stop()
+        stop = self.ctx.should_stop()
+        if stop and not saved:
+            self.runner.save(self.ctx, epoch, model)
+        return stop
 
 
 def _callback(keras: Any, hook: _EpochHook) -> Any:
