@@ -344,6 +344,32 @@ def spawn_cost(repeats: int) -> dict[str, float]:
     return {k: 1e3 * median(v) for k, v in out.items()}
 
 
+FORK_FLOOR = r"""
+import json, os, sys, time
+from workers import forkserver, jobproc
+jobproc.preload()  # what the node's fork server has loaded when it forks a job
+n = int(sys.argv[1])
+before, start = os.times(), time.perf_counter()
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+after, took = os.times(), time.perf_counter() - start
+cpu = sum(after[:4]) - sum(before[:4])  # this process and its reaped children
+print(json.dumps({"cpu_ms": 1e3 * cpu / n, "wall_ms": 1e3 * took / n}))
+"""
+
+
+def fork_floor(n: int = 500) -> dict[str, float]:
+    """The least any process per job can cost here: fork an interpreter loaded as the fork
+    server is, and let the child exit at once (no job, no pipes, no Python run in it). CPU
+    per fork (parent + child, by os.times) and wall time per fork."""
+    out = subprocess.run([sys.executable, "-c", FORK_FLOOR, str(n)], capture_output=True,
+                         text=True, env=fleet_env(), check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def import_profile(top: int = 8) -> list[tuple[str, int]]:
     """The biggest cumulative imports of a job process: the fork server's (paid once per node)
     and the noop job's module (paid by every job, after the fork)."""
@@ -543,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                 running.stop()
     try:
         spawn = spawn_cost(args.spawn_repeats)
+        floor = fork_floor()
         imports = import_profile()
     finally:
         server.stop()
@@ -572,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.set("fleet_stages_paced_ms", f["lat_stages"])
     rec.set("fleet_failed_jobs", f["failed"])
     rec.set("jobproc_spawn_ms", spawn)
+    rec.set("fork_floor_ms", floor)
     rec.set("jobproc_imports_cumulative_us", imports)
     rec.target("fleet throughput / raw Celery", f["tp"] / r["tp"], 0.8, ">=")
     rec.target("fleet submit→start p50 / raw Celery's", f["p50"] / r["p50"], 2.0, "<=")
@@ -591,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
                  + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     rec.note("job process fixed cost (median ms): "
              + ", ".join(f"{k} {v:.1f}" for k, v in spawn.items()))
+    raw_cpu = sum(r["cpu_ms_per_job"].values())
+    rec.note(f"the floor of a process per job: fork + immediate exit of the fork server's "
+             f"interpreter costs {floor['cpu_ms']:.2f} ms CPU ({floor['wall_ms']:.2f} ms wall) "
+             f"per job, before any work; raw Celery's whole cost is {raw_cpu:.2f} ms CPU per "
+             f"job, so 0.8× leaves fleet {raw_cpu / 0.8:.2f} ms in all, "
+             f"{raw_cpu / 0.8 - raw_cpu:.2f} ms more than raw Celery")
     env = {k: os.environ.get(k, "") for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
     rec.set("bytecode_env", env)
     rec.note("bytecode: " + ", ".join(f"{k}={v!r}" for k, v in env.items())
