@@ -1,8 +1,8 @@
 """Training overhead: the example torch job through a real local fleet vs called directly (issue 7).
 
-    python scripts/bench_overhead.py                    # ~60 s job, 5 paired rounds (~6 min)
-    python scripts/bench_overhead.py --mode alternate   # one side after the other (~10 min)
-    python scripts/bench_overhead.py --quick            # ~5 s job, 1 round
+    python scripts/bench_overhead.py                  # ~60 s job, 4 alternating rounds (~9 min)
+    python scripts/bench_overhead.py --mode paired    # both at once, Redis + master on fleet's core
+    python scripts/bench_overhead.py --quick          # ~5 s job, 1 round
 
 `workers.jobs.digits_torch:train` with enough epochs for `--seconds` on one CPU (calibrated
 first, directly), run
@@ -15,25 +15,26 @@ first, directly), run
   core) → wall time = submit → `finished_at` in the job record (the client's own polling is
   not counted).
 Two ways to share the machine between the sides:
-- `paired` (default): each round runs both sides at once, each on a core of its own (the
-  direct job on one, fleet's node on the other, with everything else of fleet's there too:
-  Redis, the master and this script), and the cores swap every round. Both sides see the same
-  seconds of a shared machine's load, and a core that is busier than the other hits each side
-  alike; the overhead is the median of the rounds' fleet/direct ratios. A fresh node is
-  started on fleet's core each round (and stopped after), so no node of fleet's sits idle on
-  the direct side's core. The cores of a shared VM are not alike (here one takes the disk's
-  interrupts: a job there runs ~5% slower, on either side), so the overhead compares each side
-  on the same core: the geometric mean over the two cores of median(fleet on it) /
-  median(direct on it) (with one round, that round's ratio).
-- `alternate`: one side after the other on the same core, the order swapped every round;
-  the overhead is median(fleet) / median(direct). The load of the minute each side ran in
-  differs, and on a shared machine that moves the ratio by several % either way.
+- `alternate` (default): one side after the other on core c, the order swapped every round;
+  fleet's control plane (Redis, the master, this script's client) is pinned to the other cores,
+  as on a real fleet, where it runs beside the nodes, not inside a node's CPU limit; the node's
+  own processes (Celery worker, supervisor, heartbeat, fork server) share core c with the job,
+  as they share a container's limit. The overhead is median(fleet) / median(direct).
+- `paired`: each round runs both sides at once, each on a core of its own, with everything of
+  fleet's on its side's core (Redis and the master too: the conservative charge), the cores
+  swapped every round. Both sides see the same seconds of a shared machine's load. The cores
+  of a shared VM are not alike (here one takes the disk's interrupts: a job there runs ~5%
+  slower, on either side), so each side is compared on the same core: the geometric mean over
+  the two cores of median(fleet on it) / median(direct on it) (one round: that round's ratio).
+  A fresh node is started on fleet's core each round (and stopped after), so no node of
+  fleet's sits idle on the direct side's core.
 
-The job: the example's MLP on digits, ~9 ms an epoch here, reporting every epoch (~110 reports
-a second, each to Redis through the supervisor) and checkpointing every `--checkpoint-every`
-epochs (100: about once a second, each checkpoint written and fsynced). `--checkpoint-every 1`
-is the example's default: ~110 checkpoints and ~330 fsyncs a second, which makes the run
-mostly a measurement of the disk (its waits are 10-20% of the wall time, and move by as much).
+The job: the example's MLP on digits, 4-9 ms an epoch here, reporting every epoch (100-250
+reports a second, each relayed to Redis by the supervisor) and checkpointing every
+`--checkpoint-every` epochs (100: about twice a second, each checkpoint written and fsynced).
+`--checkpoint-every 1` is the example's default: hundreds of checkpoints and three times as
+many fsyncs a second, which makes the run mostly a measurement of the disk (its waits are
+10-20% of the wall time, and move by as much between runs).
 """
 
 from __future__ import annotations
@@ -83,10 +84,15 @@ def direct(core: int, epochs: int, every: int) -> dict[str, float]:
     script may reap other children meanwhile: a node stopped in paired mode)."""
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     try:
+        mine = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {core})  # this thread only: the child starts on its core
         start = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", DIRECT, str(core), str(epochs), str(every), str(work)],
-                             capture_output=True, text=True, env=fleet_env(), timeout=1800)
+        try:
+            res = subprocess.run(
+                [sys.executable, "-c", DIRECT, str(core), str(epochs), str(every), str(work)],
+                capture_output=True, text=True, env=fleet_env(), timeout=1800)
+        finally:
+            os.sched_setaffinity(0, mine)
         wall = time.perf_counter() - start
         if res.returncode != 0:
             raise RuntimeError(res.stderr[-2000:])
@@ -165,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs (skips calibration)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="epochs between checkpoints (the example's default is 1)")
-    p.add_argument("--repeats", type=int, default=6, help="rounds (paired: even, so that each "
+    p.add_argument("--repeats", type=int, default=4, help="rounds (paired: even, so that each "
                    "side runs as often on each core)")
-    p.add_argument("--mode", choices=("paired", "alternate"), default="paired",
-                   help="both sides at once on two cores (swapped each round), or one after "
-                        "the other on one core")
+    p.add_argument("--mode", choices=("alternate", "paired"), default="alternate",
+                   help="one side after the other on one core, fleet's Redis and master on the "
+                        "others; or both sides at once on two cores (swapped each round), "
+                        "fleet's Redis and master on its job's core")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -215,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             core = cores[0]
             node_pid = driver.start_node("node-1", shape, server.url, [core])
             driver.wait_for_nodes({"node-1"}, timeout=60, client=client.r)
+            if len(cores) > 1:  # the control plane off the job's core, as on a real fleet
+                for pid in (server.process.pid, master_pid, os.getpid()):
+                    pin_process(pid, set(cores[1:]))
             for k in range(args.repeats):
                 order = ("direct", "fleet") if k % 2 == 0 else ("fleet", "direct")
                 for side in order:
