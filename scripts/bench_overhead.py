@@ -1,6 +1,6 @@
 """Training overhead: the example torch job through a real local fleet vs called directly (issue 7).
 
-    python scripts/bench_overhead.py                  # ~60 s job, 4 alternating rounds (~9 min)
+    python scripts/bench_overhead.py                  # ~60 s job, 8 alternating rounds (~17 min)
     python scripts/bench_overhead.py --mode paired    # both at once, Redis + master on fleet's core
     python scripts/bench_overhead.py --quick          # ~5 s job, 1 round
 
@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs (skips calibration)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="epochs between checkpoints (the example's default is 1)")
-    p.add_argument("--repeats", type=int, default=4, help="rounds (paired: even, so that each "
-                   "side runs as often on each core)")
+    p.add_argument("--repeats", type=int, default=8, help="rounds (paired: even, so that each "
+                   "side runs as often on each core); fewer cannot tell 3%% from this "
+                   "machine's noise")
     p.add_argument("--mode", choices=("alternate", "paired"), default="alternate",
                    help="one side after the other on one core, fleet's Redis and master on the "
                         "others; or both sides at once on two cores (swapped each round), "
