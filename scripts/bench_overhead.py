@@ -198,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     if epochs is None:
         # two probes: the slope excludes the fixed start-up cost inside train()
         small, big = (direct(cores[0], n, args.checkpoint_every) for n in (20, 220))
-        os.sched_setaffinity(0, set(cores))
         per_epoch = (big["train_s"] - small["train_s"]) / 200
         epochs = max(1, round(args.seconds / per_epoch))
         rec.note(f"calibration: {per_epoch * 1e3:.1f} ms per epoch → {epochs} epochs")
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-fleet-"))
     server = new_server(tmp / "redis").start()
+    assert server.process is not None
+    control = (server.process.pid, os.getpid())  # with the master's: pinned to a core below
     settings = Settings(home=tmp / "home", redis_url=server.url)
     driver = LocalDriver(settings)
     rows: dict[str, list[dict]] = {"direct": [], "fleet": []}
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             node_pid = driver.start_node("node-1", shape, server.url, [core])
             driver.wait_for_nodes({"node-1"}, timeout=60, client=client.r)
             if len(cores) > 1:  # the control plane off the job's core, as on a real fleet
-                for pid in (server.process.pid, master_pid, os.getpid()):
+                for pid in (*control, master_pid):
                     pin_process(pid, set(cores[1:]))
             for k in range(args.repeats):
                 order = ("direct", "fleet") if k % 2 == 0 else ("fleet", "direct")
@@ -238,15 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                 node = f"node-{k + 1}"
                 node_pid = driver.start_node(node, shape, server.url, [fleet_core])
                 driver.wait_for_nodes({node}, timeout=60, client=client.r)
-                for pid in (server.process.pid, master_pid, os.getpid()):
+                for pid in (*control, master_pid):
                     pin_process(pid, {fleet_core})
                 with ThreadPoolExecutor(1) as pool:
-                    side = pool.submit(direct, direct_core, epochs, args.checkpoint_every)
-                    f = through_fleet(client, epochs, args.checkpoint_every, node_pid)
-                    d = side.result()
-                record(k, "direct", direct_core, d)
-                record(k, "fleet", fleet_core, f)
-                ratios.append(f["wall_s"] / d["wall_s"])
+                    running = pool.submit(direct, direct_core, epochs, args.checkpoint_every)
+                    by_fleet = through_fleet(client, epochs, args.checkpoint_every, node_pid)
+                    by_hand = running.result()
+                record(k, "direct", direct_core, by_hand)
+                record(k, "fleet", fleet_core, by_fleet)
+                ratios.append(by_fleet["wall_s"] / by_hand["wall_s"])
                 stop_children([driver.procs.pop(node_pid)])  # deregisters: gone from placement
     finally:
         stop_children(list(driver.procs.values()))
