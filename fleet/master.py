@@ -159,8 +159,8 @@ class Master:
         for job_id in missing:
             pipe.hgetall(keys.job(job_id))
         raw = pipe.execute()
-        self._refresh_pending(head, len(head) < size,
-                              read=[decode_job(job) for job in raw[3 * len(nodes):] if job])
+        jobs = raw[registry.READS_PER_NODE * len(nodes):]
+        self._refresh_pending(head, len(head) < size, read=[decode_job(j) for j in jobs if j])
         return registry.states_from(nodes, raw), head
 
     def _schedule(

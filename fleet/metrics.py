@@ -169,5 +169,5 @@ def serve(client: redis.Redis, port: int, address: str = "127.0.0.1") -> tuple[A
 def _float(value: Any) -> float | None:
     if value is None or value == b"" or value == "":
         return None
-    return float(keys.text(value) if isinstance(value, bytes) else value)
+    return float(keys.text(value))
 

@@ -93,8 +93,12 @@ def node_states(client: redis.Redis) -> list[dict[str, Any]]:
     return states_from(nodes, pipe.execute())
 
 
+READS_PER_NODE = 3  # replies `read_states` queues per node: report, allocations, drain flag
+
+
 def read_states(pipe: redis.client.Pipeline, nodes: Sequence[str]) -> None:
-    """Queue the reads `states_from` decodes, on a pipeline that may carry other reads too."""
+    """Queue the reads `states_from` decodes, on a pipeline that may carry other reads too
+    (after READS_PER_NODE × len(nodes) replies)."""
     for node in nodes:
         pipe.hmget(keys.node(node), "report")
         pipe.hgetall(keys.node_alloc(node))
@@ -102,10 +106,10 @@ def read_states(pipe: redis.client.Pipeline, nodes: Sequence[str]) -> None:
 
 
 def states_from(nodes: Sequence[str], raw: Sequence[Any]) -> list[dict[str, Any]]:
-    """The states of `nodes` from the replies to `read_states` (3 per node, in order)."""
+    """The states of `nodes` from the replies to `read_states` (READS_PER_NODE each, in order)."""
     states = []
     for i, node in enumerate(nodes):
-        (report_raw,), alloc_raw, drain = raw[3 * i : 3 * i + 3]
+        (report_raw,), alloc_raw, drain = raw[READS_PER_NODE * i : READS_PER_NODE * (i + 1)]
         allocs = {keys.text(k): json.loads(v) for k, v in alloc_raw.items()}
         report = json.loads(report_raw) if report_raw else None
         if report is not None:

@@ -2,8 +2,8 @@
 
 Same data split, model shape, parameters and result keys, so the two frameworks compare
 directly. A Keras callback reports each epoch, checkpoints as `digits_torch` does, and ends
-training early when a stop is asked; a resumed attempt restores weights and optimizer state and continues with
-`initial_epoch` after the last saved epoch.
+training early when a stop is asked; a resumed attempt restores weights and optimizer state and
+continues with `initial_epoch` after the last saved epoch.
 """
 
 from __future__ import annotations
