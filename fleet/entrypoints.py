@@ -6,9 +6,13 @@ job code, starts fast; `fleet.spec` uses the same functions at submit.
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import keyword
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from fleet.errors import SpecError
 
@@ -33,6 +37,8 @@ def split_entrypoint(entrypoint: str) -> tuple[str, str]:
     for part in module.split("."):
         check_identifier(part, "module part")
     check_identifier(function, "function")
+    if function.startswith("_"):
+        raise ValueError(f"function {function!r} is private: a job is a public function")
     return module, function
 
 
@@ -67,3 +73,72 @@ def check_entrypoint(entrypoint: str, allowlist: Sequence[str]) -> tuple[str, st
             f"module {module!r} is not on the allowlist ({', '.join(allowlist) or 'empty'})",
         )
     return module, function
+
+
+MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a job module's source, read to find its functions
+
+
+def check_job_function(module: str, function: str) -> tuple[str, str]:
+    """The entry point must name a function defined in its module: not a class, not a module,
+    not a name the module imported (`synthetic:Path`, `synthetic:os`), which would otherwise
+    pass submit and fail on the node. Read from the module's source, never by importing it
+    (submit runs no job code). Where this machine does not have the allowlisted package at
+    all (a producer without the job code), the node checks it instead; where it has the
+    package but not the module, the module does not exist."""
+    found = _module_source(module)
+    if found is None:
+        return module, function
+    if found == "missing":
+        raise SpecError("entrypoint", f"module {module!r} not found")
+    if function not in _functions_defined(found):
+        raise SpecError("entrypoint", f"{module} defines no function {function!r} (classes, "
+                                      "modules and imported names are not job functions)")
+    return module, function
+
+
+def _module_source(module: str) -> Path | str | None:
+    """The module's source file; "missing" when its top package is here but the module is
+    not; None when its top package is not here (or it is not Python source)."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name is found, not imported
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for base in spec.submodule_search_locations or ():
+        stem = Path(base).joinpath(*rest)
+        for path in (stem.with_suffix(".py"), stem / "__init__.py"):
+            if path.is_file():
+                return path
+        if any(Path(base).joinpath(*rest[:-1]).glob(f"{rest[-1]}.*.so")):
+            return None  # an extension module: nothing to read
+    return "missing"
+
+
+def _functions_defined(path: Path) -> frozenset[str]:
+    stat = path.stat()
+    return _parse_functions(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_functions(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Public functions a module defines at its top level (also under `if`/`try` there)."""
+    if size > MAX_SOURCE_BYTES:
+        return frozenset()
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=path)
+    except (OSError, SyntaxError, ValueError, RecursionError):
+        return frozenset()
+    names: set[str] = set()
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo.extend(node.body + node.orelse + getattr(node, "finalbody", []))
+            todo.extend(h for handler in getattr(node, "handlers", []) for h in handler.body)
+    return frozenset(n for n in names if not n.startswith("_"))

@@ -31,6 +31,7 @@ from pydantic import (
 from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet.spec
     check_entrypoint,
     check_identifier,
+    check_job_function,
     check_name,
     is_job_id,
     split_entrypoint,
@@ -41,6 +42,10 @@ from fleet.units import parse_memory
 SCHEMA_VERSION = 1
 POLICY_NAMES = ("spread", "pack", "balanced", "p2c", "random", "round_robin", "seed")
 MAX_PARAMS_BYTES = 64 * 1024
+MAX_SPEC_BYTES = 1024 * 1024  # a job file or a spec mapping, read or walked before parsing
+MAX_DEPTH = 32  # nesting of mappings and lists anywhere in a spec
+MAX_LABELS = 64
+MAX_LABEL_CHARS = 128
 # Bytes above 2**53 lose precision as the doubles that JSON readers and Redis Lua compare.
 MAX_BYTES = 2**53
 
@@ -92,7 +97,7 @@ class JobSpec(BaseModel):
 
     schema_version: Integer = SCHEMA_VERSION
     name: Annotated[str, Field(min_length=1, max_length=63), AfterValidator(check_name)]
-    entrypoint: str
+    entrypoint: str = Field(max_length=200)
     framework: Literal["torch", "tensorflow", "none"] = "none"
     params: dict[str, JsonValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -100,7 +105,7 @@ class JobSpec(BaseModel):
     timeout: Integer = Field(default=86400, gt=0)  # seconds, wall clock of one attempt
     stall_timeout: Integer | None = Field(default=None, gt=0)  # seconds without a progress report
     max_retries: Integer = Field(default=2, ge=0, le=100)  # retries of the job's own failures
-    policy: str | None = None  # placement override for this job
+    policy: str | None = Field(default=None, max_length=32)  # placement override for this job
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels the node must have
 
     @field_validator("schema_version")
@@ -133,6 +138,20 @@ class JobSpec(BaseModel):
             raise ValueError(f"{size} bytes as JSON; at most {MAX_PARAMS_BYTES} are allowed")
         return params
 
+    @field_validator("node_selector")
+    @classmethod
+    def _labels_are_small(cls, labels: dict[str, str]) -> dict[str, str]:
+        """Labels live in the job's Redis hash and are compared on every placement round: a
+        few short printable strings, as a node's labels are."""
+        if len(labels) > MAX_LABELS:
+            raise ValueError(f"{len(labels)} labels; at most {MAX_LABELS} are allowed")
+        for key, value in labels.items():
+            for what, text in (("label", key), (f"label {_cut(key, 40)!r}'s value", value)):
+                if not text.isprintable() or len(text) > MAX_LABEL_CHARS:
+                    raise ValueError(f"{what} must be printable and at most {MAX_LABEL_CHARS} "
+                                     f"characters, got {_short(text)}")
+        return labels
+
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, policy: str | None) -> str | None:
@@ -151,14 +170,41 @@ def parse_spec(
     """Validate a mapping into a JobSpec, or raise SpecError naming the first bad field."""
     if not isinstance(data, Mapping):
         raise SpecError("spec", f"expected a mapping of fields, got {type(data).__name__}")
+    check_shape(data)
     try:
         spec = JobSpec.model_validate(dict(data))
     except ValidationError as exc:
         raise _spec_error(exc) from None
-    check_entrypoint(spec.entrypoint, allowlist)
+    check_job_function(*check_entrypoint(spec.entrypoint, allowlist))
     if max_timeout is not None and spec.timeout > max_timeout:
         raise SpecError("timeout", f"{spec.timeout} s is over the fleet's limit of {max_timeout} s")
     return spec
+
+
+def check_shape(data: Mapping[str, Any]) -> None:
+    """Refuse a spec too deep or too large before anything recursive reads it: pydantic, json
+    and repr all recurse, and a 10,000-deep `params` would end in a RecursionError instead of
+    an answer. Walks with a stack of its own, so any depth is safe to look at; counts what the
+    spec would weigh as JSON (roughly: strings and keys by length, everything else a few
+    bytes), and stops at the first excess. The field named is the top-level one it is in."""
+    stack: list[tuple[str, int, Any]] = [(str(k), 1, v) for k, v in data.items()]
+    weight = 0
+    while stack:
+        field, depth, value = stack.pop()
+        weight += len(value) + 2 if isinstance(value, (str, bytes)) else 8
+        if weight > MAX_SPEC_BYTES:
+            raise SpecError(_cut(field, 60), f"the spec is over {MAX_SPEC_BYTES} bytes")
+        if isinstance(value, Mapping):
+            children = list(value.items())
+        elif isinstance(value, (list, tuple)):
+            children = list(enumerate(value))
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise SpecError(_cut(field, 60), f"nested deeper than {MAX_DEPTH} levels")
+        for key, child in children:
+            weight += len(key) + 3 if isinstance(key, str) else 8
+            stack.append((field, depth + 1, child))
 
 
 _JSON_TAGS = {"list", "dict", "str", "int", "float", "bool"}
@@ -237,8 +283,11 @@ def load_spec(
 ) -> JobSpec:
     """Read a YAML or JSON job file (YAML is a superset of JSON), apply overrides, validate."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_SpecLoader)
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError("file", f"{path}: over {MAX_SPEC_BYTES} bytes; a job file is small")
+        data = yaml.load(raw.decode("utf-8"), Loader=_SpecLoader)
     except OSError as exc:
         raise SpecError("file", f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -261,12 +310,22 @@ class _SpecLoader(yaml.SafeLoader):
         first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
+        """Composing recurses once per level: refuse depth here, before Python's own limit."""
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
-        return super().compose_node(parent, index)
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[str] = set()

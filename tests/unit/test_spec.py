@@ -400,3 +400,73 @@ def test_arbitrary_json_gives_a_spec_or_a_spec_error(data: Any) -> None:
 @given(st.lists(st.tuples(paths, json_like, st.booleans()), min_size=1, max_size=3))
 def test_mutated_spec_gives_a_spec_or_a_spec_error(changes: list[tuple[str, Any, bool]]) -> None:
     only_spec_or_spec_error(mutate(changes))
+
+
+# -- caps before parsing, and entry points that are job functions --------------------------------
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [33, 10_000])
+def test_params_nested_too_deep_are_refused_not_a_recursion_error(depth: int) -> None:
+    error = refused(with_value("params", {"x": _nested(depth)}))
+    assert error.field == "params" and "deeper than" in error.reason
+
+
+def test_params_nested_within_the_limit_are_accepted() -> None:
+    assert parse(with_value("params", {"x": _nested(20)})).params["x"] == _nested(20)
+
+
+@pytest.mark.parametrize("text", [
+    "params: {x: " + "[" * 10_000 + "]" * 10_000 + "}",
+    '{"params": {"x": ' + "[" * 10_000 + "]" * 10_000 + "}}",
+])
+def test_a_deep_yaml_or_json_file_is_refused_naming_the_line(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: a\nentrypoint: workers.jobs.synthetic:sleep\n" + text + "\n"
+                    if text.startswith("params") else text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path, allowlist=ALLOW)
+    assert info.value.field == "file" and "deeper than" in info.value.reason
+
+
+def test_a_file_over_the_size_cap_is_refused_before_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("name: a\n#" + "x" * (2 * 1024 * 1024) + "\n")
+    with pytest.raises(SpecError, match="over"):
+        load_spec(path, allowlist=ALLOW)
+
+
+@pytest.mark.parametrize("labels, says", [
+    ({"k" * 10_000_000: "v"}, "over"),
+    ({"k" * 129: "v"}, "at most 128"),
+    ({"zone": "v" * 129}, "at most 128"),
+    ({f"k{i}": "v" for i in range(65)}, "at most 64"),
+    ({"zone": "a\x00b"}, "printable"),
+])
+def test_node_selector_labels_are_few_short_and_printable(labels: dict, says: str) -> None:
+    error = refused(with_value("node_selector", labels))
+    assert error.field == "node_selector" and says in error.reason
+    assert len(str(error)) < 300
+
+
+@pytest.mark.parametrize("entrypoint, says", [
+    ("workers.jobs.synthetic:_fault", "private"),
+    ("workers.jobs.synthetic:Path", "defines no function"),
+    ("workers.jobs.synthetic:os", "defines no function"),
+    ("workers.jobs.synthetic:json", "defines no function"),
+    ("workers.jobs.nosuchmodule:train", "not found"),
+    ("workers.jobs.synthetic:" + "x" * 300, "at most 200"),
+])
+def test_an_entrypoint_must_name_a_public_function_defined_in_its_module(
+        entrypoint: str, says: str) -> None:
+    error = refused(with_value("entrypoint", entrypoint))
+    assert error.field == "entrypoint" and says in str(error)
+
+
+def test_an_entrypoint_whose_package_is_not_here_is_left_to_the_node() -> None:
+    spec = parse_spec(with_value("entrypoint", "mylab.train:fit"), allowlist=["workers.jobs", "mylab"])
+    assert spec.entrypoint == "mylab.train:fit"
