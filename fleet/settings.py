@@ -9,11 +9,42 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+from fleet.errors import SpecError
 
 DAY = 24 * 3600
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class BadSetting(SpecError):
+    """A FLEET_* variable (or a settings value) is not of the expected form."""
+
+
+def _module_list(value: Any) -> Any:
+    """FLEET_ALLOWLIST as a JSON list or, as people write it, comma-separated names."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("not a JSON list of module names") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _check_module_names(modules: list[str]) -> list[str]:
+    for module in modules:
+        parts = module.split(".")
+        if not all(part.isidentifier() for part in parts):
+            raise ValueError(f"{module!r} is not a module name")
+    return modules
 
 
 class Settings(BaseSettings):
@@ -28,13 +59,42 @@ class Settings(BaseSettings):
     visibility_timeout: int | None = Field(
         default=None, gt=0, description="broker redelivery delay; default max_job_timeout + 1 h"
     )
-    allowlist: list[str] = Field(
+    allowlist: Annotated[list[str], NoDecode, BeforeValidator(_module_list)] = Field(
         default_factory=lambda: ["workers.jobs"],
         description="modules (and their submodules) whose functions may run as jobs",
     )
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
     master_lease_ttl: float = Field(default=5.0, gt=0)
     result_expires: int = Field(default=7 * DAY, gt=0)
+
+    def __init__(self, **values: Any) -> None:
+        """Settings errors are the user's: one line naming the variable and the form expected,
+        not pydantic's traceback."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            name = ".".join(str(p) for p in error["loc"][:1]) or "settings"
+            reason = str(error.get("ctx", {}).get("error") or error["msg"])
+            raise BadSetting(f"FLEET_{name.upper()}", _one_line(reason)) from None
+        except _SourceError as exc:  # a value the source could not even decode
+            raise BadSetting("FLEET_*", _one_line(str(exc))) from None
+
+    @field_validator("allowlist")
+    @classmethod
+    def _allowlist_names(cls, modules: list[str]) -> list[str]:
+        return _check_module_names(modules)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_shape(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
+            raise ValueError("expected redis://[:password@]host:port/db (or rediss://, unix://)"
+                             f", got scheme {parts.scheme or 'none'!r}")
+        return url
 
     @property
     def home_dir(self) -> Path:
@@ -74,6 +134,11 @@ class Settings(BaseSettings):
             f"no fleet found: set FLEET_REDIS_URL or start one with `fleet up` "
             f"(no state file at {self.state_file})"
         )
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def read_state(settings: Settings) -> dict | None:
