@@ -251,8 +251,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
     The value is read as YAML (`5` is an int, `0.1` a float, `true` a bool, `1Gi` a string,
     `[64, 32]` a list, an empty value null), so an override means what it would in the file.
-    The input is not changed.
+    The input is not changed (and is checked for depth and size before it is copied).
     """
+    check_shape(data)
     result = copy.deepcopy(dict(data))
     for item in overrides:
         key, sep, text = item.partition("=")

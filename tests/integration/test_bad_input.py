@@ -126,4 +126,58 @@ def test_unreachable_redis_and_redis_dying_mid_command_are_one_line(fleet: Fleet
     fleet.server.start()  # the fixture's teardown expects it back
 
 
+def _deep(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+BAD_SPECS = {  # what a user sent -> the field the one-line error must name
+    "deep-params": ({"params": {"x": _deep(10_000)}}, "params"),
+    "huge-label": ({"node_selector": {"k" * 10_000_000: "v"}}, "node_selector"),
+    "private-function": ({"entrypoint": "workers.jobs.synthetic:_fault"}, "entrypoint"),
+    "a-class": ({"entrypoint": "workers.jobs.synthetic:Path"}, "entrypoint"),
+    "a-module": ({"entrypoint": "workers.jobs.synthetic:os"}, "entrypoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_each_bad_input_is_refused_by_client_and_cli_naming_the_field(
+        fleet: Fleet, tmp_path: Path, case: str) -> None:
+    import json
+
+    _one_node(fleet)
+    change, field = BAD_SPECS[case]
+    data = {"name": "bad", "entrypoint": "workers.jobs.synthetic:sleep", **change}
+    with pytest.raises(SpecError) as info:
+        fleet.client.submit(data)
+    assert info.value.field == field and "\n" not in str(info.value)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data) if case != "deep-params" else
+                    '{"name": "bad", "entrypoint": "workers.jobs.synthetic:sleep", "params": '
+                    '{"x": ' + "[" * 10_000 + "]" * 10_000 + "}}")
+    out = fleet.cli("submit", str(path))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and (field in lines[0] or "file" in lines[0])
+    assert _accepted(fleet) == 0
+
+
+@pytest.mark.parametrize("name, value", [
+    ("FLEET_ALLOWLIST", "workers.jobs,my-train"), ("FLEET_REDIS_URL", "notaurl")])
+def test_a_bad_variable_exits_2_with_one_line_naming_it(fleet: Fleet, name: str, value: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "fleet", "jobs"], capture_output=True, text=True,
+                         env={**os.environ, **fleet.settings.to_env(), name: value}, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        out.stderr.strip()] and name in out.stderr, out.stderr
+
+
+def test_the_comma_form_of_the_allowlist_is_accepted(fleet: Fleet) -> None:
+    env = {**os.environ, **fleet.settings.to_env(), "FLEET_ALLOWLIST": "workers.jobs,tests"}
+    out = subprocess.run([sys.executable, "-m", "fleet", "jobs"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
 __all__ = ["Client"]
