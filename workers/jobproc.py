@@ -14,6 +14,7 @@ import atexit
 import ctypes
 import functools
 import importlib
+import inspect
 import json
 import os
 import signal
@@ -108,7 +109,7 @@ def main() -> int:
     try:
         module_name, func_name = check_entrypoint(order["entrypoint"], order["allowlist"])
         runners.prepare(order["framework"], resources)
-        function = getattr(importlib.import_module(module_name), func_name)
+        function = _job_function(importlib.import_module(module_name), func_name)
         ctx = JobContext(
             job_id=order["job_id"], attempt=int(order["attempt"]), resources=resources,
             workdir=Path(order["workdir"]), checkpoint_dir=Path(order["checkpoint_dir"]),
@@ -124,6 +125,16 @@ def main() -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _job_function(module: Any, name: str) -> Any:
+    """What submit checked in the source, checked again on the object: a function the module
+    defines itself, not a class or a name it imported (which would run code it did not mean
+    to expose)."""
+    function = getattr(module, name, None)
+    if not inspect.isfunction(function) or function.__module__ != module.__name__:
+        raise TypeError(f"{module.__name__} defines no function {name!r}")
+    return function
 
 
 if __name__ == "__main__":

@@ -238,3 +238,14 @@ def test_a_killed_worker_leaves_no_job_behind(tmp_path: Path) -> None:
         worker.kill()
         worker.wait(10)
     assert eventually_dead(server_pid) and eventually_dead(job_pid)
+
+
+@pytest.mark.parametrize("name", ["Path", "json", "JobContext"])
+def test_a_job_process_runs_only_a_function_its_module_defines(server: ForkServer,
+                                                               tmp_path: Path, name: str) -> None:
+    """An imported class, module or function (the node's own check; submit checks the source)."""
+    job = server.spawn({}, tmp_path, order(tmp_path, f"tests.unit.test_forkserver:{name}"))
+    assert job.wait(30) == 1
+    errors = [e["error"] for e in events_of(job) if e["type"] == "error"]
+    assert errors == [f"TypeError: tests.unit.test_forkserver defines no function {name!r}"]
+    close(job)
