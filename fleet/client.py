@@ -7,7 +7,10 @@
 
 A spec is validated (pydantic) and checked against the live nodes before anything is written:
 a bad spec or a job bigger than every node raises SpecError naming the field, and nothing is
-enqueued. An accepted submission is one atomic Redis step, durable once acknowledged.
+enqueued. A submission (or cancel) is then one entry appended to this credential's intake
+stream, durable once acknowledged; the master validates it again and writes the job's record
+(fleet.intake): a producer's credential may write nothing else (fleet.acl). Until the master
+has taken it, `status` finds the job in the intake: PENDING, "not yet accepted by the master".
 
 The nodes a submission is checked against may be up to `NODES_FRESH_S` old when they show room
 for it (as if it had been submitted that much earlier: nodes come and go, and a job accepted
@@ -17,6 +20,7 @@ as they are now. A burst of submissions thus costs one round trip each.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,14 +28,19 @@ from typing import Any
 
 import redis
 
-from fleet import registry
+from fleet import acl, intake, keys, registry
+from fleet.entrypoints import is_job_id
 from fleet.errors import ConnectionFailed, FleetError, NotFound, SpecError
-from fleet.jobstore import JobStore
+from fleet.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
+from fleet.states import TERMINAL_NAMES
 
 NODES_FRESH_S = 1.0
+CANCEL_WAIT_S = 5.0  # how long `cancel` waits for the master to apply it
+NOT_ACCEPTED = "not yet accepted by the master"
+INTAKE_SCAN = 1000  # newest entries of the intake `status` looks through for a job
 
 
 def connect(url: str) -> redis.Redis:
@@ -56,6 +65,8 @@ class Client:
         self.settings = settings or Settings()
         self.r = client or connect(redis_url or self.settings.resolved_redis_url())
         self.store = JobStore(self.r)
+        self.intake = acl.intake_of(self.r.connection_pool.connection_kwargs.get("username"))
+        self._intake_key = keys.intake(self.intake)
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
 
     # -- submit ------------------------------------------------------------------------------
@@ -71,7 +82,8 @@ class Client:
     def submit(
         self, source: JobSpec | Mapping | str | Path, *, overrides=(), job_id: str | None = None
     ) -> str:
-        """Validate, check it can fit some node, then accept it atomically. Returns the job id."""
+        """Validate, check it can fit some node, then append it to the intake. Returns the job
+        id at once; the master accepts it within milliseconds (or rejects it: FAILED)."""
         spec = self.spec_from(source, overrides)
         request = Request.from_resources(spec.resources.model_dump(), spec.node_selector)
         too_big = never_fits(self._live_nodes(), request)
@@ -80,7 +92,39 @@ class Client:
             too_big = never_fits(self._live_nodes(), request)
         if too_big is not None:
             raise SpecError(*too_big)
-        return self.store.submit(spec, job_id=job_id)
+        job_id = job_id or new_job_id(spec.name)
+        if not is_job_id(job_id):
+            raise SpecError("job_id", "expected lowercase letters, digits, '.', '_' or '-'")
+        self._append(intake.entry("submit", job_id, spec))
+        return job_id
+
+    def _append(self, fields: dict[str, str]) -> str:
+        """One request into this credential's intake; its entry id."""
+        waiting = self.r.xlen(self._intake_key)
+        if waiting >= intake.INTAKE_CAP:
+            raise FleetError(f"intake {self.intake} holds {waiting} requests the master has not "
+                             f"taken: is a master running? (`fleet status`)")
+        entry_id = self.r.xadd(self._intake_key, fields,  # type: ignore[arg-type]
+                               maxlen=intake.INTAKE_CAP, approximate=True)
+        return keys.text(entry_id)
+
+    def _requested(self, job_id: str) -> dict[str, Any] | None:
+        """A submission still in this credential's intake (the master has not taken it yet),
+        as a job record: PENDING, not yet accepted."""
+        newest: Any = self.r.xrevrange(self._intake_key, count=INTAKE_SCAN)
+        for entry_id, raw in newest:
+            fields = {keys.text(k): keys.text(v) for k, v in raw.items()}
+            if fields.get("job_id") != job_id or fields.get("op") != "submit":
+                continue
+            try:
+                spec = json.loads(fields.get("spec", "{}"))
+            except ValueError:
+                spec = {}
+            spec = spec if isinstance(spec, dict) else {}
+            at = int(keys.text(entry_id).split("-")[0]) / 1000
+            return {"id": job_id, "name": spec.get("name"), "state": "PENDING", "spec": spec,
+                    "submitted_at": at, "updated_at": at, "waiting": NOT_ACCEPTED}
+        return None
 
     def _live_nodes(self) -> NodeView:
         now = time.monotonic()
@@ -96,7 +140,12 @@ class Client:
         """The job's record in the documented `--json` shape (see docs/json.md)."""
         job = self.store.get(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id!r}")
+            requested = self._requested(job_id)
+            if requested is not None:
+                return job_view(requested, [])
+            job = self.store.get(job_id)  # taken between the two reads
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
         return job_view(job, self.store.attempts(job_id))
 
     def jobs(self, limit: int | None = 200) -> list[dict[str, Any]]:
@@ -108,8 +157,38 @@ class Client:
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return self.store.metrics(job_id, start)
 
-    def cancel(self, job_id: str) -> str:
-        return self.store.cancel(job_id)
+    def cancel(self, job_id: str, wait: float = CANCEL_WAIT_S) -> str:
+        """Ask the master to cancel; the state the job is in (or heads to) once it has, waiting
+        up to `wait` s: CANCELLED (it was pending or placed), CANCELLING (it runs: its node
+        stops it within seconds; also when the master has not answered yet), or the terminal
+        state it had already reached. A producer may cancel only the jobs it submitted."""
+        job = self.store.get(job_id)
+        if job is None and self._requested(job_id) is None:
+            job = self.store.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+        if job is not None:
+            if job["terminal"]:
+                return str(job["state"])
+            owner = job.get("submitted_by") or None
+            if self.intake != acl.OPERATOR_INTAKE and owner != self.intake:
+                raise FleetError(f"job {job_id} was submitted through intake {owner!r}, not "
+                                 f"{self.intake!r}: only that producer or the operator may "
+                                 f"cancel it")
+        entry_id = self._append(intake.entry("cancel", job_id))
+        deadline = time.monotonic() + wait
+        while self.r.xrange(self._intake_key, entry_id, entry_id):
+            if time.monotonic() > deadline:
+                return "CANCELLING"
+            time.sleep(0.005)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(keys.job(job_id), "state")
+        pipe.exists(keys.job_cancel(job_id))
+        state, flagged = pipe.execute()
+        state = keys.text(state or b"")
+        if state in TERMINAL_NAMES or not flagged:
+            return state
+        return "CANCELLING"
 
     # -- follow ------------------------------------------------------------------------------
     def follow(self, job_id: str, interval: float = 0.5) -> Iterator[dict[str, Any]]:

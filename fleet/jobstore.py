@@ -70,13 +70,18 @@ class JobStore:
         self.r = client
         self._scripts = {
             name: client.register_script(_script_source(name))
-            for name in ("submit", "reserve", "claim", "progress", "finish", "cancel")
+            for name in ("submit", "reject", "reserve", "claim", "progress", "finish", "cancel")
         }
 
     # -- writes ------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec, *, job_id: str | None = None, now: float | None = None) -> str:
+    def submit(
+        self, spec: JobSpec, *, job_id: str | None = None, now: float | None = None,
+        submitted_by: str = "",
+    ) -> str:
+        """Accept a job (the master, for a request from intake `submitted_by`)."""
         job_id = job_id or new_job_id(spec.name)
         fields = {
+            "submitted_by": submitted_by,
             "name": spec.name,
             "spec": json.dumps(spec.payload()),
             "request": json.dumps(request_of(spec)),
@@ -89,6 +94,14 @@ class JobStore:
             args=[job_id, _now(now), spec.priority, json.dumps(fields)],
         )
         return job_id
+
+    def reject(self, job_id: str, error: str, *, submitted_by: str, now: float | None = None) -> bool:
+        """Record a refused request as a FAILED job (REJECTED, `error`), so whoever waits on
+        it learns why; False (nothing written) when the job id exists already."""
+        return bool(self._scripts["reject"](
+            keys=[keys.job(job_id), keys.JOBS, keys.EVENTS],
+            args=[job_id, _now(now), error[:500], submitted_by, job_id.rsplit("-", 1)[0]],
+        ))
 
     def reserve(
         self, job_id: str, node: str, incarnation: str, placement: Mapping, now: float | None = None

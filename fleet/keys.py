@@ -23,6 +23,14 @@ WAKE = f"{PREFIX}:wake"  # list: pokes that wake the master at once (capacity fr
 EVENTS = f"{PREFIX}:events"  # stream: one entry per lifecycle event
 DEAD_LETTER = f"{PREFIX}:dead-letter"  # list: broker messages refused as malformed
 MASTER_LEASE = f"{PREFIX}:master:lease"  # string with TTL: the leading master's id
+INTAKES = f"{PREFIX}:intakes"  # set: intake names beyond the built-in ones (fleet.acl.INTAKES)
+BAD_RECORDS = f"{PREFIX}:bad-records"  # hash: kind of record -> how many were unusable
+
+
+def intake(name: str) -> str:
+    """Stream: requests (submit, cancel) from one producer seat, untrusted until the master
+    has validated them. The only key a producer may write; its name says who submitted."""
+    return f"{PREFIX}:intake:{name}"
 
 
 def job(job_id: str) -> str:

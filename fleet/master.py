@@ -38,6 +38,7 @@ from celery.result import denied_join_result
 
 from fleet import keys, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
+from fleet.intake import Doorbell, Ingest
 from fleet.jobstore import JobStore, Outcome, decode_job
 from fleet.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
@@ -74,6 +75,7 @@ class Master:
         self.r = client
         self.app = app
         self.store = JobStore(client)
+        self.intake = Ingest(client, self.store, settings)  # producers' requests, validated
         self.id = master_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl)
         self.policy_state = PolicyState(rng=np.random.default_rng())
@@ -90,6 +92,7 @@ class Master:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
         """Lead or stand by until `stop` is set; Redis outages are waited out, not fatal."""
+        Doorbell(self.r).start(stop)  # an intake entry wakes the loop below at once
         while not stop.is_set():
             try:
                 self.step(time.time())
@@ -118,6 +121,7 @@ class Master:
             self._waiting_written.clear()
             self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
             self._reconciled_at = now
+        self.intake.run(now)  # requests from the intakes become jobs (or cancels) first
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.
         explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at

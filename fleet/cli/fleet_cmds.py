@@ -36,6 +36,7 @@ def up(
     from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
+    from fleet.settings import read_state
     from fleet.units import parse_memory
 
     if cpus <= 0:
@@ -55,6 +56,8 @@ def up(
         if result.flower_url:
             console.print(f"Flower: {result.flower_url}  (user {result.flower_user}, "
                           f"password in {result.flower_password_file})")
+        if no_producer := (read_state(settings()) or {}).get("no_producer"):
+            console.print(no_producer, highlight=False, soft_wrap=True)  # one line, unwrapped
     if detach:
         return
     console.print("running; Ctrl-C stops the fleet")

@@ -46,13 +46,14 @@ class LocalDriver:
             raise FleetError(f"a fleet is already running (state in {self.settings.state_file}); "
                              "`fleet down` first")
         self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        server = new_server(self.home / "redis")
+        server = new_server(self.home / "redis", binary=self.settings.redis_server)
         server.start()
         assert server.process is not None
         state = {
             "driver": self.name,
             "redis_url": server.url,
             "producer_url": server.producer_url,
+            "no_producer": server.no_producer,  # why there is no producer_url, if there is not
             "pids": {"redis": server.process.pid, "nodes": {}},
             "node_shape": {"cpus": shape.cpus, "memory": shape.memory},
             "started_at": time.time(),

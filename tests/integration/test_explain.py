@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from fleet.client import NOT_ACCEPTED
 from tests.integration.support import eventually
 
 MI = 2**20
@@ -30,8 +31,8 @@ def test_explain_gives_the_reason_a_job_waits_and_the_scores_of_a_placed_one(fle
     first = fleet.client.submit(_hold(600, 60, "800Mi"))
     fleet.wait_state(first, "RUNNING")
     second = fleet.client.submit(_hold(600, 1, "800Mi"))
-    waiting = eventually(lambda: fleet.client.status(second).get("waiting"), 30,
-                         what="a reason for the waiting job")
+    waiting = eventually(lambda: (w := fleet.client.status(second).get("waiting")) != NOT_ACCEPTED
+                         and w, 30, what="a reason for the waiting job")
 
     # Pending: the reason names the resource short, how much is free at best, and where.
     text = fleet.cli("explain", second)

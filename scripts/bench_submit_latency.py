@@ -1,0 +1,80 @@
+"""Submit → placed latency on an idle fleet: how long a job waits before the master places it.
+
+    python scripts/bench_submit_latency.py [--jobs 40] [--producer]
+
+A private Redis (the default server), a real master and one real node (1 CPU). Jobs are
+no-ops submitted one at a time, each once the previous one has ended, so the fleet is idle at
+every submit. "placed" is when the job's `placed` event reaches a reader blocked on the events
+stream (XREAD BLOCK), so polling adds nothing to the figure. `--producer` submits with the
+producer credential instead of the operator's (none on a server without ACL selectors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from fleet import keys, registry
+from fleet.client import Client
+from fleet.drivers.base import NodeShape
+from fleet.drivers.local import LocalDriver, stop_children
+from fleet.redis_server import new_server
+from fleet.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--producer", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = new_server(Path(tmp) / "redis").start()
+        settings = Settings(home=Path(tmp) / "home", redis_url=server.url)
+        driver = LocalDriver(settings)
+        try:
+            driver.start_master(server.url)
+            driver.start_node("node-1", NodeShape(1.0, 2**30), server.url)
+            r = server.client()
+            deadline = time.monotonic() + 60
+            while not registry.live_reports(r) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            url = server.producer_url if args.producer else server.url
+            if url is None:
+                raise SystemExit("this server issues no producer credential")
+            client = Client(settings, redis_url=url)
+            print(f"{samples(client, r, args.jobs)}")
+        finally:
+            stop_children(list(driver.procs.values()), grace=10)
+            server.stop()
+
+
+def samples(client: Client, r: redis.Redis, jobs: int) -> str:
+    spec = {"name": "lat", "entrypoint": "workers.jobs.synthetic:noop"}
+    client.wait(client.submit(spec), timeout=60)  # warm: imports, the fork server, scripts
+    latencies = []
+    for _ in range(jobs):
+        last = keys.text(r.xrevrange(keys.EVENTS, count=1)[0][0])
+        t0 = time.perf_counter()
+        job_id = client.submit(spec)
+        placed_at = None
+        while placed_at is None:
+            for _, entries in r.xread({keys.EVENTS: last}, block=5000, count=100) or []:
+                for entry_id, fields in entries:
+                    last = keys.text(entry_id)
+                    if (keys.text(fields[b"event"]) == "placed"
+                            and keys.text(fields[b"job"]) == job_id):
+                        placed_at = time.perf_counter()
+        latencies.append((placed_at - t0) * 1000)
+        client.wait(job_id, timeout=60)
+    latencies.sort()
+    return (f"submit->placed over {jobs} jobs: median {statistics.median(latencies):.1f} ms, "
+            f"p90 {latencies[int(0.9 * (jobs - 1))]:.1f} ms, max {latencies[-1]:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
