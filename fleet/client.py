@@ -20,6 +20,9 @@ as they are now. A burst of submissions thus costs one round trip each.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,7 +33,7 @@ import redis
 
 from fleet import acl, intake, keys, registry
 from fleet.entrypoints import is_job_id
-from fleet.errors import ConnectionFailed, FleetError, NotFound, SpecError
+from fleet.errors import ConnectionFailed, FleetError, NotFound, RedisUnavailable, SpecError
 from fleet.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
@@ -57,7 +60,50 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """redis-py's exceptions as the FleetError a caller of the Client handles (the Client's
+    one promise about errors: nothing else escapes it but bugs)."""
+    try:
+        yield
+    except redis.exceptions.BusyLoadingError:
+        raise RedisUnavailable("redis is loading its data after a restart; retry in a few "
+                               "seconds (what it acknowledged is kept)") from None
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise RedisUnavailable(f"redis unreachable ({exc}); retry once it is back (what it "
+                               "acknowledged is kept)") from None
+    except redis.exceptions.AuthenticationError as exc:
+        raise ConnectionFailed(f"redis refused our credentials: {exc}") from None
+    except redis.exceptions.NoPermissionError as exc:
+        raise FleetError(f"redis refused this credential: {exc}") from None
+    except redis.exceptions.RedisError as exc:
+        raise FleetError(f"redis: {exc}") from None
+
+
+def _raising_fleet_errors(cls: type) -> type:
+    """Wrap every public method (generators included) in `redis_errors`."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.isfunction(method):
+            continue
+        if inspect.isgeneratorfunction(method):
+            @functools.wraps(method)
+            def wrapped(*args: Any, _method: Callable = method, **kwargs: Any) -> Any:
+                with redis_errors():
+                    yield from _method(*args, **kwargs)
+        else:
+            @functools.wraps(method)
+            def wrapped(*args: Any, _method: Callable = method, **kwargs: Any) -> Any:
+                with redis_errors():
+                    return _method(*args, **kwargs)
+        setattr(cls, name, wrapped)
+    return cls
+
+
+@_raising_fleet_errors
 class Client:
+    """The producer's and operator's API. Raises only FleetError subclasses (SpecError for a
+    bad spec, NotFound, RedisUnavailable with a retry hint, ConnectionFailed)."""
+
     def __init__(
         self, settings: Settings | None = None, *, redis_url: str | None = None,
         client: redis.Redis | None = None,

@@ -32,3 +32,8 @@ class ConnectionFailed(FleetError):
     """Redis (the fleet) cannot be reached or refused our credentials."""
 
     exit_code = 3
+
+
+class RedisUnavailable(ConnectionFailed):
+    """Redis did not answer (down, restarting, loading its data): retrying later is the fix;
+    what was acknowledged before is kept (append-only file)."""

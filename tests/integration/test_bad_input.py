@@ -181,4 +181,23 @@ def test_the_comma_form_of_the_allowlist_is_accepted(fleet: Fleet) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_the_client_raises_only_fleet_errors_while_redis_is_away(fleet: Fleet) -> None:
+    from fleet.errors import RedisUnavailable
+
+    _one_node(fleet)
+    job_id = fleet.client.submit({"name": "a", "entrypoint": "workers.jobs.synthetic:noop"})
+    fleet.server.kill()
+    try:
+        for call in (lambda: fleet.client.submit({"name": "b",
+                                                  "entrypoint": "workers.jobs.synthetic:noop"}),
+                     lambda: fleet.client.status(job_id), fleet.client.jobs, fleet.client.nodes,
+                     lambda: next(fleet.client.follow(job_id)),
+                     lambda: fleet.client.cancel(job_id)):
+            with pytest.raises(RedisUnavailable, match="retry"):
+                call()
+    finally:
+        fleet.server.start()
+    assert fleet.client.status(job_id)["state"] == "PENDING"  # acknowledged, kept
+
+
 __all__ = ["Client"]
