@@ -88,7 +88,7 @@ def check_job_function(module: str, function: str) -> tuple[str, str]:
     found = _module_source(module)
     if found is None:
         return module, function
-    if found == "missing":
+    if not isinstance(found, Path):
         raise SpecError("entrypoint", f"module {module!r} not found")
     if function not in _functions_defined(found):
         raise SpecError("entrypoint", f"{module} defines no function {function!r} (classes, "
