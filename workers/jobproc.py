@@ -5,7 +5,9 @@ It reads its instructions (JSON) from stdin, pins itself to the cores it was giv
 counts before any framework is imported, checks the entry point against the allowlist once more,
 and calls `function(ctx, **params)`. Events (progress, checkpoints, the result) go to the
 supervisor as JSON lines on the pipe named by FLEET_EVENT_FD; stdout and stderr are the job's
-log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training on.
+log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training on, and with
+its node's lease (`workers.fence`): a forked job checks the lease deadline in every call into
+`ctx` and in a watchdog thread between them.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ def exit_now(code: int) -> NoReturn:
 
 def main() -> int:
     _die_with_parent()
+    from workers import fence
+
+    guard = fence.installed()
+    if guard is not None:
+        guard.check()
+        guard.watch()
     order: dict[str, Any] = json.loads(sys.stdin.read())
     out = os.fdopen(int(os.environ[EVENT_FD_ENV]), "w", buffering=1)
     lock = threading.Lock()
@@ -112,7 +120,7 @@ def main() -> int:
         ctx = JobContext(
             job_id=order["job_id"], attempt=int(order["attempt"]), resources=resources,
             workdir=Path(order["workdir"]), checkpoint_dir=Path(order["checkpoint_dir"]),
-            emit=emit, stop=stop,
+            emit=emit, stop=stop, fence=guard,
         )
         result = function(ctx, **order.get("params", {})) or {}
         emit({"type": "result", "result": json.loads(json.dumps(result, default=float))})

@@ -6,6 +6,9 @@ the Celery task state (so Flower shows progress), keeps its log, runs the watchd
 tick, and records exactly one outcome. A crash, an OOM or a cancel takes only that job's process
 group, never the node. Its thread blocks on the job's pipes and exit, never on a timer: output
 is read as it comes, the outcome recorded as soon as the process is gone.
+
+Fencing (DESIGN.md, invariant 8): the node's lease is passed on to the fork server
+(`renew_lease`), which kills the jobs of a node that could not renew it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fleet.states import EndReason
 from workers import load, runners
 from workers.context import Resources
 from workers.cores import Pinning
-from workers.forkserver import ForkServer
+from workers.forkserver import ForkServer, LeaseLapsed
 from workers.pipes import JobPipes
 from workers.probe import TreeMemory, find_cgroup
 from workers.watch import (
@@ -55,6 +58,9 @@ KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
 PROGRESS_TO_CELERY_S = 1.0  # Flower's view of progress: at most this often, and not before
 SECRET_ENV = frozenset({"FLEET_REDIS_URL", "FLOWER_BASIC_AUTH", "REDIS_PASSWORD"})
+# Redis away: refused, reset, or silent past the client's socket timeout
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+LEASE_WAIT_S = 0.2  # between tries to start a job while the node's lease is not renewed
 
 
 @dataclass
@@ -94,6 +100,13 @@ class Supervisor:
 
     def close(self) -> None:
         self.forks.stop()
+
+    def renew_lease(self, until: float, lapsed: bool) -> None:
+        """The node's lease holds until monotonic time `until` (the agent, after a heartbeat
+        Redis applied); `lapsed`: it had expired first, so what runs here is fenced."""
+        if lapsed and self.running_jobs():
+            log.warning("node %s's lease had lapsed: its jobs are stopped", self.node)
+        self.forks.renew(until, lapsed)
 
     def running_jobs(self) -> list[Running]:
         with self._lock:
@@ -143,7 +156,7 @@ class Supervisor:
                 applied, state = self.store.finish(job_id, attempt, self.node, outcome,
                                                    progress=progress or ())
                 break
-            except redis.exceptions.ConnectionError:
+            except REDIS_DOWN:
                 log.warning("redis unreachable; retrying the outcome of %s", job_id)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -171,7 +184,7 @@ class Supervisor:
         given = Resources(cpus=float(res["cpus"]), memory=int(res["memory"]),
                           gpus=int(res.get("gpus", 0)), cpuset=entry.cores, gpu_ids=entry.gpu_ids)
         oom_before = self._oom_kills()
-        proc = self.forks.spawn(runners.job_env(given), workdir, json.dumps(order).encode())
+        proc = self._spawn(runners.job_env(given), workdir, json.dumps(order).encode())
         entry.pid = proc.pid
         pipes = JobPipes(proc)
         memory = TreeMemory(proc.pid)
@@ -221,6 +234,9 @@ class Supervisor:
         extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid}
         if superseded:
             return Outcome(EndReason.NODE_LOST, error="attempt superseded", extra=extra)
+        if proc.fenced:
+            return Outcome(EndReason.NODE_LOST, extra=extra,
+                           error="fenced: the node could not renew its lease in time")
         if verdict is not None:
             return Outcome(verdict.reason, verdict.error, final=verdict.final, extra=extra)
         if proc.returncode == 0 and relay.result is not None:
@@ -233,6 +249,18 @@ class Supervisor:
                            extra=extra)
         error = relay.error or f"exited with code {proc.returncode}"
         return Outcome(EndReason.ERROR, error, extra=extra)
+
+    def _spawn(self, env: dict[str, str], workdir: Path, order: bytes) -> Any:
+        """Have the fork server start the job; while the node's lease is not renewed it starts
+        none, so wait up to one heartbeat TTL for a renewal (LeaseLapsed past that)."""
+        deadline = time.monotonic() + self.settings.heartbeat_ttl
+        while True:
+            try:
+                return self.forks.spawn(env, workdir, order)
+            except LeaseLapsed:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LEASE_WAIT_S)
 
     def _oom_kills(self) -> int | None:
         """The node cgroup's oom_kill counter. Where to read it is found once: the worker
@@ -251,7 +279,7 @@ class Supervisor:
     def _cancel_requested(self, job_id: str) -> bool:
         try:
             return self.store.cancel_requested(job_id)
-        except redis.exceptions.ConnectionError:
+        except REDIS_DOWN:
             return False
 
 
@@ -319,7 +347,7 @@ class _Relay:
         try:
             if not op():
                 self.superseded = True
-        except redis.exceptions.ConnectionError:
+        except REDIS_DOWN:
             pass  # progress is advisory while Redis is away; the outcome is retried
 
     def _write_lines(self, batch: list[str]) -> None:
@@ -329,7 +357,7 @@ class _Relay:
             pipe.rpush(key, *batch)
             pipe.ltrim(key, -LOG_LINES_CAP, -1)
             pipe.execute()
-        except redis.exceptions.ConnectionError:
+        except REDIS_DOWN:
             pass  # the log file keeps them
 
     def close(self) -> None:
