@@ -12,8 +12,11 @@ Event shapes (every event also carries "time", seconds since the epoch):
     {"type": "checkpoint", "step": 3}
     {"type": "resumed", "step": 3}
 
-Every call into the context first checks the node's lease (`fence`): past it, the job's
-process group ends at once.
+Under a node's supervisor, checkpoints are the attempt's own (`checkpoint_dir` is its folder)
+until the supervisor commits one with the attempt's fencing token (`checkpoint` event → a
+fenced Redis step), and `restore()` resumes only from committed ones (`restore_from`): what a
+superseded attempt wrote is never resumed from. Every call into the context first checks the
+node's lease (`fence`): past it, the job's process group ends at once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,7 @@ class JobContext:
         emit: Callable[[Event], None] | None = None,
         stop: threading.Event | None = None,
         fence: Fence | None = None,
+        restore_from: Sequence[tuple[int, Path]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -84,6 +88,8 @@ class JobContext:
         self._stop = stop if stop is not None else threading.Event()
         self._lock = threading.Lock()  # a framework callback may report from another thread
         self._fence = fence
+        # committed checkpoints, newest first; None: a direct run, any valid one of our own
+        self._restore_from = None if restore_from is None else list(restore_from)
 
     def report(self, step: int, **metrics: float) -> None:
         """Progress at `step` with named metrics. Metrics must be finite numbers: numpy and
@@ -119,17 +125,25 @@ class JobContext:
 
     def checkpoint(self, step: int, write: Callable[[Path], None]) -> Path:
         """Save a checkpoint for `step`: `write(directory)` puts files in a fresh directory,
-        which is sealed and published atomically (see workers.checkpoint)."""
+        which is sealed and published atomically (see workers.checkpoint). Under a supervisor
+        it is this attempt's until committed; pruning is the supervisor's then."""
         self._check_lease()
-        path = checkpoints.save(self.checkpoint_dir, step, write)
+        keep = checkpoints.KEEP if self._restore_from is None else None
+        path = checkpoints.save(self.checkpoint_dir, step, write, keep=keep)
         self._check_lease()
         self._send({"type": "checkpoint", "step": step})
         return path
 
     def restore(self) -> tuple[int, Path] | None:
-        """The newest valid checkpoint as (step, directory), or None when there is none."""
+        """The checkpoint to resume from as (step, directory), or None when there is none:
+        the newest committed one that verifies (a direct run: the newest valid one)."""
         self._check_lease()
-        found = checkpoints.latest(self.checkpoint_dir)
+        if self._restore_from is None:
+            found = checkpoints.latest(self.checkpoint_dir)
+        else:
+            found = next(((step, directory) for step, directory in self._restore_from
+                          if not directory.is_symlink() and checkpoints.verify(directory, step)),
+                         None)
         if found is not None:
             self._send({"type": "resumed", "step": found[0]})
         return found

@@ -8,6 +8,11 @@ supervisor as JSON lines on the pipe named by FLEET_EVENT_FD; stdout and stderr 
 log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training on, and with
 its node's lease (`workers.fence`): a forked job checks the lease deadline in every call into
 `ctx` and in a watchdog thread between them.
+
+Checkpoints: the order names the attempt's own checkpoint folder (`checkpoint_dir`) and the
+checkpoints its job committed so far (`restore`: [{"step", "dir"}], newest first), the only
+ones `ctx.restore()` may resume from. An order without `restore` (a direct run) resumes from
+the newest valid checkpoint in `checkpoint_dir`.
 """
 
 from __future__ import annotations
@@ -117,10 +122,13 @@ def main() -> int:
         module_name, func_name = check_entrypoint(order["entrypoint"], order["allowlist"])
         runners.prepare(order["framework"], resources)
         function = getattr(importlib.import_module(module_name), func_name)
+        restore = order.get("restore")
         ctx = JobContext(
             job_id=order["job_id"], attempt=int(order["attempt"]), resources=resources,
             workdir=Path(order["workdir"]), checkpoint_dir=Path(order["checkpoint_dir"]),
             emit=emit, stop=stop, fence=guard,
+            restore_from=None if restore is None else [
+                (int(c["step"]), Path(c["dir"])) for c in restore],
         )
         result = function(ctx, **order.get("params", {})) or {}
         emit({"type": "result", "result": json.loads(json.dumps(result, default=float))})

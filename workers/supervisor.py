@@ -8,7 +8,9 @@ group, never the node. Its thread blocks on the job's pipes and exit, never on a
 is read as it comes, the outcome recorded as soon as the process is gone.
 
 Fencing (DESIGN.md, invariant 8): the node's lease is passed on to the fork server
-(`renew_lease`), which kills the jobs of a node that could not renew it.
+(`renew_lease`), which kills the jobs of a node that could not renew it; the checkpoints an
+attempt announces are committed with its fencing token (`workers.commits`), and the next
+attempt is told the committed ones only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from fleet.jobstore import JobStore, Outcome
 from fleet.settings import Settings
 from fleet.states import EndReason
 from workers import load, runners
+from workers.checkpoint import make_private_dir
+from workers.commits import CheckpointCommits
 from workers.context import Resources
 from workers.cores import Pinning
 from workers.forkserver import ForkServer, LeaseLapsed
@@ -128,6 +132,14 @@ class Supervisor:
         except SpecError as exc:
             outcome = Outcome(EndReason.REJECTED, error=str(exc), final=True)
             return self._record(job_id, attempt, outcome)
+        try:
+            committed = self.store.committed_checkpoints(job_id)
+        except REDIS_DOWN as exc:
+            return self._record(job_id, attempt, Outcome(
+                EndReason.WORKER_LOST, error=f"redis unreachable before the job started: {exc}"))
+        commits = CheckpointCommits(
+            self.store, job_id, attempt, self.node, self.incarnation,
+            self.settings.artifacts_dir / "jobs" / job_id / "checkpoints", committed)
         res = spec["resources"]
         cores, gpu_ids = self.pinning.take(float(res["cpus"]), int(res.get("gpus", 0)))
         entry = Running(job_id, attempt, cores, gpu_ids)
@@ -135,7 +147,7 @@ class Supervisor:
             self.running[job_id] = entry
         unsent: list[dict] = []
         try:
-            outcome = self._run_process(job_id, spec, entry, on_progress, unsent)
+            outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits)
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
             log.exception("supervising %s failed", job_id)
             outcome = Outcome(EndReason.WORKER_LOST, error=f"supervisor error: {exc}")
@@ -143,16 +155,19 @@ class Supervisor:
             with self._lock:
                 self.running.pop(job_id, None)
             self.pinning.give_back(cores, gpu_ids)
-        return self._record(job_id, attempt, outcome, unsent)
+        return self._record(job_id, attempt, outcome, unsent, commits)
 
     def _record(
-        self, job_id: str, attempt: int, outcome: Outcome, progress: list[dict] | None = None
+        self, job_id: str, attempt: int, outcome: Outcome, progress: list[dict] | None = None,
+        commits: CheckpointCommits | None = None,
     ) -> dict:
-        """Record the outcome (and the progress reports not sent yet), waiting out a Redis
-        outage: an outcome is never dropped."""
+        """Record the outcome (and the progress reports and checkpoint not sent yet), waiting
+        out a Redis outage: an outcome is never dropped."""
         delay = 0.5
         while True:
             try:
+                if commits is not None:
+                    commits.flush()  # before the attempt ends: after, it may commit nothing
                 applied, state = self.store.finish(job_id, attempt, self.node, outcome,
                                                    progress=progress or ())
                 break
@@ -165,7 +180,7 @@ class Supervisor:
 
     def _run_process(
         self, job_id: str, spec: dict, entry: Running, on_progress: Callable[[dict], None] | None,
-        unsent: list[dict],
+        unsent: list[dict], commits: CheckpointCommits,
     ) -> Outcome:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
@@ -178,11 +193,13 @@ class Supervisor:
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
             "allowlist": list(self.settings.allowlist), "workdir": str(workdir),
-            "checkpoint_dir": str(job_dir / "checkpoints"),
+            "checkpoint_dir": str(commits.folder),
+            "restore": commits.restore,
             "resources": {**res, "cpuset": list(entry.cores), "gpu_ids": list(entry.gpu_ids)},
         }
         given = Resources(cpus=float(res["cpus"]), memory=int(res["memory"]),
                           gpus=int(res.get("gpus", 0)), cpuset=entry.cores, gpu_ids=entry.gpu_ids)
+        make_private_dir(commits.root)
         oom_before = self._oom_kills()
         proc = self._spawn(runners.job_env(given), workdir, json.dumps(order).encode())
         entry.pid = proc.pid
@@ -197,7 +214,7 @@ class Supervisor:
             watches.append(StallWatch(float(spec["stall_timeout"])))
         now = time.time()
         vitals = Vitals(now=now, started_at=now, last_report_at=now, memory=0, peak_memory=0)
-        relay = _Relay(self, job_id, attempt, workdir / "output.log", on_progress, now)
+        relay = _Relay(self, job_id, attempt, workdir / "output.log", on_progress, now, commits)
         verdict: Verdict | None = None
         superseded = False
         try:
@@ -289,8 +306,10 @@ class _Relay:
     def __init__(
         self, sup: Supervisor, job_id: str, attempt: int, log_path: Path,
         on_progress: Callable[[dict], None] | None, started: float,
+        commits: CheckpointCommits | None = None,
     ) -> None:
         self.sup, self.job_id, self.attempt = sup, job_id, attempt
+        self.commits = commits
         self.log_path = log_path
         self.log_file: IO[str] | None = None  # opened with the first line: none, no file
         self.on_progress = on_progress
@@ -325,6 +344,10 @@ class _Relay:
                 self.error = str(event.get("error"))
             elif kind == "log":
                 batch.append(str(event.get("message", "")))
+            elif kind == "checkpoint" and self.commits is not None:
+                self.commits.announce(int(event.get("step", 0)))
+        if self.commits is not None and self.commits.pending is not None:
+            self._write(self.commits.flush)  # before the progress that came after it
         if reports and final:
             self.unsent.extend(reports)
         elif reports:
