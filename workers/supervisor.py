@@ -252,6 +252,8 @@ class Supervisor:
         if superseded:
             return Outcome(EndReason.NODE_LOST, error="attempt superseded", extra=extra)
         if proc.fenced:
+            log.warning("%s attempt %s stopped: this node's lease ran out under it", job_id,
+                        attempt)
             return Outcome(EndReason.NODE_LOST, extra=extra,
                            error="fenced: the node could not renew its lease in time")
         if verdict is not None:
