@@ -55,8 +55,13 @@ class CheckpointCommits:
     def folder(self) -> Path:
         return self.root / checkpoints.attempt_dir_name(self.attempt)
 
-    def announce(self, step: int) -> None:
-        """The job published checkpoint `step` in its folder."""
+    def announce(self, step: Any) -> None:
+        """The job says it published checkpoint `step` in its folder (a job's word: a step
+        that is not a number, or names no published checkpoint, is ignored)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            return
+        if not (self.folder / checkpoints.step_dir_name(step)).is_dir():
+            return
         if self.pending is not None and self.pending != step:
             checkpoints.remove_uncommitted(self.root, self.attempt, self.pending)
         self.pending = step
@@ -78,5 +83,8 @@ class CheckpointCommits:
             return False
         self.committed = step
         self.kept = [name, *[k for k in self.kept if k != name]][:2]
-        checkpoints.prune_committed(self.root, self.attempt, self.kept)
+        try:
+            checkpoints.prune_committed(self.root, self.attempt, self.kept)
+        except OSError as exc:  # what is left over is only disk space, never resumed from
+            log.warning("pruning the checkpoints of %s: %s", self.job_id, exc)
         return True

@@ -18,8 +18,9 @@ A forked job process is what an exec'd one was (see `workers.jobproc`, which bot
 The server is also the subreaper of its jobs: what a job leaves orphaned is reaped, not left a
 zombie of a worker running as a container's PID 1. And it fences them (see `workers.fence`):
 it holds the node's lease deadline in a page every job shares, kills every job's group once
-that deadline passes or the lease lapsed, and forks nothing while it has none. A job's command line reads
-`python -m workers.jobproc`, as an exec'd one did (ps, pgrep and the benchmarks find jobs so).
+that deadline passes or the lease lapsed, and forks nothing while it has none. A job's
+command line reads `python -m workers.jobproc`, as an exec'd one did (ps, pgrep and the
+benchmarks find jobs so).
 
 Protocol, over AF_UNIX SOCK_SEQPACKET sockets (one JSON message per packet):
 - control socket, supervisor → server: `{"env": {...}, "cwd": "..."}` carrying four
@@ -312,8 +313,11 @@ def serve(ctl: socket.socket) -> None:
         if "lease" in request:
             for fd in fds:
                 os.close(fd)
-            if lease.renew(float(request["lease"]), bool(request.get("lapsed")),
-                           time.monotonic()):
+            try:
+                until = float(request["lease"])
+            except (TypeError, ValueError):
+                until = float("-inf")  # not a deadline: as good as none
+            if lease.renew(until, bool(request.get("lapsed")), time.monotonic()):
                 _fence(jobs, fenced)  # killed before the new deadline is visible to them
             deadline.set(lease.until)
             continue

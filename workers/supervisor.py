@@ -347,7 +347,7 @@ class _Relay:
             elif kind == "log":
                 batch.append(str(event.get("message", "")))
             elif kind == "checkpoint" and self.commits is not None:
-                self.commits.announce(int(event.get("step", 0)))
+                self.commits.announce(event.get("step"))
         if self.commits is not None and self.commits.pending is not None:
             self._write(self.commits.flush)  # before the progress that came after it
         if reports and final:

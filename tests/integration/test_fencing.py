@@ -37,6 +37,8 @@ from fleet.spec import JobSpec
 from fleet.states import EndReason
 from fleet.units import parse_memory
 from tests.integration.support import Fleet, eventually
+from workers import checkpoint
+from workers.commits import CheckpointCommits
 
 pytestmark = pytest.mark.integration
 
@@ -309,8 +311,9 @@ def test_only_the_current_attempt_can_commit_a_checkpoint(redis_server: RedisSer
                        ttl=60)
     registry.heartbeat(r, {"node": "n2", "incarnation": "b", "capacity": {"cpus": 2, "memory": 2**30}},
                        ttl=60)
-    job_id = store.submit(JobSpec(name="c", entrypoint="workers.jobs.synthetic:noop",
-                                  resources={"cpus": 1, "memory": "1Gi"}))
+    job_id = store.submit(JobSpec.model_validate({
+        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
+        "resources": {"cpus": 1, "memory": "1Gi"}}))
     assert store.reserve(job_id, "n1", "a", {})[0] == 1
     assert store.commit_checkpoint(job_id, 1, "n1", "a", 3, "attempt-1/step-00000003") == (
         False, "job is PLACED")  # not claimed yet
@@ -340,3 +343,34 @@ def test_a_heartbeat_says_whether_the_lease_held_or_had_lapsed(redis_server: Red
     r.pexpire(keys.node("n1"), 1)  # its TTL runs out
     eventually(lambda: not r.exists(keys.node("n1")), 5, interval=0.01, what="the lease to expire")
     assert registry.heartbeat(r, report, ttl=60) is False
+
+
+def test_the_supervisor_commits_the_newest_announced_checkpoint_until_superseded(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    r = redis_server.client()
+    store = JobStore(r)
+    registry.heartbeat(r, {"node": "n1", "incarnation": "a", "capacity": {"cpus": 2, "memory": 2**30}},
+                       ttl=60)
+    job_id = store.submit(JobSpec.model_validate({
+        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
+        "resources": {"cpus": 1, "memory": "1Gi"}}))
+    store.reserve(job_id, "n1", "a", {})
+    store.claim(job_id, 1, "n1", "a")
+    commits = CheckpointCommits(store, job_id, 1, "n1", "a", tmp_path, [])
+    for step in (1, 2, 3):
+        checkpoint.save(commits.folder, step, lambda d: (d / "w").write_text("x"), keep=None)
+    commits.announce(1)
+    commits.announce(2)  # 1 was never committed and never will be: gone
+    commits.announce("3")  # a job's word that is not a step
+    commits.announce(7)  # names nothing published
+    assert not (commits.folder / "step-00000001").exists() and commits.pending == 2
+    assert commits.flush() and commits.pending is None
+    assert store.committed_checkpoints(job_id)[0]["dir"] == "attempt-1/step-00000002"
+    commits.announce(3)
+    store.finish(job_id, 1, "n1", Outcome(EndReason.NODE_LOST, error="node n1 lost"))
+    assert not commits.flush()  # superseded: its stop is asked, nothing committed
+    assert store.committed_checkpoints(job_id)[0]["dir"] == "attempt-1/step-00000002"
+    assert [c["dir"] for c in CheckpointCommits(
+        store, job_id, 2, "n2", "b", tmp_path, store.committed_checkpoints(job_id)).restore] == [
+        str(tmp_path / "attempt-1" / "step-00000002")]
