@@ -274,7 +274,12 @@ def test_a_paused_worker_stops_its_jobs_before_they_are_placed_again(
     assert last < run["cut_at"] + fleet.settings.heartbeat_ttl
 
 
-def test_a_whole_paused_node_does_not_run_on_when_it_resumes(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", ["job", "worker"])
+def test_a_whole_paused_node_does_not_run_on_when_it_resumes(
+    fleet: Fleet, tmp_path: Path, first: str
+) -> None:
+    """Resumed job first, it must stop itself (its fork server has not run yet); resumed worker
+    first, its renewal (Redis says the lease lapsed) must not revive the job."""
     log = tmp_path / "steps.log"
     frozen: list[int] = []
 
@@ -284,8 +289,8 @@ def test_a_whole_paused_node_does_not_run_on_when_it_resumes(fleet: Fleet, tmp_p
         assert len(frozen) >= 3, frozen
         signal_all(frozen, signal.SIGSTOP)
 
-    def thaw() -> None:  # the job first: it may run before its fork server or worker does
-        signal_all(list(reversed(frozen)), signal.SIGCONT)
+    def thaw() -> None:
+        signal_all(list(reversed(frozen)) if first == "job" else frozen, signal.SIGCONT)
 
     run = run_cut_off(fleet, log, freeze, thaw)
     check_no_overlap(run)
