@@ -70,7 +70,8 @@ class JobStore:
         self.r = client
         self._scripts = {
             name: client.register_script(_script_source(name))
-            for name in ("submit", "reject", "reserve", "claim", "progress", "finish", "cancel")
+            for name in ("submit", "reject", "reserve", "claim", "progress", "finish", "cancel",
+                         "checkpoint")
         }
 
     # -- writes ------------------------------------------------------------------------------
@@ -171,6 +172,33 @@ class JobStore:
             ],
         )
         return bool(ok), keys.text(state)
+
+    def commit_checkpoint(
+        self, job_id: str, attempt: int, node: str, incarnation: str, step: int, name: str,
+        now: float | None = None,
+    ) -> tuple[bool, str]:
+        """Make checkpoint `name` (relative to the job's checkpoint root) the one to resume
+        from. Fenced: (False, why) unless `attempt` is the job's current, running attempt on
+        `node`/`incarnation`."""
+        record = json.dumps({"attempt": attempt, "step": step, "dir": name})
+        ok, why = self._scripts["checkpoint"](
+            keys=[keys.job(job_id), keys.job_attempts(job_id)],
+            args=[job_id, attempt, node, incarnation, record, step, _now(now)],
+        )
+        return bool(ok), keys.text(why)
+
+    def committed_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's committed checkpoints, newest first ({"attempt", "step", "dir"}); a
+        record that does not parse is left out (the caller validates `dir` itself)."""
+        found = []
+        for raw in self.r.hmget(keys.job(job_id), "checkpoint", "checkpoint_prev"):
+            try:
+                record = json.loads(raw) if raw else None
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                found.append(record)
+        return found
 
     def cancel(self, job_id: str) -> str:
         """The state the job is in (or heads to) after the request."""

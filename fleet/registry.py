@@ -28,8 +28,9 @@ class NodeIdTaken(Exception):
         self.holder = holder
 
 
-def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> None:
-    """Publish a node's report and renew its lease, in one atomic step.
+def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> bool:
+    """Publish a node's report and renew its lease, in one atomic step. True when the lease
+    was continued, False when it had expired (the master may have re-placed the node's jobs).
 
     The lease belongs to one incarnation: while another live worker holds the id (its report
     has not expired), this raises NodeIdTaken instead of flip-flopping the node between two
@@ -41,13 +42,14 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> Non
                 "gpus": int(cap.get("gpus", 0))}
     sample = {"time": report.get("time", time.time()), "usage": report.get("usage", {}),
               "reserved": report.get("reserved", {})}
-    ok, holder = _script(client)(
+    ok, holder, *continued = _script(client)(
         keys=[keys.node(node), keys.NODES, keys.node_history(node)],
         args=[node, report["incarnation"], json.dumps(capacity), json.dumps(report),
               int(ttl * 1000), json.dumps(sample), HISTORY_CAP],
     )
     if not ok:
         raise NodeIdTaken(node, keys.text(holder))
+    return bool(continued and continued[0])
 
 
 def _script(client: redis.Redis) -> Any:

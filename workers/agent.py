@@ -3,6 +3,9 @@
 Capacity is read from the node's own limits (cgroup, cpuset, the driver's configuration), never
 the host's when limited. Reserved comes from the node's allocation record, usage is measured.
 A node asked to drain takes no new job and, once idle, stops its worker.
+
+Each heartbeat Redis applied renews the node's lease for its jobs too (`workers.fence`): the
+fork server is told until when they may run, counted from when the heartbeat was sent.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import redis
 from fleet import keys, registry
 from fleet.errors import FleetError
 from fleet.settings import Settings
+from workers import fence
 from workers.load import Capacity
 from workers.probe import UsageProbe
 from workers.supervisor import Supervisor
@@ -80,7 +84,10 @@ class Agent:
 
     def beat(self) -> dict[str, Any]:
         report = self.report()
-        registry.heartbeat(self.r, report, self.settings.heartbeat_ttl)
+        ttl = self.settings.heartbeat_ttl
+        sent = time.monotonic()  # Redis applies it later: the lease lasts ttl past this at least
+        continued = registry.heartbeat(self.r, report, ttl)
+        self.sup.renew_lease(fence.lease_until(sent, ttl), lapsed=not continued)
         if report["draining"] and not report["jobs"] and not registry.allocations(
             self.r, self.sup.node
         ):

@@ -16,7 +16,14 @@ Guarantees:
   tampered one is skipped, and the one before it is used.
 - Nothing outside `root` is ever read or written: symlinks are refused (on save) and skipped
   (on load), and manifest names may not climb out of their directory.
-- The last `KEEP` checkpoints are kept; older ones are removed after a successful save.
+- The last `KEEP` checkpoints are kept; older ones are removed after a successful save
+  (`keep=None`: none is removed here; under a supervisor, what is kept follows what was
+  committed, see `prune_committed`).
+- Private: directories 0700, files 0600, whatever the job's umask.
+
+Under a node's supervisor each attempt saves under its own folder of the job's checkpoint
+root (`attempt-<N>/step-<S>`) and the supervisor commits one with the attempt's fencing token
+(`JobStore.commit_checkpoint`): a superseded attempt's folder is never resumed from.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 KEEP = 2
@@ -37,6 +44,10 @@ STALE_TMP_SECONDS = 600.0  # a save in progress older than this was left by a de
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
+_COMMITTED = re.compile(r"^attempt-(\d+)/step-(\d{8,})$")
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 _TMP_PREFIX = ".tmp-"
 
 
@@ -48,7 +59,37 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save(root: Path, step: int, write: Callable[[Path], None], *, keep: int = KEEP) -> Path:
+def attempt_dir_name(attempt: int) -> str:
+    return f"attempt-{attempt}"
+
+
+def committed_name(attempt: int, step: int) -> str:
+    """A committed checkpoint's name, relative to the job's checkpoint root."""
+    return f"{attempt_dir_name(attempt)}/{step_dir_name(step)}"
+
+
+def parse_committed(name: str) -> tuple[int, int] | None:
+    """(attempt, step) of a committed name, or None when it is not one (read from Redis: a
+    name that could climb out of the root is refused)."""
+    match = _COMMITTED.fullmatch(name) if isinstance(name, str) else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def make_private_dir(path: Path) -> None:
+    """mkdir -p, each directory made here 0700."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=DIR_MODE)
+
+
+def save(
+    root: Path, step: int, write: Callable[[Path], None], *, keep: int | None = KEEP
+) -> Path:
     """Run `write(tmpdir)`, seal what it wrote with a manifest, and publish it as `step-<N>`.
 
     Saving a step that already exists replaces it (a retried attempt may redo a step).
@@ -57,13 +98,17 @@ def save(root: Path, step: int, write: Callable[[Path], None], *, keep: int = KE
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    make_private_dir(root)
     root = root.resolve()
     tmp = root / f"{_TMP_PREFIX}{step_dir_name(step)}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    tmp.mkdir(mode=DIR_MODE)
     try:
         write(tmp)
         files = {name: _sha256(path) for name, path in _walk(tmp)}
+        for _, path in _walk(tmp):
+            os.chmod(path, FILE_MODE)
+        for directory in _dirs(tmp):
+            os.chmod(directory, DIR_MODE)
         files.pop(MANIFEST, None)  # the job may not forge its own manifest
         manifest = {"schema_version": SCHEMA_VERSION, "step": step, "files": files}
         _write_synced(tmp / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
@@ -82,7 +127,8 @@ def save(root: Path, step: int, write: Callable[[Path], None], *, keep: int = KE
     except BaseException:
         _remove(tmp)
         raise
-    _prune(root, keep)
+    if keep is not None:
+        _prune(root, keep)
     return final
 
 
@@ -168,7 +214,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -211,3 +257,45 @@ def _prune(root: Path, keep: int) -> None:
     for step, directory in steps:
         if step < oldest_kept:
             _remove(directory)
+
+
+def prune_committed(root: Path, attempt: int, kept: Sequence[str]) -> None:
+    """After attempt `attempt` committed: remove what can no longer be resumed from.
+
+    `kept` are the committed names (newest first; the newest is `attempt`'s). Removed: older
+    attempts' folders (their checkpoints that are still kept excepted) and, in `attempt`'s
+    own folder, the steps before its newest committed one. Newer attempts' folders and
+    `attempt`'s later steps (written, not committed yet) are never touched.
+    """
+    keep = {Path(root, name) for name in kept if parse_committed(name)}
+    newest = parse_committed(kept[0]) if kept else None
+    if newest is None or newest[0] != attempt:
+        return
+    for entry in _list(Path(root)):
+        match = _ATTEMPT_DIR.match(entry.name)
+        if match is None or entry.is_symlink() or int(match.group(1)) > attempt:
+            continue
+        mine = int(match.group(1)) == attempt
+        if not mine and not any(k.parent == entry for k in keep):
+            _remove(entry)
+            continue
+        for child in _list(entry):
+            step = _STEP_DIR.match(child.name)
+            if child in keep:
+                continue
+            if step is not None and (not mine or int(step.group(1)) < newest[1]):
+                _remove(child)
+            elif not mine and child.name.startswith(_TMP_PREFIX):
+                _remove(child)  # a save a superseded attempt never finished
+
+
+def remove_uncommitted(root: Path, attempt: int, step: int) -> None:
+    """Remove a checkpoint of `attempt` that will never be committed (a newer one came)."""
+    _remove(Path(root, committed_name(attempt, step)))
+
+
+def _list(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError:
+        return []

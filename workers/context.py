@@ -11,6 +11,12 @@ Event shapes (every event also carries "time", seconds since the epoch):
     {"type": "log", "message": "..."}
     {"type": "checkpoint", "step": 3}
     {"type": "resumed", "step": 3}
+
+Under a node's supervisor, checkpoints are the attempt's own (`checkpoint_dir` is its folder)
+until the supervisor commits one with the attempt's fencing token (`checkpoint` event → a
+fenced Redis step), and `restore()` resumes only from committed ones (`restore_from`): what a
+superseded attempt wrote is never resumed from. Every call into the context first checks the
+node's lease (`fence`): past it, the job's process group ends at once.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workers import checkpoint as checkpoints
+from workers.fence import Fence
 
 Event = dict[str, Any]
 
@@ -67,6 +74,8 @@ class JobContext:
         checkpoint_dir: Path,
         emit: Callable[[Event], None] | None = None,
         stop: threading.Event | None = None,
+        fence: Fence | None = None,
+        restore_from: Sequence[tuple[int, Path]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -78,6 +87,9 @@ class JobContext:
         self._emit = emit if emit is not None else self.events.append
         self._stop = stop if stop is not None else threading.Event()
         self._lock = threading.Lock()  # a framework callback may report from another thread
+        self._fence = fence
+        # committed checkpoints, newest first; None: a direct run, any valid one of our own
+        self._restore_from = None if restore_from is None else list(restore_from)
 
     def report(self, step: int, **metrics: float) -> None:
         """Progress at `step` with named metrics. Metrics must be finite numbers: numpy and
@@ -94,6 +106,7 @@ class JobContext:
             if not math.isfinite(number):
                 raise ValueError(f"metric {name!r} is {number}; report finite numbers only")
             clean[name] = number
+        self._check_lease()
         self._send({"type": "progress", "step": int(step), "metrics": clean})
 
     def log(self, message: str) -> None:
@@ -101,25 +114,43 @@ class JobContext:
 
     def should_stop(self) -> bool:
         """True once a cancel or a drain was asked: checkpoint, then return early."""
+        self._check_lease()
         return self._stop.is_set()
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to `seconds`, waking at once when a stop is asked. Returns should_stop()."""
-        return self._stop.wait(max(0.0, seconds))
+        stopped = self._stop.wait(max(0.0, seconds))
+        self._check_lease()
+        return stopped
 
     def checkpoint(self, step: int, write: Callable[[Path], None]) -> Path:
         """Save a checkpoint for `step`: `write(directory)` puts files in a fresh directory,
-        which is sealed and published atomically (see workers.checkpoint)."""
-        path = checkpoints.save(self.checkpoint_dir, step, write)
+        which is sealed and published atomically (see workers.checkpoint). Under a supervisor
+        it is this attempt's until committed; pruning is the supervisor's then."""
+        self._check_lease()
+        keep = checkpoints.KEEP if self._restore_from is None else None
+        path = checkpoints.save(self.checkpoint_dir, step, write, keep=keep)
+        self._check_lease()
         self._send({"type": "checkpoint", "step": step})
         return path
 
     def restore(self) -> tuple[int, Path] | None:
-        """The newest valid checkpoint as (step, directory), or None when there is none."""
-        found = checkpoints.latest(self.checkpoint_dir)
+        """The checkpoint to resume from as (step, directory), or None when there is none:
+        the newest committed one that verifies (a direct run: the newest valid one)."""
+        self._check_lease()
+        if self._restore_from is None:
+            found = checkpoints.latest(self.checkpoint_dir)
+        else:
+            found = next(((step, directory) for step, directory in self._restore_from
+                          if not directory.is_symlink() and checkpoints.verify(directory, step)),
+                         None)
         if found is not None:
             self._send({"type": "resumed", "step": found[0]})
         return found
+
+    def _check_lease(self) -> None:
+        if self._fence is not None:
+            self._fence.check()
 
     def _send(self, event: Event) -> None:
         event["time"] = time.time()

@@ -16,15 +16,21 @@ A forked job process is what an exec'd one was (see `workers.jobproc`, which bot
 - stdin: its order (JSON); stdout and stderr: its log; FLEET_EVENT_FD: its event pipe;
   its working directory, thread and GPU environment as the supervisor asks.
 The server is also the subreaper of its jobs: what a job leaves orphaned is reaped, not left a
-zombie of a worker running as a container's PID 1. A job's command line reads
-`python -m workers.jobproc`, as an exec'd one did (ps, pgrep and the benchmarks find jobs so).
+zombie of a worker running as a container's PID 1. And it fences them (see `workers.fence`):
+it holds the node's lease deadline in a page every job shares, kills every job's group once
+that deadline passes or the lease lapsed, and forks nothing while it has none. A job's
+command line reads `python -m workers.jobproc`, as an exec'd one did (ps, pgrep and the
+benchmarks find jobs so).
 
 Protocol, over AF_UNIX SOCK_SEQPACKET sockets (one JSON message per packet):
 - control socket, supervisor → server: `{"env": {...}, "cwd": "..."}` carrying four
   descriptors (SCM_RIGHTS): the order pipe's read end, the output pipe's and the event pipe's
   write ends, and one end of the job's own status socket;
-- status socket, server → supervisor: `{"pid": N}` once forked, then `{"exit": returncode,
-  "maxrss": bytes}` once reaped (returncode as subprocess gives it: -signal when killed).
+- control socket, supervisor → server: `{"lease": T, "lapsed": bool}` (no descriptors): the
+  node's lease holds until monotonic time T; `lapsed` says Redis had let it expire first;
+- status socket, server → supervisor: `{"pid": N}` once forked, or `{"refused": why}` (no
+  lease); then `{"exit": returncode, "maxrss": bytes, "fenced": bool}` once reaped (returncode
+  as subprocess gives it: -signal when killed; `fenced`: the lease ran out under it).
   EOF before "exit" means the server died, and the job with it.
 """
 
@@ -43,16 +49,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workers import jobproc
+from workers import fence, jobproc
 
 CTL_FD_ENV = "FLEET_FORKSERVER_FD"
 _FDS = 4  # order (read), output (write), events (write), status socket
 _MAX_MESSAGE = 1 << 16
 SPAWN_TIMEOUT_S = 30.0
+IDLE_WAKE_S = 1.0
 _PR_SET_CHILD_SUBREAPER = 36
 
 
 # -- the supervisor's side ---------------------------------------------------------------------
+class LeaseLapsed(OSError):
+    """The fork server forks nothing: this node's lease is not known to hold."""
+
+
 class JobProcess:
     """A job process forked by the server: Popen's few methods the supervisor needs.
 
@@ -68,6 +79,7 @@ class JobProcess:
         self.returncode: int | None = None
         self.maxrss = 0
         self.server_lost = False  # the fork server died: the job died with it (PDEATHSIG)
+        self.fenced = False  # killed because the node's lease ran out (or lapsed) under it
 
     def read_status(self) -> None:
         """Read the status socket (call when it is readable): sets `returncode` on exit."""
@@ -85,6 +97,7 @@ class JobProcess:
         if "exit" in message:
             self.returncode = int(message["exit"])
             self.maxrss = int(message.get("maxrss") or 0)
+            self.fenced = bool(message.get("fenced"))
 
     def poll(self) -> int | None:
         if self.returncode is None and _readable(self.status.fileno(), 0):
@@ -113,6 +126,7 @@ class ForkServer:
         self._proc: subprocess.Popen | None = None
         self._ctl: socket.socket | None = None
         self._lock = threading.Lock()
+        self._lease: float | None = None  # the last deadline given, for a restarted server
 
     @property
     def pid(self) -> int | None:
@@ -141,7 +155,18 @@ class ForkServer:
         finally:
             theirs.close()
         self._ctl = ours
+        if self._lease is not None:  # a fresh server runs no job yet: nothing to revive
+            _send_lease(ours, self._lease, lapsed=True)
         return ours
+
+    def renew(self, until: float, lapsed: bool = False) -> None:
+        """The node's lease holds until monotonic time `until`; `lapsed`: it had expired in
+        Redis before this renewal (the server kills what runs before the new lease counts).
+        A server not running yet gets it when started."""
+        with self._lock:
+            self._lease = until
+            if self._ctl is not None:
+                _send_lease(self._ctl, until, lapsed)
 
     def spawn(self, env: Mapping[str, str], cwd: Path, order: bytes) -> JobProcess:
         """Fork a job process with `env` added to the server's environment, in `cwd`, and hand
@@ -180,17 +205,20 @@ class ForkServer:
             for fd in (order_r, out_w, ev_w):
                 os.close(fd)
             theirs.close()
-        pid = None
+        pid = refused = None
         if sent and _readable(status.fileno(), SPAWN_TIMEOUT_S):
             try:
                 data = status.recv(_MAX_MESSAGE)
-                pid = json.loads(data)["pid"] if data else None
-            except (OSError, ValueError, KeyError):
+                answer = json.loads(data) if data else {}
+                pid, refused = answer.get("pid"), answer.get("refused")
+            except (OSError, ValueError, AttributeError):
                 pid = None
         if pid is None:
             for fd in (order_w, out_r, ev_r):
                 os.close(fd)
             status.close()
+            if refused:
+                raise LeaseLapsed(str(refused))
             return None
         _write_all(order_w, order[written:])  # what did not fit in the pipe, then EOF
         return JobProcess(int(pid), status, ev_r, out_r)
@@ -213,6 +241,13 @@ class ForkServer:
             self._proc = None
 
 
+def _send_lease(ctl: socket.socket, until: float, lapsed: bool) -> None:
+    try:
+        ctl.send(json.dumps({"lease": until, "lapsed": lapsed}).encode())
+    except OSError:  # the server is gone; `spawn` restarts it and gives it the lease then
+        pass
+
+
 def _readable(fd: int, timeout: float | None) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -233,7 +268,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # -- the server --------------------------------------------------------------------------------
 def serve(ctl: socket.socket) -> None:
-    """Fork a job process per request until the control socket closes.
+    """Fork a job process per request until the control socket closes; fence them all.
 
     Returns only in a forked child, set up as its job process; the server itself never returns
     (it exits when its supervisor goes).
@@ -244,16 +279,23 @@ def serve(ctl: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake select through wake_w
     jobs: dict[int, int] = {}  # pid -> the fd of its status socket
+    fenced: set[int] = set()  # jobs killed for the lease
+    lease = fence.Lease()
+    deadline = fence.SharedDeadline()  # mapped before any fork: every job shares it
+    deadline.set(lease.until)
     title = _job_title()
     listen = ctl.fileno()
     while True:
         try:
-            ready, _, _ = select.select([listen, wake_r], [], [], 1.0)
+            ready, _, _ = select.select([listen, wake_r], [], [],
+                                        lease.wake_in(time.monotonic(), IDLE_WAKE_S))
         except InterruptedError:
             ready = []
+        if lease.expired(time.monotonic()):  # before any renewal read below can count
+            _fence(jobs, fenced)
         if wake_r in ready:
             _drain(wake_r)
-        _reap(jobs)
+        _reap(jobs, fenced, lease)
         if listen not in ready:
             continue
         try:
@@ -262,19 +304,50 @@ def serve(ctl: socket.socket) -> None:
             message, fds = b"", []
         if not message:  # the supervisor is gone: so are its jobs
             _shutdown(jobs)
-        if len(fds) != _FDS:
+        try:
+            request = json.loads(message)
+        except ValueError:
+            request = {}
+        if not isinstance(request, dict):
+            request = {}
+        if "lease" in request:
+            for fd in fds:
+                os.close(fd)
+            try:
+                until = float(request["lease"])
+            except (TypeError, ValueError):
+                until = float("-inf")  # not a deadline: as good as none
+            if lease.renew(until, bool(request.get("lapsed")), time.monotonic()):
+                _fence(jobs, fenced)  # killed before the new deadline is visible to them
+            deadline.set(lease.until)
+            continue
+        if len(fds) != _FDS or "env" not in request:
             for fd in fds:
                 os.close(fd)
             continue
-        request = json.loads(message)
+        if lease.expired(time.monotonic()):
+            for fd in fds[:3]:
+                os.close(fd)
+            _send(fds[3], {"refused": "this node's lease is not renewed: no job starts"})
+            os.close(fds[3])
+            continue
         pid = os.fork()
         if pid == 0:
+            fence.install(deadline)
             _become_job(request, fds, ctl, [wake_r, wake_w, *jobs.values()], title)
             return
         for fd in fds[:3]:
             os.close(fd)
         jobs[pid] = fds[3]
         _send(fds[3], {"pid": pid})
+
+
+def _fence(jobs: dict[int, int], fenced: set[int]) -> None:
+    """Kill every job not killed for the lease yet (reaped and reported by `_reap`)."""
+    for pid in jobs:
+        if pid not in fenced:
+            _kill_group(pid)
+            fenced.add(pid)
 
 
 def _become_job(request: dict[str, Any], fds: list[int], ctl: socket.socket,
@@ -327,7 +400,7 @@ def _set_title(start: int, line: bytes) -> None:
         pass
 
 
-def _reap(jobs: dict[int, int]) -> None:
+def _reap(jobs: dict[int, int], fenced: set[int], lease: fence.Lease) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -339,7 +412,11 @@ def _reap(jobs: dict[int, int]) -> None:
         if fd is None:  # an orphan a job left, reparented here (we are their subreaper)
             continue
         _kill_group(pid)  # what the job left behind in its group goes with it
-        _send(fd, {"exit": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss * 1024})
+        code = os.waitstatus_to_exitcode(status)
+        # killed by us, or by its own fence (it saw the deadline pass before we looked)
+        was_fenced = pid in fenced or (code == -signal.SIGKILL and lease.expired(time.monotonic()))
+        fenced.discard(pid)
+        _send(fd, {"exit": code, "maxrss": usage.ru_maxrss * 1024, "fenced": was_fenced})
         os.close(fd)
 
 

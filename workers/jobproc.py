@@ -5,7 +5,14 @@ It reads its instructions (JSON) from stdin, pins itself to the cores it was giv
 counts before any framework is imported, checks the entry point against the allowlist once more,
 and calls `function(ctx, **params)`. Events (progress, checkpoints, the result) go to the
 supervisor as JSON lines on the pipe named by FLEET_EVENT_FD; stdout and stderr are the job's
-log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training on.
+log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training on, and with
+its node's lease (`workers.fence`): a forked job checks the lease deadline in every call into
+`ctx` and in a watchdog thread between them.
+
+Checkpoints: the order names the attempt's own checkpoint folder (`checkpoint_dir`) and the
+checkpoints its job committed so far (`restore`: [{"step", "dir"}], newest first), the only
+ones `ctx.restore()` may resume from. An order without `restore` (a direct run) resumes from
+the newest valid checkpoint in `checkpoint_dir`.
 """
 
 from __future__ import annotations
@@ -84,6 +91,12 @@ def exit_now(code: int) -> NoReturn:
 
 def main() -> int:
     _die_with_parent()
+    from workers import fence
+
+    guard = fence.installed()
+    if guard is not None:
+        guard.check()
+        guard.watch()
     order: dict[str, Any] = json.loads(sys.stdin.read())
     out = os.fdopen(int(os.environ[EVENT_FD_ENV]), "w", buffering=1)
     lock = threading.Lock()
@@ -110,10 +123,13 @@ def main() -> int:
         module_name, func_name = check_entrypoint(order["entrypoint"], order["allowlist"])
         runners.prepare(order["framework"], resources)
         function = _job_function(importlib.import_module(module_name), func_name)
+        restore = order.get("restore")
         ctx = JobContext(
             job_id=order["job_id"], attempt=int(order["attempt"]), resources=resources,
             workdir=Path(order["workdir"]), checkpoint_dir=Path(order["checkpoint_dir"]),
-            emit=emit, stop=stop,
+            emit=emit, stop=stop, fence=guard,
+            restore_from=None if restore is None else [
+                (int(c["step"]), Path(c["dir"])) for c in restore],
         )
         result = function(ctx, **order.get("params", {})) or {}
         emit({"type": "result", "result": json.loads(json.dumps(result, default=float))})

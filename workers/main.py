@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, parse_cpuset(args.cpuset))
     settings = Settings()
     url = settings.resolved_redis_url()
-    client = redis.Redis.from_url(url, health_check_interval=10)
+    # A cut connection must fail the heartbeat, not hang it: past the lease the node's jobs
+    # are fenced anyway, and the next heartbeat must be able to try again.
+    timeout = max(1.0, settings.heartbeat_ttl)
+    client = redis.Redis.from_url(url, health_check_interval=10, socket_timeout=timeout,
+                                  socket_connect_timeout=timeout)
     memory = parse_memory(args.memory) if args.memory else None
     if args.cgroup:
         cgroups = confine(args.node_id, args.cpus, memory)

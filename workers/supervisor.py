@@ -6,6 +6,11 @@ the Celery task state (so Flower shows progress), keeps its log, runs the watchd
 tick, and records exactly one outcome. A crash, an OOM or a cancel takes only that job's process
 group, never the node. Its thread blocks on the job's pipes and exit, never on a timer: output
 is read as it comes, the outcome recorded as soon as the process is gone.
+
+Fencing (DESIGN.md, invariant 8): the node's lease is passed on to the fork server
+(`renew_lease`), which kills the jobs of a node that could not renew it; the checkpoints an
+attempt announces are committed with its fencing token (`workers.commits`), and the next
+attempt is told the committed ones only.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from fleet.jobstore import JobStore, Outcome
 from fleet.settings import Settings
 from fleet.states import EndReason
 from workers import load, runners
+from workers.checkpoint import make_private_dir
+from workers.commits import CheckpointCommits
 from workers.context import Resources
 from workers.cores import Pinning
-from workers.forkserver import ForkServer
+from workers.forkserver import ForkServer, LeaseLapsed
 from workers.pipes import JobPipes
 from workers.probe import TreeMemory, find_cgroup
 from workers.watch import (
@@ -55,6 +62,9 @@ KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
 PROGRESS_TO_CELERY_S = 1.0  # Flower's view of progress: at most this often, and not before
 SECRET_ENV = frozenset({"FLEET_REDIS_URL", "FLOWER_BASIC_AUTH", "REDIS_PASSWORD"})
+# Redis away: refused, reset, or silent past the client's socket timeout
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+LEASE_WAIT_S = 0.2  # between tries to start a job while the node's lease is not renewed
 
 
 @dataclass
@@ -95,6 +105,13 @@ class Supervisor:
     def close(self) -> None:
         self.forks.stop()
 
+    def renew_lease(self, until: float, lapsed: bool) -> None:
+        """The node's lease holds until monotonic time `until` (the agent, after a heartbeat
+        Redis applied); `lapsed`: it had expired first, so what runs here is fenced."""
+        if lapsed and self.running_jobs():
+            log.warning("node %s's lease had lapsed: its jobs are stopped", self.node)
+        self.forks.renew(until, lapsed)
+
     def running_jobs(self) -> list[Running]:
         with self._lock:
             return list(self.running.values())
@@ -115,6 +132,14 @@ class Supervisor:
         except SpecError as exc:
             outcome = Outcome(EndReason.REJECTED, error=str(exc), final=True)
             return self._record(job_id, attempt, outcome)
+        try:
+            committed = self.store.committed_checkpoints(job_id)
+        except REDIS_DOWN as exc:
+            return self._record(job_id, attempt, Outcome(
+                EndReason.WORKER_LOST, error=f"redis unreachable before the job started: {exc}"))
+        commits = CheckpointCommits(
+            self.store, job_id, attempt, self.node, self.incarnation,
+            self.settings.artifacts_dir / "jobs" / job_id / "checkpoints", committed)
         res = spec["resources"]
         cores, gpu_ids = self.pinning.take(float(res["cpus"]), int(res.get("gpus", 0)))
         entry = Running(job_id, attempt, cores, gpu_ids)
@@ -122,7 +147,7 @@ class Supervisor:
             self.running[job_id] = entry
         unsent: list[dict] = []
         try:
-            outcome = self._run_process(job_id, spec, entry, on_progress, unsent)
+            outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits)
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
             log.exception("supervising %s failed", job_id)
             outcome = Outcome(EndReason.WORKER_LOST, error=f"supervisor error: {exc}")
@@ -130,20 +155,23 @@ class Supervisor:
             with self._lock:
                 self.running.pop(job_id, None)
             self.pinning.give_back(cores, gpu_ids)
-        return self._record(job_id, attempt, outcome, unsent)
+        return self._record(job_id, attempt, outcome, unsent, commits)
 
     def _record(
-        self, job_id: str, attempt: int, outcome: Outcome, progress: list[dict] | None = None
+        self, job_id: str, attempt: int, outcome: Outcome, progress: list[dict] | None = None,
+        commits: CheckpointCommits | None = None,
     ) -> dict:
-        """Record the outcome (and the progress reports not sent yet), waiting out a Redis
-        outage: an outcome is never dropped."""
+        """Record the outcome (and the progress reports and checkpoint not sent yet), waiting
+        out a Redis outage: an outcome is never dropped."""
         delay = 0.5
         while True:
             try:
+                if commits is not None:
+                    commits.flush()  # before the attempt ends: after, it may commit nothing
                 applied, state = self.store.finish(job_id, attempt, self.node, outcome,
                                                    progress=progress or ())
                 break
-            except redis.exceptions.ConnectionError:
+            except REDIS_DOWN:
                 log.warning("redis unreachable; retrying the outcome of %s", job_id)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -152,7 +180,7 @@ class Supervisor:
 
     def _run_process(
         self, job_id: str, spec: dict, entry: Running, on_progress: Callable[[dict], None] | None,
-        unsent: list[dict],
+        unsent: list[dict], commits: CheckpointCommits,
     ) -> Outcome:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
@@ -165,13 +193,15 @@ class Supervisor:
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
             "allowlist": list(self.settings.allowlist), "workdir": str(workdir),
-            "checkpoint_dir": str(job_dir / "checkpoints"),
+            "checkpoint_dir": str(commits.folder),
+            "restore": commits.restore,
             "resources": {**res, "cpuset": list(entry.cores), "gpu_ids": list(entry.gpu_ids)},
         }
         given = Resources(cpus=float(res["cpus"]), memory=int(res["memory"]),
                           gpus=int(res.get("gpus", 0)), cpuset=entry.cores, gpu_ids=entry.gpu_ids)
+        make_private_dir(commits.root)
         oom_before = self._oom_kills()
-        proc = self.forks.spawn(runners.job_env(given), workdir, json.dumps(order).encode())
+        proc = self._spawn(runners.job_env(given), workdir, json.dumps(order).encode())
         entry.pid = proc.pid
         pipes = JobPipes(proc)
         memory = TreeMemory(proc.pid)
@@ -184,7 +214,7 @@ class Supervisor:
             watches.append(StallWatch(float(spec["stall_timeout"])))
         now = time.time()
         vitals = Vitals(now=now, started_at=now, last_report_at=now, memory=0, peak_memory=0)
-        relay = _Relay(self, job_id, attempt, workdir / "output.log", on_progress, now)
+        relay = _Relay(self, job_id, attempt, workdir / "output.log", on_progress, now, commits)
         verdict: Verdict | None = None
         superseded = False
         try:
@@ -221,6 +251,11 @@ class Supervisor:
         extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid}
         if superseded:
             return Outcome(EndReason.NODE_LOST, error="attempt superseded", extra=extra)
+        if proc.fenced:
+            log.warning("%s attempt %s stopped: this node's lease ran out under it", job_id,
+                        attempt)
+            return Outcome(EndReason.NODE_LOST, extra=extra,
+                           error="fenced: the node could not renew its lease in time")
         if verdict is not None:
             return Outcome(verdict.reason, verdict.error, final=verdict.final, extra=extra)
         if proc.returncode == 0 and relay.result is not None:
@@ -233,6 +268,18 @@ class Supervisor:
                            extra=extra)
         error = relay.error or f"exited with code {proc.returncode}"
         return Outcome(EndReason.ERROR, error, extra=extra)
+
+    def _spawn(self, env: dict[str, str], workdir: Path, order: bytes) -> Any:
+        """Have the fork server start the job; while the node's lease is not renewed it starts
+        none, so wait up to one heartbeat TTL for a renewal (LeaseLapsed past that)."""
+        deadline = time.monotonic() + self.settings.heartbeat_ttl
+        while True:
+            try:
+                return self.forks.spawn(env, workdir, order)
+            except LeaseLapsed:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LEASE_WAIT_S)
 
     def _oom_kills(self) -> int | None:
         """The node cgroup's oom_kill counter. Where to read it is found once: the worker
@@ -251,7 +298,7 @@ class Supervisor:
     def _cancel_requested(self, job_id: str) -> bool:
         try:
             return self.store.cancel_requested(job_id)
-        except redis.exceptions.ConnectionError:
+        except REDIS_DOWN:
             return False
 
 
@@ -261,8 +308,10 @@ class _Relay:
     def __init__(
         self, sup: Supervisor, job_id: str, attempt: int, log_path: Path,
         on_progress: Callable[[dict], None] | None, started: float,
+        commits: CheckpointCommits | None = None,
     ) -> None:
         self.sup, self.job_id, self.attempt = sup, job_id, attempt
+        self.commits = commits
         self.log_path = log_path
         self.log_file: IO[str] | None = None  # opened with the first line: none, no file
         self.on_progress = on_progress
@@ -297,6 +346,10 @@ class _Relay:
                 self.error = str(event.get("error"))
             elif kind == "log":
                 batch.append(str(event.get("message", "")))
+            elif kind == "checkpoint" and self.commits is not None:
+                self.commits.announce(event.get("step"))
+        if self.commits is not None and self.commits.pending is not None:
+            self._write(self.commits.flush)  # before the progress that came after it
         if reports and final:
             self.unsent.extend(reports)
         elif reports:
@@ -319,7 +372,7 @@ class _Relay:
         try:
             if not op():
                 self.superseded = True
-        except redis.exceptions.ConnectionError:
+        except REDIS_DOWN:
             pass  # progress is advisory while Redis is away; the outcome is retried
 
     def _write_lines(self, batch: list[str]) -> None:
@@ -329,7 +382,7 @@ class _Relay:
             pipe.rpush(key, *batch)
             pipe.ltrim(key, -LOG_LINES_CAP, -1)
             pipe.execute()
-        except redis.exceptions.ConnectionError:
+        except REDIS_DOWN:
             pass  # the log file keeps them
 
     def close(self) -> None:

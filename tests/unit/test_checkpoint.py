@@ -203,3 +203,55 @@ def test_threads_are_whole_cpus_given_within_the_cpuset(
     cpus: float, cpuset: tuple[int, ...], threads: int
 ) -> None:
     assert Resources(cpus=cpus, memory=1, cpuset=cpuset).threads == threads
+
+
+# -- per attempt, committed with the attempt's fencing token ------------------------------------
+def test_checkpoints_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = checkpoint.save(tmp_path / "job" / "attempt-1", 1, _writer("one"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "job").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "job" / "attempt-1").stat().st_mode & 0o777 == 0o700
+    for entry in [path, *path.rglob("*")]:
+        assert entry.stat().st_mode & 0o777 == (0o700 if entry.is_dir() else 0o600), entry
+
+
+def test_restore_takes_only_committed_checkpoints_newest_valid_first(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    old = checkpoint.save(root / "attempt-1", 3, _writer("three"), keep=None)
+    newer = checkpoint.save(root / "attempt-1", 6, _writer("six"), keep=None)
+    checkpoint.save(root / "attempt-1", 9, _writer("nine"), keep=None)  # never committed
+    (newer / "state.json").write_text("tampered")
+    ctx = _context(tmp_path, restore_from=[(6, newer), (3, old)])
+    assert ctx.restore() == (3, old)  # 9 was not committed, 6 does not verify
+    assert _context(tmp_path, restore_from=[]).restore() is None  # nothing committed: zero
+
+
+def test_checkpoints_under_a_supervisor_are_not_pruned_by_the_job(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, restore_from=[])
+    for step in range(1, 5):
+        ctx.checkpoint(step, _writer(str(step)))
+    assert [s for s, _ in checkpoint.list_steps(ctx.checkpoint_dir)] == [1, 2, 3, 4]
+
+
+def test_pruning_after_a_commit_keeps_what_may_be_resumed_and_what_is_newer(tmp_path: Path) -> None:
+    for attempt, steps in ((1, (3, 6)), (2, (9, 12, 15)), (3, (18,))):
+        for step in steps:
+            checkpoint.save(tmp_path / f"attempt-{attempt}", step, _writer("x"), keep=None)
+    (tmp_path / "attempt-1" / ".tmp-step-00000007-dead").mkdir()
+    checkpoint.prune_committed(tmp_path, 2, ["attempt-2/step-00000012", "attempt-1/step-00000006"])
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("attempt-*/*"))
+    assert left == ["attempt-1/step-00000006", "attempt-2/step-00000012",
+                    "attempt-2/step-00000015", "attempt-3/step-00000018"]
+    checkpoint.prune_committed(tmp_path, 2, ["attempt-2/step-00000015", "attempt-2/step-00000012"])
+    assert not (tmp_path / "attempt-1").exists()
+    assert (tmp_path / "attempt-3" / "step-00000018").is_dir()  # a newer attempt's: untouched
+
+
+def test_a_committed_name_from_redis_cannot_climb_out() -> None:
+    assert checkpoint.parse_committed("attempt-2/step-00000012") == (2, 12)
+    for bad in ("../attempt-2/step-00000012", "attempt-2/../../etc", "/abs/step-00000001",
+                "attempt-2/step-12", "attempt-x/step-00000012", "attempt-2/step-00000012\n", ""):
+        assert checkpoint.parse_committed(bad) is None, bad

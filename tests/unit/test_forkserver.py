@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from workers.context import JobContext
-from workers.forkserver import ForkServer, JobProcess
+from workers.forkserver import ForkServer, JobProcess, LeaseLapsed
 
 
 # -- jobs these tests run (this module is on the orders' allowlist) ------------------------------
@@ -56,14 +56,30 @@ def sizes(ctx: JobContext, blob: str = "") -> dict[str, Any]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-@pytest.fixture
-def server() -> Iterator[ForkServer]:
+def _server() -> ForkServer:
     env = {k: v for k, v in os.environ.items() if k != "FLEET_TEST_SECRET"}
     repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    fs = ForkServer({**env, "PYTHONUNBUFFERED": "1"})
+    return ForkServer({**env, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture
+def server() -> Iterator[ForkServer]:
+    fs = _server()
+    fs.renew(time.monotonic() + 3600)  # a node's lease, held through the test
     fs.start()
     yield fs
+    fs.stop()
+
+
+@pytest.fixture
+def unleased() -> Iterator[ForkServer]:
+    """A server whose lease the test gives (or not) itself."""
+    fs = _server()
+    fs.start()
+    yield fs
+    if fs.pid is not None:
+        os.kill(fs.pid, signal.SIGCONT)
     fs.stop()
 
 
@@ -221,6 +237,7 @@ def test_a_killed_worker_leaves_no_job_behind(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from workers.forkserver import ForkServer\n"
         "fs = ForkServer({**os.environ, 'PYTHONUNBUFFERED': '1'})\n"
+        "fs.renew(time.monotonic() + 600)\n"
         "job = fs.spawn({}, Path(sys.argv[1]), sys.argv[2].encode())\n"
         "print(job.pid, fs.pid, flush=True)\n"
         "time.sleep(600)\n"
@@ -248,4 +265,60 @@ def test_a_job_process_runs_only_a_function_its_module_defines(server: ForkServe
     assert job.wait(30) == 1
     errors = [e["error"] for e in events_of(job) if e["type"] == "error"]
     assert errors == [f"TypeError: tests.unit.test_forkserver defines no function {name!r}"]
+    close(job)
+
+
+# -- fencing: jobs live only while the node's lease does -------------------------------------------
+def test_without_a_lease_the_server_starts_no_job(unleased: ForkServer, tmp_path: Path) -> None:
+    with pytest.raises(LeaseLapsed, match="lease"):
+        unleased.spawn({}, tmp_path, order(tmp_path, "workers.jobs.synthetic:noop"))
+    unleased.renew(time.monotonic() + 3600)
+    job = unleased.spawn({}, tmp_path, order(tmp_path, "workers.jobs.synthetic:noop"))
+    assert job.wait(30) == 0 and not job.fenced
+    close(job)
+
+
+def test_a_lease_that_runs_out_kills_the_jobs_and_starts_no_more(unleased: ForkServer,
+                                                                  tmp_path: Path) -> None:
+    unleased.renew(time.monotonic() + 2)  # and no renewal after: the worker is paused
+    job = unleased.spawn({}, tmp_path, order(tmp_path, "tests.unit.test_forkserver:with_child"))
+    line = b""
+    while b"\n" not in line:
+        line += os.read(job.events, 1 << 16)
+    grandchild = int(json.loads(line.split(b"\n")[0])["metrics"]["child"])
+    assert job.wait(30) == -signal.SIGKILL and job.fenced
+    assert eventually_dead(grandchild)  # its whole group
+    with pytest.raises(LeaseLapsed):
+        unleased.spawn({}, tmp_path, order(tmp_path, "workers.jobs.synthetic:noop"))
+    close(job)
+
+
+def test_a_lapsed_renewal_kills_what_runs_however_long_the_new_lease(unleased: ForkServer,
+                                                                      tmp_path: Path) -> None:
+    unleased.renew(time.monotonic() + 3600)
+    job = unleased.spawn({}, tmp_path, order(tmp_path, "workers.jobs.synthetic:sleep",
+                                             seconds=60, steps=60))
+    assert job.wait(0.5) is None
+    unleased.renew(time.monotonic() + 3600, lapsed=True)  # Redis had let the lease expire
+    assert job.wait(30) == -signal.SIGKILL and job.fenced
+    again = unleased.spawn({}, tmp_path, order(tmp_path, "workers.jobs.synthetic:noop"))
+    assert again.wait(30) == 0  # the new lease serves new jobs
+    for j in (job, again):
+        close(j)
+
+
+def test_a_job_stops_itself_when_its_lease_ran_out_while_the_server_was_stopped(
+    unleased: ForkServer, tmp_path: Path
+) -> None:
+    """A whole node resumed from SIGSTOP: its jobs may run before its fork server does."""
+    unleased.renew(time.monotonic() + 2)
+    job = unleased.spawn({}, tmp_path, order(tmp_path, "workers.jobs.synthetic:sleep",
+                                             seconds=600, steps=6000))
+    assert unleased.pid is not None
+    os.kill(unleased.pid, signal.SIGSTOP)  # it cannot kill anything now
+    try:
+        assert eventually_dead(job.pid, 30)  # the job's own fence (a zombie, unreaped)
+    finally:
+        os.kill(unleased.pid, signal.SIGCONT)
+    assert job.wait(30) == -signal.SIGKILL and job.fenced
     close(job)

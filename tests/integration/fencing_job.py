@@ -1,0 +1,49 @@
+"""A job that keeps its own witness of when it ran, for the fencing tests.
+
+One JSON line per step, appended to a file outside fleet (`log`) *after* the step's
+`ctx.report`: attempt, step, wall time. A checkpoint every `checkpoint_every` steps records
+who wrote it and when, so a test can tell which attempt's checkpoint a resumed one started
+from. The test's settings put this module on the allowlist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from workers.context import JobContext
+
+STATE_FILE = "state.json"
+
+
+def witnessed_steps(
+    ctx: JobContext, log: str, steps: int = 160, step_seconds: float = 0.25,
+    checkpoint_every: int = 3,
+) -> dict[str, Any]:
+    found = ctx.restore()
+    origin = json.loads((found[1] / STATE_FILE).read_text()) if found is not None else None
+    done = int(origin["step"]) if origin else 0
+    _append(log, {"event": "start", "attempt": ctx.attempt, "resumed": origin,
+                  "time": time.time()})
+    for step in range(done + 1, steps + 1):
+        if ctx.wait(step_seconds):
+            return {"steps": step - 1, "stopped": True}
+        ctx.report(step)
+        _append(log, {"attempt": ctx.attempt, "step": step, "time": time.time()})
+        if step % checkpoint_every == 0:
+            state = {"step": step, "attempt": ctx.attempt, "time": time.time()}
+            ctx.checkpoint(step, lambda d, s=state: (d / STATE_FILE).write_text(json.dumps(s)))
+    _append(log, {"event": "done", "attempt": ctx.attempt, "time": time.time()})
+    return {"steps": steps, "resumed_from": origin}
+
+
+def _append(log: str, record: dict[str, Any]) -> None:
+    """One write(2) per line on an O_APPEND file: lines of two attempts never interleave."""
+    fd = os.open(Path(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
