@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet.private import private_dir
+
 DAY = 24 * 3600
 
 
@@ -87,7 +89,7 @@ def read_state(settings: Settings) -> dict | None:
 def write_state(settings: Settings, state: dict) -> None:
     """Written 0600 and atomically: it holds the Redis password inside the URL."""
     path = settings.state_file
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent, tighten=[path.parent])
     tmp = path.with_suffix(".tmp")
     tmp.touch(mode=0o600)
     tmp.write_text(json.dumps(state, indent=2))
