@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         description="modules (and their submodules) whose functions may run as jobs",
     )
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
+    log_max_bytes: int = Field(
+        default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"
+    )
     master_lease_ttl: float = Field(default=5.0, gt=0)
     result_expires: int = Field(default=7 * DAY, gt=0)
 
