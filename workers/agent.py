@@ -76,9 +76,13 @@ class Agent:
             ],
             "labels": self.labels,
             "draining": registry.is_draining(self.r, self.sup.node),
+            # a node that cannot write its artifacts takes no work (the master skips it)
+            "healthy": self.sup.disk.reason is None,
+            "unhealthy_reason": self.sup.disk.reason,
         }
 
     def beat(self) -> dict[str, Any]:
+        self.sup.disk.recheck()  # while unhealthy: can it write again? (a probe file)
         report = self.report()
         registry.heartbeat(self.r, report, self.settings.heartbeat_ttl)
         if report["draining"] and not report["jobs"] and not registry.allocations(
