@@ -30,6 +30,7 @@ READ_GAP_S = 0.2  # the longest rest after a read: a job writing a little, often
 MIN_GAP_S = 0.001  # the shortest: output flowing as fast as the job can write it
 PIPE_BYTES = 1 << 20  # the output pipe's capacity asked for (Linux's pipe-max-size default)
 LINE_MAX = 1 << 20  # a longer "line" (no newline yet) is passed on as it is
+BACKLOG_MAX = 64 << 20  # output read and not taken: past this the job waits on its pipe
 
 
 class JobPipes:
@@ -51,6 +52,7 @@ class JobPipes:
         self._exit_only.register(self._status, select.POLLIN)
         self._rest_until = 0.0
         self._last_read = time.monotonic()
+        self._held = False  # output not read while the backlog is full (none is dropped)
 
     @property
     def backlog(self) -> int:
@@ -68,9 +70,11 @@ class JobPipes:
         return self.proc.returncode
 
     def drain(self, timeout: float) -> None:
-        """After the job ended: read its pipes to their end, for at most `timeout` seconds."""
+        """After the job ended: read its pipes to their end, for at most `timeout` seconds
+        (and no output past BACKLOG_MAX: what a job printed while being stopped is capped)."""
         deadline = time.monotonic() + timeout
-        while self._partial and (left := deadline - time.monotonic()) > 0:
+        while (set(self._partial) - ({self.proc.output} if self._held else set())
+               and (left := deadline - time.monotonic()) > 0):
             self._poll_once(left)
 
     def _poll_once(self, timeout: float) -> None:
@@ -106,7 +110,14 @@ class JobPipes:
                 os.close(fd)
             return 0
         self._partial[fd] = self._take_lines(fd, self._partial[fd], data)
+        if fd == self.proc.output and len(self._output) >= BACKLOG_MAX:
+            self._hold(True)  # e.g. while the job is being stopped: nothing spills then
         return len(data)
+
+    def _hold(self, held: bool) -> None:
+        if held != self._held and self.proc.output in self._partial:
+            self._poll.modify(self.proc.output, 0 if held else select.POLLIN)
+            self._held = held
 
     def _take_lines(self, fd: int, pending: bytes, data: bytes) -> bytes:
         """Takes the complete lines of `pending` (the unfinished line `fd` sent before) and
@@ -136,11 +147,13 @@ class JobPipes:
         """The output (complete lines, as written) and the events read since the last call."""
         output, events = self._output, self._events
         self._output, self._events = bytearray(), []
+        self._hold(False)
         return output, events
 
     def take_output(self) -> bytearray:
         """The output read since the last call (the events stay for `take`)."""
         output, self._output = self._output, bytearray()
+        self._hold(False)
         return output
 
     def close(self) -> None:

@@ -110,3 +110,40 @@ def test_a_line_that_never_ends_is_passed_on_in_pieces() -> None:
     os.close(events_w)
     os.close(output_w)
     watched.close()
+
+
+def test_output_not_taken_waits_in_the_pipe_past_the_backlog_cap(monkeypatch) -> None:
+    """While output is not taken (a job being stopped), the supervisor holds at most
+    BACKLOG_MAX of it: the job then waits on its full pipe, nothing is dropped."""
+    monkeypatch.setattr(pipes, "BACKLOG_MAX", 2 << 20)
+    proc, events_w, output_w, server = fake_job()
+    watched = pipes.JobPipes(proc)
+    os.set_blocking(output_w, False)
+    line = b"z" * 1023 + b"\n"
+    sent = 0
+    for _ in range(200):  # until the pipe stays full: the reader holds
+        try:
+            sent += os.write(output_w, line * 256)
+        except BlockingIOError:
+            watched.wait(0)
+            watched._rest_until = 0.0
+            if watched.backlog >= pipes.BACKLOG_MAX:
+                try:
+                    sent += os.write(output_w, line * 256)
+                except BlockingIOError:
+                    break
+            continue
+        watched.wait(0)
+        watched._rest_until = 0.0
+    assert pipes.BACKLOG_MAX <= watched.backlog < pipes.BACKLOG_MAX + (2 << 20)
+    got = len(watched.take_output())  # taken: reading resumes
+    os.close(output_w)
+    os.close(events_w)
+    server.close()
+    started = time.monotonic()
+    while watched.wait(1.0) is None:
+        assert time.monotonic() - started < 5
+    watched.drain(2.0)
+    got += len(watched.take_output())
+    assert got == sent
+    watched.close()
