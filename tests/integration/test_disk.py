@@ -122,3 +122,20 @@ def test_a_disk_that_fills_while_a_job_prints_stops_it_as_disk_naming_its_log(
     eventually(lambda: report(fleet, "node-1")["healthy"] is True, 10, what="node-1 healthy")
     again = fleet.client.submit(printer(3))
     assert ended(fleet, again)["state"] == "SUCCEEDED"
+
+
+def test_a_job_that_fills_the_nodes_disk_itself_fails_as_disk_counted(
+    jobs_tmpfs: Path, fleet: Fleet
+) -> None:
+    fleet.master()
+    fleet.node("node-1", cpus=1, cores=[0])
+    job_id = fleet.client.submit({
+        "name": "filler", "entrypoint": "workers.jobs.synthetic:write_file",
+        "resources": {"cpus": 1, "memory": "256Mi"}, "max_retries": 0, "params": {"mib": 8}})
+    final = ended(fleet, job_id)
+    assert final["state"] == "FAILED" and final["reason"] == "DISK", final
+    assert final["error"].startswith(f"disk full: {jobs_tmpfs}: No space left on device (the job: ")
+    assert "[Errno 28]" in final["error"]
+    eventually(lambda: report(fleet, "node-1")["healthy"] is False, 10, what="node-1 unhealthy")
+    shutil.rmtree(jobs_tmpfs / job_id)  # the operator removes what the job left
+    eventually(lambda: report(fleet, "node-1")["healthy"] is True, 10, what="node-1 healthy")

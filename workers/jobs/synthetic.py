@@ -165,6 +165,20 @@ def _print_fast(ctx: JobContext, lines: int, width: int, block: int = 4096) -> d
     return {"lines": lines}
 
 
+def write_file(ctx: JobContext, mib: float = 1.0, chunk_mib: float = 1.0) -> dict[str, Any]:
+    """Write `mib` MiB of zeros to `fill.bin` in the job's own folder, a chunk a step: disk
+    load, and a job that fills its node's disk (tests of disk errors)."""
+    chunk = b"\0" * max(1, int(chunk_mib * 2**20))
+    total, written, step = int(mib * 2**20), 0, 0
+    with (ctx.workdir / "fill.bin").open("wb") as f:
+        while written < total:
+            written += f.write(chunk[: total - written])
+            f.flush()
+            step += 1
+            ctx.report(step, mib=written / 2**20)
+    return {"mib": written / 2**20}
+
+
 def fail(ctx: JobContext, message: str = "boom") -> dict[str, Any]:
     """Fail at once with RuntimeError(message): a job whose error must reach the user."""
     ctx.report(1)
