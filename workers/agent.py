@@ -98,6 +98,7 @@ class Agent:
         """The first heartbeat. A worker restarted under the same id waits out its dead
         predecessor's lease (at most one TTL); a live twin is an error, not a takeover."""
         deadline = time.monotonic() + self.settings.heartbeat_ttl + 2 * self.settings.heartbeat_interval
+        self.sup.disk.recheck(always=True)  # a node started on a full disk says so at once
         while True:
             try:
                 return self.beat()

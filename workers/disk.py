@@ -102,9 +102,9 @@ class DiskHealth:
                 log.warning("node unhealthy: %s; taking no work until it can write", reason)
             self._reason = reason
 
-    def recheck(self) -> bool:
-        """Probe again if unhealthy; True when healthy (again)."""
-        if self._reason is None:
+    def recheck(self, always: bool = False) -> bool:
+        """Probe again if unhealthy (or `always`: a node starting); True when healthy."""
+        if self._reason is None and not always:
             return True
         try:
             probe(self.directory)
@@ -113,6 +113,7 @@ class DiskHealth:
                 self._reason = describe(exc) if is_disk_error(exc) else f"disk probe failed: {exc}"
             return False
         with self._lock:
-            log.info("node healthy again: %s is writable", self.directory)
+            if self._reason is not None:
+                log.info("node healthy again: %s is writable", self.directory)
             self._reason = None
         return True

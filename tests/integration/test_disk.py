@@ -79,7 +79,9 @@ def test_a_full_disk_fails_the_job_as_disk_and_the_node_serves_once_space_return
     fleet.node("node-1", cpus=1, cores=[0])
     assert report(fleet, "node-1")["healthy"] is True
     filler = fill(jobs_tmpfs)
-    failed = fleet.client.submit(printer(5))
+    fleet.node("node-2", cpus=1, cores=[1])  # started on the full disk: unhealthy at once
+    assert report(fleet, "node-2")["healthy"] is False
+    failed = fleet.client.submit(printer(5))  # on node-1, which has not noticed yet
     final = ended(fleet, failed)
     assert final["state"] == "FAILED" and final["reason"] == "DISK", final
     assert final["error"].startswith(f"disk full: {jobs_tmpfs}/{failed}/attempt-1"), final["error"]
@@ -98,8 +100,9 @@ def test_a_full_disk_fails_the_job_as_disk_and_the_node_serves_once_space_return
     assert report(fleet, "node-1")["healthy"] is False
     filler.unlink()
     eventually(lambda: report(fleet, "node-1")["healthy"] is True, 10, what="node-1 healthy")
+    assert fleet.client.status(failed)["node"] == "node-1"
     assert ended(fleet, waiting)["state"] == "SUCCEEDED"
-    assert fleet.client.status(waiting)["node"] == "node-1"
+    assert report(fleet, "node-2")["healthy"] is True
 
 
 def test_a_disk_that_fills_while_a_job_prints_stops_it_as_disk_naming_its_log(
