@@ -106,7 +106,7 @@ class JobLogs:
 
         Reads the Redis list from the last index seen, so a line is yielded once; past the cap
         (5000 lines) the list drops its head and following may skip lines: the artifact file
-        has them all.
+        keeps more (FLEET_LOG_MAX_BYTES of the newest).
         """
         seen: dict[int, int] = {}
         while True:
