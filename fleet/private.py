@@ -18,8 +18,8 @@ MODE = 0o700
 
 
 def private_dir(path: Path, *, tighten: Iterable[Path] = ()) -> Path:
-    """Create `path` and its missing parents 0700; each of `tighten` that exists and lets its
-    group or others in is made 0700. Returns `path`."""
+    """Create `path` and its missing parents 0700; each of `tighten` that exists, is ours and
+    lets its group or others in is made 0700. Returns `path`."""
     missing = []
     for folder in (path, *path.parents):
         if folder.is_dir():
@@ -38,5 +38,8 @@ def private_dir(path: Path, *, tighten: Iterable[Path] = ()) -> Path:
         except FileNotFoundError:
             continue
         if mode & 0o077:
-            os.chmod(root, MODE)
+            try:
+                os.chmod(root, MODE)
+            except PermissionError:  # not ours (the docker driver's shared 1777 store): as is
+                pass
     return path
