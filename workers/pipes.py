@@ -7,7 +7,7 @@ Redis); relaying waits for the supervisor.
 
 After a read the pipes rest (only the job's exit is watched meanwhile), for as long as the
 output pipe takes to fill halfway at the rate it was just filling, between `MIN_GAP_S` and
-`READ_GAP_S`. A training loop that reports and checkpoints hundreds of times a second (a few
+`READ_GAP_S` (the shortest after a read that found the pipe full). A training loop that reports and checkpoints hundreds of times a second (a few
 KB/s) gets the long rest, so it does not wake the supervisor as often on the job's own core
 (that cost the job ~1.2% of its time, issue 7); a job printing tens of MiB/s gets short rests
 and 1 MiB reads, so it never waits on a full pipe for long (0.2 s after each 64 KiB read held
@@ -91,7 +91,9 @@ class JobPipes:
             now = time.monotonic()
             rate = got / max(now - self._last_read, 1e-6)  # bytes/s since the last read
             self._last_read = now
-            self._rest_until = now + min(READ_GAP_S, max(MIN_GAP_S, self._capacity / 2 / rate))
+            # a full pipe held the job up: its rate is unknown, and at least this; no rest
+            rest = MIN_GAP_S if got >= self._capacity else self._capacity / 2 / rate
+            self._rest_until = now + min(READ_GAP_S, max(MIN_GAP_S, rest))
 
     def _read(self, fd: int) -> int:
         """Read what one pipe holds; the number of bytes (0 at its end or when none came)."""
