@@ -171,6 +171,7 @@ class Supervisor:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
         attempt = entry.attempt
+        cpu_at_start = time.thread_time()  # this thread's CPU: the supervisor's cost per job
         res = spec["resources"]
         job_dir = self.settings.artifacts_dir / "jobs" / job_id
         workdir = job_dir / f"attempt-{attempt}"
@@ -236,7 +237,8 @@ class Supervisor:
             relay.close()
             pipes.close()
         vitals.peak_memory = max(vitals.peak_memory, proc.maxrss)
-        extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid}
+        extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid,
+                 "supervisor_cpu": round(time.thread_time() - cpu_at_start, 3)}
         if superseded:
             return Outcome(EndReason.NODE_LOST, error="attempt superseded", extra=extra)
         if relay.disk_error is not None:
