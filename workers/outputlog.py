@@ -41,6 +41,9 @@ class OutputLog:
             if len(view) <= room:
                 self._write_all(view)
                 return
+            if room <= 0:  # a file found bigger than a half
+                self._rotate()
+                continue
             end = _line_end(view, room)
             if not end and self.size > self._note_bytes:
                 self._rotate()  # no line ends in reach: start the next half at this line

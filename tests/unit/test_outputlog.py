@@ -49,3 +49,15 @@ def test_a_log_past_its_cap_keeps_its_tail_and_says_what_was_cut(tmp_path: Path)
 
 def test_reading_a_missing_log_gives_nothing(tmp_path: Path) -> None:
     assert read_stored(tmp_path / "output.log") == ""
+
+
+def test_a_log_found_bigger_than_a_half_becomes_the_older_half(tmp_path: Path) -> None:
+    path = tmp_path / "output.log"
+    path.write_bytes(lines(1, 1000))  # 12 kB, over a 4 kB cap
+    log = OutputLog(path, max_bytes=4096)
+    log.write(lines(1001, 1010))
+    log.close()
+    stored = read_stored(path).splitlines()
+    assert stored[-10:] == [f"line {i:06d}" for i in range(1001, 1011)]
+    assert older_half(path).read_bytes() == lines(1, 1000)  # dropped at the next rotation
+    assert path.read_bytes() == lines(1001, 1010)
