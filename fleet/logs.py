@@ -1,10 +1,12 @@
 """A job's captured output, per attempt: read a finished attempt, follow a running job.
 
 The node's supervisor appends each attempt's stdout and stderr lines to a Redis list (the last
-`LOG_LINES_CAP` lines) and to `<artifacts>/jobs/<job>/attempt-<n>/output.log` (all of them).
-Both outlive the node: Redis is the fleet's own store, the file is in the artifact store. Reads
-prefer Redis (it is shared by every machine); when the list is full (lines were dropped from its
-head) and the artifact file is reachable from here, the file is complete and is read instead.
+`LOG_LINES_CAP` lines) and to `<artifacts>/jobs/<job>/attempt-<n>/output.log` (the newest
+`FLEET_LOG_MAX_BYTES` of them, in two halves: `output.log.1` the older, and a note of what was
+cut before it). Both outlive the node: Redis is the fleet's own store, the file is in the
+artifact store. Reads prefer Redis (it is shared by every machine); when the list is full (lines
+were dropped from its head) and the artifact file is reachable from here, the file holds more
+and is read instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,44 @@ def log_file(artifacts: Path, job_id: str, attempt: int) -> Path:
     return artifacts / "jobs" / job_id / f"attempt-{attempt}" / "output.log"
 
 
+def older_half(path: Path) -> Path:
+    """The older half of a capped log: `output.log.1` beside `output.log`."""
+    return path.with_name(path.name + ".1")
+
+
+_NOTE_HEAD, _NOTE_TAIL = "[fleet: ", " of earlier output cut]"
+
+
+def cut_note(cut: int) -> str:
+    """The line that says how much output was dropped before what a log keeps."""
+    mib = cut / 2**20
+    return f"{_NOTE_HEAD}{mib:.{0 if mib >= 10 else 1}f} MiB{_NOTE_TAIL}"
+
+
+def read_stored(path: Path) -> str:
+    """A capped log as one text, in order: the cut note (when output was dropped), the older
+    half, the newer half. Empty when neither half exists."""
+    newer = _read(path)
+    older = _read(older_half(path))
+    note, newer = _split_note(newer)
+    return note + _split_note(older)[1] + newer
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _split_note(text: str) -> tuple[str, str]:
+    """(the note line with its newline, or "", the rest)."""
+    first, newline, rest = text.partition("\n")
+    if newline and first.startswith(_NOTE_HEAD) and first.endswith(_NOTE_TAIL):
+        return first + newline, rest
+    return "", text
+
+
 class JobLogs:
     """Reads one job's attempt logs. The connection and the artifact root are passed in."""
 
@@ -49,14 +89,12 @@ class JobLogs:
         return int(attempt or 0), keys.text(state) in ("SUCCEEDED", "FAILED", "CANCELLED")
 
     def lines(self, attempt: int) -> list[str]:
-        """Every line kept for `attempt` (the complete file when Redis dropped some)."""
+        """Every line kept for `attempt` (the stored file when Redis dropped some)."""
         key = keys.job_logs(self.job_id, attempt)
         kept = [keys.text(v) for v in self.r.lrange(key, 0, -1)]
         path = log_file(self.artifacts, self.job_id, attempt)
-        if len(kept) >= LOG_LINES_CAP and path.is_file():
-            return path.read_text(errors="replace").splitlines()
-        if not kept and path.is_file():
-            return path.read_text(errors="replace").splitlines()
+        if (not kept or len(kept) >= LOG_LINES_CAP) and path.is_file():
+            return read_stored(path).splitlines()
         return kept
 
     def follow(
@@ -68,7 +106,7 @@ class JobLogs:
 
         Reads the Redis list from the last index seen, so a line is yielded once; past the cap
         (5000 lines) the list drops its head and following may skip lines: the artifact file
-        has them all.
+        keeps more (FLEET_LOG_MAX_BYTES of the newest).
         """
         seen: dict[int, int] = {}
         while True:

@@ -171,7 +171,8 @@ class Master:
         self, states: list[dict], head: list[str], size: int, explain: bool, now: float,
         report: RoundReport,
     ) -> None:
-        live = [s["report"] for s in states if s["report"] and not s["draining"]]
+        live = [s["report"] for s in states
+                if s["report"] and not s["draining"] and s["report"].get("healthy", True) is not False]
         incarnations = {r["node"]: r["incarnation"] for r in live}
         nodes = NodeView.from_reports(live)
         running = [

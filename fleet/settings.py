@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from fleet.errors import SpecError
+from fleet.private import private_dir
 
 DAY = 24 * 3600
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
         description="modules (and their submodules) whose functions may run as jobs",
     )
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
+    log_max_bytes: int = Field(
+        default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"
+    )
     master_lease_ttl: float = Field(default=5.0, gt=0)
     result_expires: int = Field(default=7 * DAY, gt=0)
 
@@ -155,7 +159,7 @@ def read_state(settings: Settings) -> dict | None:
 def write_state(settings: Settings, state: dict) -> None:
     """Written 0600 and atomically: it holds the Redis password inside the URL."""
     path = settings.state_file
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent, tighten=[path.parent])
     tmp = path.with_suffix(".tmp")
     tmp.touch(mode=0o600)
     tmp.write_text(json.dumps(state, indent=2))

@@ -23,7 +23,10 @@ TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 class EndReason(str, Enum):
-    """Why an attempt ended. Infrastructure reasons do not count against max_retries."""
+    """Why an attempt ended. Infrastructure reasons do not count against max_retries.
+
+    DISK is the node's fault but counts: its node stops taking work until it can write, and a
+    job that fills the disk itself must not be retried without end."""
 
     SUCCEEDED = "SUCCEEDED"
     ERROR = "ERROR"  # the job's code raised or exited non-zero
@@ -34,6 +37,7 @@ class EndReason(str, Enum):
     NODE_LOST = "NODE_LOST"  # its node stopped heartbeating
     WORKER_LOST = "WORKER_LOST"  # its supervisor died under it
     REJECTED = "REJECTED"  # refused at the worker (allowlist, bad payload)
+    DISK = "DISK"  # the node could not write its artifacts (full, quota, read-only, I/O error)
 
     @property
     def infrastructure(self) -> bool:

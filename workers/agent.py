@@ -80,9 +80,13 @@ class Agent:
             ],
             "labels": self.labels,
             "draining": registry.is_draining(self.r, self.sup.node),
+            # a node that cannot write its artifacts takes no work (the master skips it)
+            "healthy": self.sup.disk.reason is None,
+            "unhealthy_reason": self.sup.disk.reason,
         }
 
     def beat(self) -> dict[str, Any]:
+        self.sup.disk.recheck()  # while unhealthy: can it write again? (a probe file)
         report = self.report()
         ttl = self.settings.heartbeat_ttl
         sent = time.monotonic()  # Redis applies it later: the lease lasts ttl past this at least
@@ -101,6 +105,7 @@ class Agent:
         """The first heartbeat. A worker restarted under the same id waits out its dead
         predecessor's lease (at most one TTL); a live twin is an error, not a takeover."""
         deadline = time.monotonic() + self.settings.heartbeat_ttl + 2 * self.settings.heartbeat_interval
+        self.sup.disk.recheck(always=True)  # a node started on a full disk says so at once
         while True:
             try:
                 return self.beat()

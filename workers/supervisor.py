@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import redis
 
@@ -33,14 +33,16 @@ from fleet import keys
 from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
 from fleet.jobstore import JobStore, Outcome
+from fleet.private import private_dir
 from fleet.settings import Settings
 from fleet.states import EndReason
-from workers import load, runners
+from workers import disk, load, runners
 from workers.checkpoint import make_private_dir
 from workers.commits import CheckpointCommits
 from workers.context import Resources
 from workers.cores import Pinning
 from workers.forkserver import ForkServer, LeaseLapsed
+from workers.outputlog import OutputLog
 from workers.pipes import JobPipes
 from workers.probe import TreeMemory, find_cgroup
 from workers.watch import (
@@ -57,7 +59,8 @@ from workers.watch import (
 log = logging.getLogger("fleet.supervisor")
 
 TICK_S = 0.2
-LOG_LINES_CAP = 5000  # output lines kept in Redis per attempt (the file keeps all)
+LOG_LINES_CAP = 5000  # output lines kept in Redis per attempt (the file keeps more)
+SPILL_BYTES = 4 << 20  # output read past this is written out at once, not at the next tick
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
 PROGRESS_TO_CELERY_S = 1.0  # Flower's view of progress: at most this often, and not before
@@ -97,6 +100,7 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         self.forks = ForkServer({**env, "PYTHONUNBUFFERED": "1"})
         self._oom_counter: list[Callable[[], int | None]] | None = None  # readers, own first
+        self.disk = disk.DiskHealth(settings.artifacts_dir / "jobs")  # the agent reports it
 
     def start(self) -> None:
         """Start the fork server now, from the worker's main thread (else on the first job)."""
@@ -149,13 +153,23 @@ class Supervisor:
         try:
             outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits)
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
-            log.exception("supervising %s failed", job_id)
-            outcome = Outcome(EndReason.WORKER_LOST, error=f"supervisor error: {exc}")
+            outcome = self._failed(job_id, exc)
         finally:
             with self._lock:
                 self.running.pop(job_id, None)
             self.pinning.give_back(cores, gpu_ids)
         return self._record(job_id, attempt, outcome, unsent, commits)
+
+    def _failed(self, job_id: str, exc: Exception) -> Outcome:
+        """The outcome of an attempt the supervisor could not carry: the node's own disk
+        (counted, and the node stops taking work), else a lost worker (not counted)."""
+        if isinstance(exc, OSError) and disk.is_disk_error(exc):
+            error = disk.describe(exc)
+            log.warning("attempt of %s failed on this node's disk: %s", job_id, error)
+            self.disk.fail(error)
+            return Outcome(EndReason.DISK, error=error)
+        log.exception("supervising %s failed", job_id)
+        return Outcome(EndReason.WORKER_LOST, error=f"supervisor error: {exc}")
 
     def _record(
         self, job_id: str, attempt: int, outcome: Outcome, progress: list[dict] | None = None,
@@ -185,10 +199,11 @@ class Supervisor:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
         attempt = entry.attempt
+        cpu_at_start = time.thread_time()  # this thread's CPU: the supervisor's cost per job
         res = spec["resources"]
         job_dir = self.settings.artifacts_dir / "jobs" / job_id
         workdir = job_dir / f"attempt-{attempt}"
-        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = _prepare(workdir, self.settings.artifacts_dir)  # a full disk fails here
         order = {
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
@@ -214,14 +229,15 @@ class Supervisor:
             watches.append(StallWatch(float(spec["stall_timeout"])))
         now = time.time()
         vitals = Vitals(now=now, started_at=now, last_report_at=now, memory=0, peak_memory=0)
-        relay = _Relay(self, job_id, attempt, workdir / "output.log", on_progress, now, commits)
+        relay = _Relay(self, job_id, attempt, log_path, on_progress, now, commits)
         verdict: Verdict | None = None
-        superseded = False
+        superseded = disk_stop = False
         try:
             next_tick = time.monotonic() + TICK_S
             # Blocks until the job exits, it writes something, or the next tick is due.
             while pipes.wait(max(0.0, next_tick - time.monotonic())) is None:
                 if time.monotonic() < next_tick:
+                    relay.spill(pipes)  # output flowing fast is written as it comes
                     continue
                 next_tick = time.monotonic() + TICK_S
                 vitals.now = time.time()
@@ -231,6 +247,9 @@ class Supervisor:
                     entry.step = relay.step
                 if relay.superseded:
                     superseded = True
+                    break
+                if relay.disk_error is not None:  # its output cannot be kept: stop it
+                    disk_stop = True
                     break
                 verdict = first_verdict(watches, vitals)
                 if verdict is not None:
@@ -248,7 +267,8 @@ class Supervisor:
             relay.close()
             pipes.close()
         vitals.peak_memory = max(vitals.peak_memory, proc.maxrss)
-        extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid}
+        extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid,
+                 "supervisor_cpu": round(time.thread_time() - cpu_at_start, 3)}
         if superseded:
             return Outcome(EndReason.NODE_LOST, error="attempt superseded", extra=extra)
         if proc.fenced:
@@ -256,6 +276,11 @@ class Supervisor:
                         attempt)
             return Outcome(EndReason.NODE_LOST, extra=extra,
                            error="fenced: the node could not renew its lease in time")
+        if relay.disk_error is not None:
+            self.disk.fail(relay.disk_error)
+            if disk_stop:
+                return Outcome(EndReason.DISK, relay.disk_error, extra=extra)
+            extra["log_error"] = relay.disk_error  # the job was over: its own outcome stands
         if verdict is not None:
             return Outcome(verdict.reason, verdict.error, final=verdict.final, extra=extra)
         if proc.returncode == 0 and relay.result is not None:
@@ -267,6 +292,8 @@ class Supervisor:
             return Outcome(EndReason.WORKER_LOST, "the node's fork server died under the job",
                            extra=extra)
         error = relay.error or f"exited with code {proc.returncode}"
+        if (failed := self._disk_failed(error)) is not None:
+            return Outcome(EndReason.DISK, f"{failed} (the job: {error})", extra=extra)
         return Outcome(EndReason.ERROR, error, extra=extra)
 
     def _spawn(self, env: dict[str, str], workdir: Path, order: bytes) -> Any:
@@ -280,6 +307,19 @@ class Supervisor:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(LEASE_WAIT_S)
+
+    def _disk_failed(self, error: str) -> str | None:
+        """When a job died of a disk errno (`OSError: [Errno 28] ...`, e.g. writing its
+        checkpoint) and the node's artifact disk is indeed full or read-only: what is wrong
+        with the disk (the node is marked unhealthy). None for the job's own error."""
+        if disk.errno_in(error) is None:
+            return None
+        try:
+            disk.check_room(self.disk.directory)
+        except OSError as exc:
+            self.disk.fail(disk.describe(exc))
+            return disk.describe(exc)
+        return None
 
     def _oom_kills(self) -> int | None:
         """The node cgroup's oom_kill counter. Where to read it is found once: the worker
@@ -303,7 +343,13 @@ class Supervisor:
 
 
 class _Relay:
-    """Moves a job's events and output lines to Redis (fenced), the log file and Celery."""
+    """Moves a job's events and output to Redis (fenced), the log file and Celery.
+
+    Output goes to the file as the bytes the job wrote (capped, see workers.outputlog) and to
+    Redis as lines, only the last LOG_LINES_CAP of each batch (the list keeps no more): a job
+    printing a GiB costs a write per MiB and one split of its tail, not a call per line. A
+    disk error on the file is kept in `disk_error`, named, and the file is no more written.
+    """
 
     def __init__(
         self, sup: Supervisor, job_id: str, attempt: int, log_path: Path,
@@ -313,7 +359,8 @@ class _Relay:
         self.sup, self.job_id, self.attempt = sup, job_id, attempt
         self.commits = commits
         self.log_path = log_path
-        self.log_file: IO[str] | None = None  # opened with the first line: none, no file
+        self.log_file: OutputLog | None = None  # opened with the first output
+        self.disk_error: str | None = None
         self.on_progress = on_progress
         self.result: dict | None = None
         self.error: str | None = None
@@ -322,13 +369,15 @@ class _Relay:
         self.unsent: list[dict] = []  # the final pump's progress, left for finish.lua
         self._last_celery = started  # a job over within a second shows no progress in Flower
         self._latest: dict | None = None
+        self._tail = bytearray()  # output written to the file, its last lines not yet to Redis
 
     def pump(self, pipes: JobPipes, vitals: Vitals, final: bool = False) -> bool:
         """Relay what arrived; True when progress moved. The progress of the `final` pump
         (the job has ended) is kept in `unsent`, to be recorded with the outcome."""
         moved = False
         reports: list[dict] = []
-        batch, events = pipes.take()
+        logged: list[str] = []
+        output, events = pipes.take()
         for event in events:
             kind = event.get("type")
             if kind == "progress":
@@ -345,7 +394,7 @@ class _Relay:
             elif kind == "error":
                 self.error = str(event.get("error"))
             elif kind == "log":
-                batch.append(str(event.get("message", "")))
+                logged.append(str(event.get("message", "")))
             elif kind == "checkpoint" and self.commits is not None:
                 self.commits.announce(event.get("step"))
         if self.commits is not None and self.commits.pending is not None:
@@ -354,11 +403,12 @@ class _Relay:
             self.unsent.extend(reports)
         elif reports:
             self._write(partial(self.sup.store.progress_many, self.job_id, self.attempt, reports))
-        if batch:
-            if self.log_file is None:
-                self.log_file = self.log_path.open("a", buffering=1)
-            self.log_file.write("\n".join(batch) + "\n")
-            self._write_lines(batch)
+        if logged:
+            output += ("\n".join(logged) + "\n").encode(errors="replace")
+        self._output(output)
+        if self._tail:
+            self._write_lines(_last_lines(self._tail, LOG_LINES_CAP))
+            self._tail = bytearray()
         if (self._latest and self.on_progress and not final
                 and vitals.now - self._last_celery >= PROGRESS_TO_CELERY_S):
             self._last_celery = vitals.now
@@ -367,6 +417,30 @@ class _Relay:
             except Exception:  # Flower's view is best effort; the record is in fleet's keys
                 log.debug("celery progress update failed", exc_info=True)
         return moved
+
+    def spill(self, pipes: JobPipes) -> None:
+        """Between ticks: write out the output read so far once it is big, so a fast job's
+        output is never held long in memory. Events, and the lines for Redis, wait for the
+        tick (only the tail of what was spilled is kept for it)."""
+        if pipes.backlog >= SPILL_BYTES:
+            self._output(pipes.take_output())
+            self._tail = self._tail[_tail_start(self._tail, LOG_LINES_CAP):]
+
+    def _output(self, data: bytes | bytearray) -> None:
+        """To the file, and to the tail that goes to Redis at the tick."""
+        if not data:
+            return
+        self._tail += data
+        if self.disk_error is None:
+            try:
+                if self.log_file is None:
+                    self.log_file = OutputLog(self.log_path, self.sup.settings.log_max_bytes)
+                self.log_file.write(data)
+            except OSError as exc:
+                if not disk.is_disk_error(exc):
+                    raise
+                self.disk_error = disk.describe(exc, self.log_path)
+                self.close()
 
     def _write(self, op: Callable[[], bool]) -> None:
         try:
@@ -386,8 +460,33 @@ class _Relay:
             pass  # the log file keeps them
 
     def close(self) -> None:
-        if self.log_file is not None:
-            self.log_file.close()
+        log_file, self.log_file = self.log_file, None
+        if log_file is not None:
+            log_file.close()
+
+
+def _tail_start(data: bytes | bytearray, n: int) -> int:
+    """Where the last `n` lines of `data` (complete lines) begin."""
+    parts = data.rsplit(b"\n", n + 1)
+    return len(parts[0]) + 1 if len(parts) == n + 2 else 0
+
+
+def _last_lines(data: bytes | bytearray, n: int) -> list[str]:
+    """The last `n` lines of `data` (complete lines, each ending in a newline), decoded: a
+    split from the right, so its cost is the tail's, whatever came before."""
+    parts = data.rsplit(b"\n", n + 1)[:-1]  # after the last newline: nothing
+    return [p.decode(errors="replace") for p in parts[-n:]]
+
+
+def _prepare(workdir: Path, artifacts: Path) -> Path:
+    """Make the attempt's folder (0700, its parents too) and its empty output.log (0600), and
+    check the disk has room: a full or read-only disk fails the attempt here, before the job
+    starts, with the path named. Returns the log's path."""
+    private_dir(workdir, tighten=[artifacts])
+    path = workdir / "output.log"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    disk.check_room(workdir)
+    return path
 
 
 def _sweep_group(pgid: int) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -138,6 +139,8 @@ def nodes_table(nodes: Sequence[Mapping[str, Any]]) -> Table:
     for n in nodes:
         cap, res, use = n["capacity"], n["reserved"], n["usage"]
         flag = " [yellow](draining)[/yellow]" if n.get("draining") else ""
+        if n.get("healthy") is False:
+            flag += f" [red](unhealthy: {escape(str(n.get('unhealthy_reason') or '?'))})[/red]"
         table.add_row(
             n["node"] + flag,
             f"{format_cpus(cap['cpus'])} / {format_cpus(res['cpus'])} / {use['cpus']:.2f}",

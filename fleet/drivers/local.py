@@ -22,6 +22,7 @@ import redis
 from fleet import registry
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.errors import FleetError
+from fleet.private import private_dir
 from fleet.redis_server import free_port, new_server
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings, read_state, write_state
@@ -45,7 +46,7 @@ class LocalDriver:
         if state and _alive(state.get("pids", {}).get("redis")):
             raise FleetError(f"a fleet is already running (state in {self.settings.state_file}); "
                              "`fleet down` first")
-        self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.logs, tighten=[self.home])
         server = new_server(self.home / "redis", binary=self.settings.redis_server)
         server.start()
         assert server.process is not None
@@ -130,7 +131,7 @@ class LocalDriver:
         return state
 
     def _spawn(self, name: str, argv: list[str], url: str) -> int:
-        self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.logs, tighten=[self.home])
         env = {**os.environ, **self.settings.to_env(), "FLEET_REDIS_URL": url,
                "FLEET_HOME": str(self.home)}
         log = (self.logs / f"{name}.log").open("ab")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fleet.settings import Settings
 from workers.agent import Agent
+from workers.disk import DiskHealth
 from workers.load import Capacity, Usage
 
 
@@ -21,6 +23,7 @@ class _Redis:
 
 class _Supervisor:
     node, incarnation = "node-1", "inc-1"
+    disk = DiskHealth(Path("/nonexistent/jobs"))  # healthy: never probed
 
     def running_jobs(self) -> list:
         return []
@@ -42,3 +45,16 @@ def test_report_sums_gpu_utilisation_from_the_probes_samples() -> None:
     assert report["usage"]["gpus"] == 0.5
     assert report["gpu_usage"][0] == {"index": 0, "util": 50.0, "memory_used": 2**30}
     assert report["usage"]["cpus"] == 0.5 and report["jobs"] == []
+    assert report["healthy"] is True and report["unhealthy_reason"] is None
+
+
+def test_a_node_that_cannot_write_reports_itself_unhealthy_with_the_reason() -> None:
+    capacity = Capacity(cpus=1.0, memory=2**31, gpus=0, gpu_memory=0, cpuset=(0,))
+    sup = _Supervisor()
+    sup.disk = DiskHealth(Path("/nonexistent/jobs"))  # the probe cannot write there either
+    sup.disk.fail("disk full: /x/output.log: No space left on device")
+    agent = Agent(Settings(), _Redis(), sup, capacity)  # type: ignore[arg-type]
+    agent.probe = _Probe()  # type: ignore[assignment]
+    report = agent.report()
+    assert report["healthy"] is False
+    assert report["unhealthy_reason"] == "disk full: /x/output.log: No space left on device"

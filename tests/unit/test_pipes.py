@@ -60,7 +60,90 @@ def test_what_a_killed_job_wrote_during_the_rest_is_still_read() -> None:
     while watched.wait(1.0) is None:
         assert time.monotonic() - started < 5
     watched.drain(1.0)
-    lines, events = watched.take()
+    output, events = watched.take()
     assert [e["step"] for e in events] == [1, 2]
-    assert lines == ["last line"]
+    assert output == b"last line\n"
+    watched.close()
+
+
+def test_output_flowing_fast_is_read_in_big_chunks_without_waiting_out_a_rest() -> None:
+    """A job writing as fast as it can is never made to wait READ_GAP_S per pipeful: the rest
+    shrinks with the rate it writes at. Counted in rests, not seconds (a unit test)."""
+    proc, events_w, output_w, server = fake_job()
+    watched = pipes.JobPipes(proc)
+    line = b"x" * 99 + b"\n"
+    block = line * (pipes.PIPE_BYTES // len(line))
+    got = bytearray()
+    os.set_blocking(output_w, False)
+    for _ in range(40):  # 40 pipefuls
+        try:
+            os.write(output_w, block)
+        except BlockingIOError:
+            pass
+        watched.wait(1.0)
+        got += watched.take_output()
+    # after the first pipeful, every rest is far under READ_GAP_S: the pipe was full at once
+    assert watched._rest_until - time.monotonic() < pipes.READ_GAP_S / 4
+    assert len(got) >= 20 * len(block) and got.count(b"\n") * len(line) == len(got)
+    server.sendall(json.dumps({"exit": 0}).encode())
+    os.close(events_w)
+    os.close(output_w)
+    watched.close()
+
+
+def test_a_line_that_never_ends_is_passed_on_in_pieces() -> None:
+    proc, events_w, output_w, server = fake_job()
+    watched = pipes.JobPipes(proc)
+    os.set_blocking(output_w, False)
+    sent = 0
+    while sent <= pipes.LINE_MAX:
+        try:
+            sent += os.write(output_w, b"y" * (1 << 16))
+        except BlockingIOError:
+            pass
+        watched.wait(0)
+        watched._rest_until = 0.0  # no rests: this test is about lines, not timing
+    output = watched.take_output()
+    assert output.endswith(b"\n") and len(output) > pipes.LINE_MAX
+    assert output.count(b"\n") == 1
+    server.close()
+    os.close(events_w)
+    os.close(output_w)
+    watched.close()
+
+
+def test_output_not_taken_waits_in_the_pipe_past_the_backlog_cap(monkeypatch) -> None:
+    """While output is not taken (a job being stopped), the supervisor holds at most
+    BACKLOG_MAX of it: the job then waits on its full pipe, nothing is dropped."""
+    monkeypatch.setattr(pipes, "BACKLOG_MAX", 2 << 20)
+    proc, events_w, output_w, server = fake_job()
+    watched = pipes.JobPipes(proc)
+    os.set_blocking(output_w, False)
+    line = b"z" * 1023 + b"\n"
+    sent = 0
+    for _ in range(200):  # until the pipe stays full: the reader holds
+        try:
+            sent += os.write(output_w, line * 256)
+        except BlockingIOError:
+            watched.wait(0)
+            watched._rest_until = 0.0
+            if watched.backlog >= pipes.BACKLOG_MAX:
+                try:
+                    sent += os.write(output_w, line * 256)
+                except BlockingIOError:
+                    break
+            continue
+        watched.wait(0)
+        watched._rest_until = 0.0
+    assert pipes.BACKLOG_MAX <= watched.backlog < pipes.BACKLOG_MAX + (2 << 20)
+    got = len(watched.take_output())  # taken: reading resumes
+    os.close(output_w)
+    os.close(events_w)
+    server.close()
+    started = time.monotonic()
+    while watched.wait(1.0) is None:
+        assert time.monotonic() - started < 5
+    watched.drain(2.0)
+    got += len(watched.take_output())
+    assert got == sent
     watched.close()
