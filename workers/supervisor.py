@@ -28,6 +28,7 @@ from fleet import keys
 from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
 from fleet.jobstore import JobStore, Outcome
+from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
 from fleet.states import EndReason
 from workers import load, runners
@@ -54,7 +55,8 @@ LOG_LINES_CAP = 5000  # output lines kept in Redis per attempt (the file keeps a
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
 PROGRESS_TO_CELERY_S = 1.0  # Flower's view of progress: at most this often, and not before
-SECRET_ENV = frozenset({"FLEET_REDIS_URL", "FLOWER_BASIC_AUTH", "REDIS_PASSWORD"})
+# A job gets neither a broker credential nor the path of the file that holds one.
+SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE"}
 
 
 @dataclass
