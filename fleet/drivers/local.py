@@ -92,7 +92,7 @@ class LocalDriver:
         assert server.process is not None
         self.server = server
         write_secret(self.url_file, server.url)
-        state = {
+        state: dict[str, Any] = {
             "driver": self.name,
             "redis_url": server.url,
             "producer_url": server.producer_url,
