@@ -5,7 +5,9 @@
 down. A process is of this fleet when it is a fleet program (a fleet service, a worker, Celery,
 a Redis server) and it names this fleet: its command line holds FLEET_HOME's path, its
 environment's FLEET_HOME or FLEET_REDIS_URL_FILE points here, or its FLEET_REDIS_URL points at
-this fleet's Redis port. Shells and other programs that merely export FLEET_HOME are never taken.
+this fleet's Redis port; a Redis server also when it works in a folder under FLEET_HOME or
+serves this fleet's port (it retitles itself `redis-server 127.0.0.1:PORT`, so its command line
+no longer shows its config file). Shells and other programs that merely export FLEET_HOME are never taken.
 """
 
 from __future__ import annotations
@@ -49,13 +51,17 @@ def redis_port(url: str | None) -> int | None:
         return None
 
 
-def belongs(argv: Sequence[str], env: Mapping[str, str], home: Path, port: int | None) -> bool:
-    """Whether the process with this argv and environment is of the fleet at `home` (resolved)
-    whose Redis listens on `port`. Pure: tested with plain values."""
+def belongs(argv: Sequence[str], env: Mapping[str, str], home: Path, port: int | None,
+            cwd: Path | None = None) -> bool:
+    """Whether the process with this argv, environment and working folder is of the fleet at
+    `home` (resolved) whose Redis listens on `port`. Pure: tested with plain values."""
     if not is_fleet_program(argv):
         return False
     if any(str(home) in arg for arg in argv):
         return True
+    if os.path.basename(argv[0]).startswith(SERVER_NAMES):
+        return (cwd is not None and cwd.is_relative_to(home)) or (
+            port is not None and any(arg.endswith(f":{port}") for arg in argv))
     if env.get("FLEET_HOME"):
         return _resolve(env["FLEET_HOME"]) == home
     if env.get("FLEET_REDIS_URL_FILE"):
@@ -69,11 +75,11 @@ def fleet_processes(home: Path, port: int | None) -> list[int]:
     """Pids of the processes of the fleet at `home`, never this process or its ancestors."""
     home = _resolve(str(home))
     spared = set(_ancestors(os.getpid()))
-    return [pid for pid, argv, env in _processes()
-            if pid not in spared and belongs(argv, env, home, port)]
+    return [pid for pid, argv, env, cwd in _processes()
+            if pid not in spared and belongs(argv, env, home, port, cwd)]
 
 
-def _processes() -> Iterator[tuple[int, list[str], dict[str, str]]]:
+def _processes() -> Iterator[tuple[int, list[str], dict[str, str], Path | None]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -85,7 +91,11 @@ def _processes() -> Iterator[tuple[int, list[str], dict[str, str]]]:
             continue
         env = dict(item.decode(errors="replace").partition("=")[::2]
                    for item in raw.split(b"\0") if b"=" in item)
-        yield int(entry.name), argv, env
+        try:
+            cwd: Path | None = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            cwd = None
+        yield int(entry.name), argv, env, cwd
 
 
 def _ancestors(pid: int) -> Iterator[int]:

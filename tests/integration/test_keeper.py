@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from fleet import keys
 from fleet.client import Client
@@ -42,6 +43,13 @@ def processes_naming(home: Path) -> list[str]:
     mine = str(os.getpid())
     return [f"{pid}: {rec['cmdline']!r}" for pid, rec in read_proc().items()
             if pid != mine and any(str(home) in (rec.get(f) or "") for f in ("cmdline", "environ"))]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:  # still starting
+        return False
 
 
 @pytest.fixture
@@ -91,22 +99,33 @@ def test_a_sigkilled_master_is_back_within_10s_and_no_job_is_lost(home: Path) ->
 
 
 def test_fleet_down_stops_processes_no_state_file_recorded(home: Path) -> None:
+    """Item 7: a Redis restarted by hand and a master started with `fleet master`, after the
+    keeper itself was killed, are not in the state file; `fleet down` stops them too."""
+    from fleet.redis_server import find_redis_server
+
     up = fleet(home, "up", "--detach", "--workers", "1", "--memory", "1Gi", "--no-flower")
     assert up.returncode == 0, up.stderr
-    # a second master started by hand, as an operator might: `fleet down` must stop it too
-    extra = subprocess.Popen([*FLEET, "master"], env=env_for(home), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = (read_state(Settings(home=home)) or {})["pids"]
+    for name in ("keeper", "redis"):
+        os.kill(pids[name], signal.SIGKILL)
+    hand = [subprocess.Popen([find_redis_server(), str(home / "redis" / "redis.conf")],
+                             start_new_session=True, stdout=subprocess.DEVNULL),
+            subprocess.Popen([*FLEET, "master"], env=env_for(home), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        eventually(lambda: str(extra.pid) in " ".join(processes_naming(home)), 10,
-                   what="the hand-started master")
+        url = (read_state(Settings(home=home)) or {})["redis_url"]
+        eventually(lambda: _answers(url), 10, what="the hand-started Redis")
+        assert all(p.poll() is None for p in hand)
         down = fleet(home, "down", timeout=120)
         assert down.returncode == 0, down.stderr
-        assert extra.wait(10) is not None
+        for p in hand:
+            assert p.wait(10) is not None
         assert processes_naming(home) == []
     finally:
-        if extra.poll() is None:
-            extra.kill()
-            extra.wait(10)
+        for p in hand:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
 
 
 def test_two_fleet_up_at_once_the_second_fails_at_once_in_one_line(home: Path) -> None:

@@ -25,6 +25,10 @@ def test_fleet_down_takes_only_fleet_programs_that_name_this_home(tmp_path: Path
     assert belongs([py, "-m", "workers.main", "--node-id", "n"],
                    {"FLEET_REDIS_URL_FILE": str(home / "secrets" / "redis.url")}, home, None)
     assert belongs(["redis-server", f"{home}/redis/redis.conf"], {}, home, None)
+    # a Redis retitles itself: known by its working folder or this fleet's port
+    assert belongs(["redis-server 127.0.0.1:4242"], {}, home, None, cwd=home / "redis")
+    assert belongs(["redis-server 127.0.0.1:4242"], {}, home, 4242)
+    assert not belongs(["redis-server 127.0.0.1:4243"], {}, home, 4242, cwd=tmp_path)
     assert belongs([py, "-m", "fleet", "master"],
                    {"FLEET_REDIS_URL": "redis://:pw@127.0.0.1:4242/0"}, home, 4242)
     # a shell exporting FLEET_HOME, a `fleet jobs` in another terminal, another fleet: spared
