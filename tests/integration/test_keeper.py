@@ -98,6 +98,24 @@ def test_a_sigkilled_master_is_back_within_10s_and_no_job_is_lost(home: Path) ->
     assert processes_naming(home) == []
 
 
+def test_a_sigkilled_redis_is_restarted_on_its_aof_and_the_fleet_serves_on(home: Path) -> None:
+    up = fleet(home, "up", "--detach", "--workers", "1", "--memory", "1Gi", "--no-flower")
+    assert up.returncode == 0, up.stderr
+    settings = Settings(home=home)
+    client = Client(settings)
+    before = client.submit({"name": "before", "entrypoint": "workers.jobs.synthetic:noop"})
+    assert client.wait(before, timeout=60)["state"] == "SUCCEEDED"
+    state = read_state(settings) or {}
+    os.kill(state["pids"]["redis"], signal.SIGKILL)
+    eventually(lambda: _answers(state["redis_url"]), 10, what="Redis back")
+    eventually(lambda: (read_state(settings) or {})["pids"]["redis"] != state["pids"]["redis"],
+               5, what="the new Redis pid recorded")
+    client = Client(settings)
+    assert client.status(before)["state"] == "SUCCEEDED"  # from the append-only file
+    after = client.submit({"name": "after", "entrypoint": "workers.jobs.synthetic:noop"})
+    assert client.wait(after, timeout=90)["state"] == "SUCCEEDED"
+
+
 def test_fleet_down_stops_processes_no_state_file_recorded(home: Path) -> None:
     """Item 7: a Redis restarted by hand and a master started with `fleet master`, after the
     keeper itself was killed, are not in the state file; `fleet down` stops them too."""
