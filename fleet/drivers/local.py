@@ -1,34 +1,46 @@
 """The local driver: an embedded fleet on this machine, no Docker needed.
 
-Redis (password, loopback, append-only file), the master, N worker nodes and Flower run as
-background processes whose pids and URLs go to the state file under FLEET_HOME. Each node is
-confined as a node: pinned to its own cores where the machine has enough, offering the memory
-it was given (each job's memory is watched against what it reserved).
+`up` starts a keeper (fleet.drivers.keeper), the one process it leaves behind: the keeper starts
+Redis (password, loopback, append-only file), the master, N worker nodes, Flower and the
+exporter as its children, records their pids in the state file under FLEET_HOME, and restarts
+the master and the other services (Redis on its append-only file) when they die. Each node is
+confined as a node: pinned to its own cores where the machine has enough, offering the memory it
+was given (each job's memory is watched against what it reserved).
+
+No secret is on a command line or in an environment: every process gets the path of a 0600 file
+holding the Redis URL (FLEET_REDIS_URL_FILE), Flower a 0600 config file with its login.
+A lock file held by the keeper makes a second `fleet up` on the same FLEET_HOME fail at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import redis
 
 from fleet import registry
+from fleet.drivers import sweep
 from fleet.drivers.base import NodeShape, UpResult
+from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
 from fleet.private import private_dir
-from fleet.redis_server import free_port, new_server
+from fleet.redis_server import RedisServer, free_port, new_server
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings, read_state, write_state
 from fleet.units import format_cpus
 
 STOP_GRACE_S = 15.0
+FLOWER_USER = "admin"
 
 
 class LocalDriver:
@@ -38,24 +50,55 @@ class LocalDriver:
         self.settings = settings
         self.home = settings.home_dir
         self.logs = self.home / "logs"
+        self.url_file = self.home / "secrets" / "redis.url"
         self.procs: dict[int, subprocess.Popen] = {}  # children of this process, to reap
+        self.server: RedisServer | None = None  # the Redis this process started (keeper)
+        self.services: dict[str, list[str]] = {}  # argv of each service, to restart it
 
     # -- up / down ---------------------------------------------------------------------------
     def up(self, workers: int, shape: NodeShape, *, flower: bool = True) -> UpResult:
-        state = read_state(self.settings)
-        if state and _alive(state.get("pids", {}).get("redis")):
-            raise FleetError(f"a fleet is already running (state in {self.settings.state_file}); "
-                             "`fleet down` first")
+        """Start the fleet under a keeper; return once its nodes heartbeat (the keeper runs on)."""
+        from fleet.drivers import keeper
+
+        lock = self.take_lock()
+        try:
+            state = read_state(self.settings)
+            if state and _alive(state.get("pids", {}).get("redis")):
+                raise FleetError(f"a fleet is already running (state in "
+                                 f"{self.settings.state_file}); `fleet down` first")
+            return keeper.start(self.settings, workers, shape, flower=flower, lock_fd=lock)
+        finally:
+            os.close(lock)  # the keeper holds its own copy for as long as it runs
+
+    def take_lock(self) -> int:
+        """An fd holding FLEET_HOME's lock; a one-line error when a fleet holds it already."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.home / "fleet.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FleetError(f"a fleet is starting or running here (FLEET_HOME={self.home}); "
+                             "`fleet down` first, or set another FLEET_HOME") from None
+        return fd
+
+    def start_fleet(self, workers: int, shape: NodeShape, *, flower: bool = True) -> UpResult:
+        """What the keeper runs: Redis, master, Flower, exporter and the nodes, as its children."""
         private_dir(self.logs, tighten=[self.home])
         server = new_server(self.home / "redis", binary=self.settings.redis_server)
-        server.start()
+        try:
+            server.start()
+        except FleetError as exc:
+            raise FleetError(f"{exc}{_log_tail(server.directory / 'redis.log')}") from None
         assert server.process is not None
-        state = {
+        self.server = server
+        write_secret(self.url_file, server.url)
+        state: dict[str, Any] = {
             "driver": self.name,
             "redis_url": server.url,
             "producer_url": server.producer_url,
             "no_producer": server.no_producer,  # why there is no producer_url, if there is not
-            "pids": {"redis": server.process.pid, "nodes": {}},
+            "pids": {"keeper": os.getpid(), "redis": server.process.pid, "nodes": {}},
             "node_shape": {"cpus": shape.cpus, "memory": shape.memory},
             "started_at": time.time(),
         }
@@ -65,8 +108,9 @@ class LocalDriver:
             state["pids"]["flower"], fields = self._start_flower(server.url)
             state.update(fields)
             port = free_port()  # fleet's own Prometheus metrics, beside Flower's
-            state["pids"]["exporter"] = self._spawn("exporter", [
-                sys.executable, "-m", "fleet", "exporter", f"--port={port}"], server.url)
+            state["pids"]["exporter"] = self._service(
+                "exporter", [sys.executable, "-m", "fleet", "exporter", f"--port={port}"],
+                server.url)
             state["exporter_url"] = f"http://127.0.0.1:{port}/metrics"
         write_state(self.settings, state)
         nodes = [f"node-{i}" for i in range(1, workers + 1)]
@@ -78,37 +122,44 @@ class LocalDriver:
                         state.get("flower_password_file"), tuple(nodes))
 
     def down(self) -> None:
-        state = read_state(self.settings)
-        if not state:
-            return
+        """Stop the keeper (so nothing is restarted), the recorded processes in order (nodes
+        first: their warm shutdown), then every other process of this fleet still running."""
+        state = read_state(self.settings) or {}
         pids: dict[str, Any] = state.get("pids", {})
-        groups = [list(pids.get("nodes", {}).values()), [pids.get("master"), pids.get("flower"),
-                                                    pids.get("exporter")],
+        groups = [[pids.get("keeper")], list(pids.get("nodes", {}).values()),
+                  [pids.get("master"), pids.get("flower"), pids.get("exporter")],
                   [pids.get("redis")]]
         for group in groups:
             _stop_all([p for p in group if p], STOP_GRACE_S)
+        port = sweep.redis_port(state.get("redis_url"))
+        for _ in range(3):  # a process may start one more before it stops
+            left = sweep.fleet_processes(self.home, port)
+            if not left:
+                break
+            _stop_all(left, STOP_GRACE_S)
         self.settings.state_file.unlink(missing_ok=True)
+        for secret in self.url_file.parent.glob("*"):
+            secret.unlink(missing_ok=True)
 
     # -- scale -------------------------------------------------------------------------------
     def scale(self, target: int, *, wait: float | None = None) -> tuple[list[str], list[str]]:
-        state = self._state()
-        url = state["redis_url"]
-        client = redis.Redis.from_url(url)
-        procs: dict[str, int] = state["pids"]["nodes"]
-        reports = {s["node"]: s for s in registry.node_states(client)}
-        observed = {
-            node: len((reports.get(node) or {}).get("alloc", {}))
-            for node, pid in procs.items()
-            if _alive(pid) and not (reports.get(node) or {}).get("draining")
-        }
-        plan = plan_scale(target, observed)
-        shape = NodeShape(**state["node_shape"])
-        for node in plan.add:
-            procs[node] = self.start_node(node, shape, url)
-        for node in plan.remove:
-            registry.set_drain(client, node)
-        state["pids"]["nodes"] = {n: p for n, p in procs.items() if _alive(p)}
-        write_state(self.settings, state)
+        with self.locked_state() as state:
+            url = state["redis_url"]
+            client = redis.Redis.from_url(url)
+            procs: dict[str, int] = state["pids"]["nodes"]
+            reports = {s["node"]: s for s in registry.node_states(client)}
+            observed = {
+                node: len((reports.get(node) or {}).get("alloc", {}))
+                for node, pid in procs.items()
+                if _alive(pid) and not (reports.get(node) or {}).get("draining")
+            }
+            plan = plan_scale(target, observed)
+            shape = NodeShape(**state["node_shape"])
+            for node in plan.add:
+                procs[node] = self.start_node(node, shape, url)
+            for node in plan.remove:
+                registry.set_drain(client, node)
+            state["pids"]["nodes"] = {n: p for n, p in procs.items() if _alive(p)}
         if wait is not None:
             self.wait_for_nodes(set(plan.add), timeout=wait, client=client)
             _wait_exit([procs[n] for n in plan.remove], wait)
@@ -123,6 +174,20 @@ class LocalDriver:
             raise FleetError(f"nodes not heartbeating after {timeout:g}s: "
                              f"{', '.join(sorted(missing))} (logs in {self.logs})")
 
+    @contextlib.contextmanager
+    def locked_state(self) -> Iterator[dict[str, Any]]:
+        """The state, written back on exit, under a lock: `fleet scale` and the keeper both
+        rewrite it, and neither may lose the other's pids."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.home / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self._state()
+            yield state
+            write_state(self.settings, state)
+        finally:
+            os.close(fd)
+
     # -- processes ---------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         state = read_state(self.settings)
@@ -131,9 +196,11 @@ class LocalDriver:
         return state
 
     def _spawn(self, name: str, argv: list[str], url: str) -> int:
+        """Start `argv` with the path of a 0600 file holding `url`, never the URL itself."""
         private_dir(self.logs, tighten=[self.home])
-        env = {**os.environ, **self.settings.to_env(), "FLEET_REDIS_URL": url,
-               "FLEET_HOME": str(self.home)}
+        if not self.url_file.is_file() or self.url_file.read_text().strip() != url:
+            write_secret(self.url_file, url)
+        env = service_env(self.settings, self.url_file, self.home)
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, stdin=subprocess.DEVNULL)
@@ -141,8 +208,29 @@ class LocalDriver:
         self.procs[proc.pid] = proc
         return proc.pid
 
+    def _service(self, name: str, argv: list[str], url: str) -> int:
+        """Spawn a service the keeper restarts on death with the same argv."""
+        self.services[name] = argv
+        return self._spawn(name, argv, url)
+
+    def restart(self, name: str) -> int:
+        """Start service `name` again (the keeper calls this when it died); its new pid."""
+        if name == "redis":
+            assert self.server is not None
+            self.server.process = None
+            try:
+                self.server.start(timeout=60)  # the append-only file may take a while
+            except FleetError as exc:
+                raise FleetError(f"{exc}{_log_tail(self.server.directory / 'redis.log')}") \
+                    from None
+            assert self.server.process is not None
+            self.procs[self.server.process.pid] = self.server.process
+            return self.server.process.pid
+        assert self.server is not None
+        return self._spawn(name, self.services[name], self.server.url)
+
     def start_master(self, url: str) -> int:
-        return self._spawn("master", [sys.executable, "-m", "fleet", "master"], url)
+        return self._service("master", [sys.executable, "-m", "fleet", "master"], url)
 
     def start_node(
         self, node: str, shape: NodeShape, url: str, cores: list[int] | None = None
@@ -158,17 +246,18 @@ class LocalDriver:
         return self._spawn(node, argv, url)
 
     def _start_flower(self, url: str) -> tuple[int, dict[str, Any]]:
-        """Flower with basic auth from a generated secret (0600 file): never open by default."""
+        """Flower with basic auth from a generated secret: never open by default. The password
+        is in 0600 files (one for the user to read, Flower's config), not on its argv."""
         port = free_port()
         password = secrets.token_urlsafe(18)
-        secret = self.home / "flower.password"
-        secret.touch(mode=0o600)
-        secret.write_text(password + "\n")
-        pid = self._spawn("flower", [
-            sys.executable, "-m", "celery", "--broker", url, "flower",
-            "--address=127.0.0.1", f"--port={port}", f"--basic-auth=admin:{password}",
+        secret = write_secret(self.home / "flower.password", password)
+        conf = write_secret(self.home / "secrets" / "flowerconfig.py",
+                            flower_config(FLOWER_USER, password))
+        pid = self._service("flower", [
+            sys.executable, "-m", "fleet.flower_app", f"--conf={conf}",
+            "--address=127.0.0.1", f"--port={port}",
         ], url)
-        return pid, {"flower_url": f"http://127.0.0.1:{port}", "flower_user": "admin",
+        return pid, {"flower_url": f"http://127.0.0.1:{port}", "flower_user": FLOWER_USER,
                      "flower_password_file": str(secret)}
 
 
@@ -188,6 +277,15 @@ def stop_children(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) ->
             except ProcessLookupError:
                 pass
             p.wait(5)
+
+
+def _log_tail(path: Any, lines: int = 3) -> str:
+    """`; its log (PATH) ends: ...`, the last lines of a log joined on one line, or ''."""
+    try:
+        tail = [t.strip() for t in path.read_text(errors="replace").splitlines() if t.strip()]
+    except OSError:
+        return ""
+    return f"; its log ({path}) ends: {' | '.join(tail[-lines:])}" if tail else ""
 
 
 def _alive(pid: int | None) -> bool:
@@ -223,4 +321,3 @@ def _stop_all(pids: list[int], grace: float) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-

@@ -1,6 +1,7 @@
 """The swarm driver: the compose.yaml stack on a Docker Swarm, for fleets of more than one machine.
 
-`up` runs `docker stack deploy -c compose.yaml <stack>` (the SDK has no stacks), `scale` sets the
+`up` runs `docker stack deploy -c compose.yaml <stack>` (the SDK has no stacks; the stack's
+secrets, from docker/secrets/, become Swarm secrets), `scale` sets the
 replicas of the stack's `worker` service through the SDK, `down` runs `docker stack rm`. Nodes
 are Swarm tasks: their node ids are their container ids (each task's hostname), so they are not
 `node-N`, and Swarm, not fleet, picks which tasks go on a scale-down: each gets SIGTERM, which is
@@ -21,7 +22,7 @@ from fleet import registry
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.docker import REPO, engine, sdk
 from fleet.errors import FleetError
-from fleet.settings import Settings, read_state, write_state
+from fleet.settings import Settings, read_secret_file, read_state, write_state
 
 COMPOSE_FILE = REPO / "compose.yaml"
 
@@ -41,19 +42,23 @@ class SwarmDriver:
         client = engine()
         if client.info().get("Swarm", {}).get("LocalNodeState") != "active":
             raise FleetError("this engine is not in a swarm: `docker swarm init` (or join one)")
-        env = self.compose_file.parent / "docker" / "compose.env"
-        if not env.is_file():
-            raise FleetError(f"{env} missing: `scripts/ci_containers.sh env` writes it")
+        secrets = self.compose_file.parent / "docker" / "secrets"
+        if not (secrets / "redis_conf").is_file():
+            raise FleetError(f"{secrets} has no secrets: `scripts/ci_containers.sh env` writes "
+                             "them")
         proc = subprocess.run(["docker", "stack", "deploy", "-c", str(self.compose_file),
                                self.stack], capture_output=True, text=True)
         if proc.returncode != 0:
             raise FleetError(f"docker stack deploy failed: {proc.stderr.strip()}")
         self.scale(workers)
         state = {"driver": self.name, "stack": self.stack, "started_at": time.time()}
-        if self.settings.redis_url:
-            state["redis_url"] = self.settings.redis_url
+        url = self.settings.redis_url or (
+            read_secret_file(self.settings.redis_url_file, "FLEET_REDIS_URL_FILE")
+            if self.settings.redis_url_file else None)
+        if url:
+            state["redis_url"] = url  # the state file is 0600, like the URL file
         write_state(self.settings, state)
-        return UpResult(self.settings.redis_url or "", None, None, None, ())
+        return UpResult(url or "", None, None, None, ())
 
     def down(self) -> None:
         subprocess.run(["docker", "stack", "rm", self.stack], capture_output=True, text=True)

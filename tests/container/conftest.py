@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,22 +62,43 @@ def fleet_json(*args: str, env: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="session")
-def compose_env_file() -> Iterator[Path]:
-    """docker/compose.env: the one CI wrote, else a fresh one removed afterwards."""
-    path = REPO / "docker" / "compose.env"
-    made = not path.exists()
+def compose_secrets() -> Iterator[Path]:
+    """docker/secrets/: the one CI wrote, else a fresh one removed afterwards."""
+    path = REPO / "docker" / "secrets"
+    made = not (path / "redis_conf").exists()
     if made:
         subprocess.run([str(REPO / "scripts" / "ci_containers.sh"), "env"], check=True)
     yield path
     if made:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def env_value(path: Path, key: str) -> str:
-    for line in path.read_text().splitlines():
-        if line.startswith(f"{key}="):
-            return line.split("=", 1)[1]
-    raise KeyError(key)
+def secret_value(secrets: Path, name: str) -> str:
+    return (secrets / name).read_text().strip()
+
+
+# scheme://user:password@ — a URL that carries a credential
+CREDENTIAL_URL = re.compile(r"\b[a-z]+s?://[^\s/@:\"']*:[^\s/@\"']+@")
+# Every process's argv and environment in a container, read as the container's user: the
+# user its jobs run as, so this is what a job there can read too.
+SCAN_PROC = ("for p in /proc/[0-9]*; do cat $p/cmdline; echo; cat $p/environ; echo; done "
+             "2>/dev/null | tr '\\0' '\\n'")
+
+
+def assert_no_secret(container: Any, secrets: dict[str, str]) -> str:
+    """Issue 14, acceptance 3, from the engine and from inside: no secret and no URL with
+    credentials in `docker inspect` (Config.Env, Cmd, Entrypoint, Args, health check: all of
+    it) nor in any /proc/<pid>/cmdline or environ in the container. Returns what was read."""
+    container.reload()
+    inspect = json.dumps(container.attrs)
+    inside = container.exec_run(["sh", "-c", SCAN_PROC]).output.decode(errors="replace")
+    for where, text in (("docker inspect", inspect), ("/proc inside", inside)):
+        for what, secret in secrets.items():
+            assert secret not in text, f"{what} in {where} of {container.name}"
+        found = CREDENTIAL_URL.search(text)
+        assert found is None, f"a URL with credentials in {where} of {container.name}: " \
+                              f"{found[0] if found else ''}..."
+    return inside
 
 
 def assert_hardened(container: Any) -> None:

@@ -17,7 +17,7 @@ import pytest
 from fleet.client import Client
 from fleet.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import REPO, assert_hardened, env_value
+from tests.container.conftest import REPO, assert_hardened, assert_no_secret, secret_value
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
@@ -34,7 +34,7 @@ def compose_command() -> list[str]:
 
 
 @pytest.fixture
-def project(docker_client: Any, compose_env_file: Path) -> Iterator[dict[str, Any]]:
+def project(docker_client: Any, compose_secrets: Path) -> Iterator[dict[str, Any]]:
     name = f"fleetct{os.getpid()}"
     env = {**os.environ, "FLEET_REDIS_PORT": str(free_port()),
            "FLEET_FLOWER_PORT": str(free_port())}
@@ -53,7 +53,7 @@ def project(docker_client: Any, compose_env_file: Path) -> Iterator[dict[str, An
 
 
 def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
-    project: dict[str, Any], docker_client: Any, compose_env_file: Path,
+    project: dict[str, Any], docker_client: Any, compose_secrets: Path,
 ) -> None:
     containers = docker_client.containers.list(
         filters={"label": f"com.docker.compose.project={project['name']}"})
@@ -68,7 +68,7 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
     for c in containers:
         assert_hardened(c)
 
-    password = env_value(compose_env_file, "REDIS_PASSWORD")
+    password = secret_value(compose_secrets, "redis_password")
     url = f"redis://:{password}@127.0.0.1:{project['env']['FLEET_REDIS_PORT']}/0"
     client = Client(Settings(redis_url=url))
     worker_ids = {c.id[:12] for c in by_service["worker"]}
@@ -85,7 +85,15 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
              + os.environ.get("PATH", "")},
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    status = client.wait(out.stdout.strip(), timeout=300)
+    job = out.stdout.strip()
+    eventually(lambda: client.status(job)["state"] in ("RUNNING", "SUCCEEDED"), 120,
+               what="the job running", interval=0.5)
+    # issue 14, acceptance 3: no secret in `docker inspect` nor in any process inside
+    secrets = {"the Redis password": password,
+               "Flower's password": secret_value(compose_secrets, "flower_password")}
+    seen = {c.name: assert_no_secret(c, secrets) for c in containers}
+    assert any("FLEET_REDIS_URL_FILE=/run/secrets/redis_url" in text for text in seen.values())
+    status = client.wait(job, timeout=300)
     assert status["state"] == "SUCCEEDED", status
     assert status["node"] in worker_ids
 

@@ -12,7 +12,13 @@ import pytest
 
 from fleet.client import Client
 from fleet.settings import Settings
-from tests.container.conftest import REPO, assert_hardened, fleet_cli, fleet_json
+from tests.container.conftest import (
+    REPO,
+    assert_hardened,
+    assert_no_secret,
+    fleet_cli,
+    fleet_json,
+)
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
@@ -137,11 +143,26 @@ def test_images_run_as_non_root_and_containers_are_locked_down(fleet: DockerFlee
     denied = worker.exec_run(["python", "-c", "open('/opt/venv/x', 'w')"])
     assert denied.exit_code != 0 and b"Read-only file system" in denied.output, denied.output
     assert worker.exec_run(["sh", "-c", "echo ok > /work/probe && cat /work/probe"]).output == b"ok\n"
-    # Redis's password is in no process's argv (it is in a 0600 file on the tmpfs)
-    password = fleet.state["redis_url"].split(":")[2].split("@")[0]
-    redis = next(c for c in every if c.labels["fleet.role"] == "redis")
-    argv = redis.exec_run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).output
-    assert b"redis-server" in argv and password.encode() not in argv, argv
+
+
+def test_no_secret_in_any_container_argv_environment_or_inspect(fleet: DockerFleet) -> None:
+    """Issue 14, acceptance 3: with a job running, `docker inspect` of every container and every
+    /proc/<pid>/cmdline and environ inside it (read as the containers' user, which is what a
+    job can read) hold neither the Redis nor Flower's password nor a URL with credentials."""
+    client = fleet.client
+    job = client.submit({"name": "running", "entrypoint": "workers.jobs.synthetic:sleep",
+                         "params": {"seconds": 30}, "resources": {"cpus": 1, "memory": "256Mi"}})
+    eventually(lambda: client.status(job)["state"] == "RUNNING", 60, what="a running job",
+               interval=0.5)
+    secrets = {"the Redis password": fleet.state["redis_url"].split(":")[2].split("@")[0],
+               "Flower's password": Path(fleet.state["flower_password_file"]).read_text().strip()}
+    every = fleet.docker.containers.list(filters={"label": f"fleet.id={fleet.state['fleet_id']}"})
+    assert {c.labels["fleet.role"] for c in every} >= {"redis", "master", "flower", "worker"}
+    seen = {c.labels["fleet.role"]: assert_no_secret(c, secrets) for c in every}
+    assert "redis-server" in seen["redis"] and "PATH=" in seen["redis"]  # environs were read
+    assert "FLEET_REDIS_URL_FILE=/run/secrets/redis_url" in seen["worker"]
+    assert "workers.jobproc" in "".join(assert_no_secret(c, secrets) for c in fleet.workers())
+    client.cancel(job)
 
 
 def test_scale_to_3_then_1_drains_and_removes_without_losing_a_job(fleet: DockerFleet) -> None:

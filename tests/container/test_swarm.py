@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -16,7 +17,7 @@ from fleet.client import Client
 from fleet.drivers.swarm import SwarmDriver
 from fleet.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import REPO, env_value, fleet_cli
+from tests.container.conftest import REPO, assert_no_secret, fleet_cli, secret_value
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
@@ -25,7 +26,7 @@ STACK = "fleet"  # the swarm driver's default stack name
 
 
 @pytest.fixture
-def stack(docker_client: Any, compose_env_file: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
+def stack(docker_client: Any, compose_secrets: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     joined_here = docker_client.info()["Swarm"]["LocalNodeState"] != "active"
     if joined_here:
         subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True,
@@ -37,9 +38,13 @@ def stack(docker_client: Any, compose_env_file: Path, tmp_path: Path) -> Iterato
                                  STACK], env=env, cwd=REPO, capture_output=True, text=True,
                                 timeout=120)
         assert deploy.returncode == 0, deploy.stderr
-        password = env_value(compose_env_file, "REDIS_PASSWORD")
-        yield {"FLEET_REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0",
-               "FLEET_HOME": str(tmp_path)}
+        password = secret_value(compose_secrets, "redis_password")
+        url_file = tmp_path / "redis_url"  # the CLI gets the URL as a file too
+        url_file.write_text(f"redis://:{password}@127.0.0.1:{port}/0\n")
+        url_file.chmod(0o600)
+        yield {"env": {"FLEET_REDIS_URL_FILE": str(url_file), "FLEET_HOME": str(tmp_path)},
+               "redis_url": url_file.read_text().strip(), "redis_password": password,
+               "flower_password": secret_value(compose_secrets, "flower_password")}
     finally:
         subprocess.run(["docker", "stack", "rm", STACK], capture_output=True, timeout=120)
         deadline = time.monotonic() + 60
@@ -53,11 +58,12 @@ def stack(docker_client: Any, compose_env_file: Path, tmp_path: Path) -> Iterato
 
 
 def test_stack_deploy_then_scale_to_3_gives_3_heartbeating_nodes(
-    stack: dict[str, str], docker_client: Any,
+    stack: dict[str, Any], docker_client: Any,
 ) -> None:
-    fleet_cli("scale", "worker=3", "--driver", "swarm", "--wait", "180", env=stack, timeout=240)
-    client = Client(Settings(redis_url=stack["FLEET_REDIS_URL"]))
-    tasks = SwarmDriver(Settings(redis_url=stack["FLEET_REDIS_URL"])).task_containers()
+    fleet_cli("scale", "worker=3", "--driver", "swarm", "--wait", "180", env=stack["env"],
+              timeout=240)
+    client = Client(Settings(redis_url=stack["redis_url"]))
+    tasks = SwarmDriver(Settings(redis_url=stack["redis_url"])).task_containers()
     assert len(tasks) == 3
 
     def three_live() -> bool:
@@ -75,3 +81,12 @@ def test_stack_deploy_then_scale_to_3_gives_3_heartbeating_nodes(
         assert host.get("ReadonlyRootfs") is True, c.name
         assert [x.upper() for x in host.get("CapDrop") or []] in (["ALL"], ["CAP_ALL"]), c.name
         assert c.attrs["Config"]["User"] not in ("", "0", "root"), c.name
+    # issue 14, acceptance 3: no secret in any service spec, container or process of the stack
+    secrets = {"the Redis password": stack["redis_password"],
+               "Flower's password": stack["flower_password"]}
+    label = f"com.docker.stack.namespace={STACK}"
+    for service in docker_client.services.list(filters={"label": label}):
+        spec = json.dumps(service.attrs)
+        assert not any(secret in spec for secret in secrets.values()), service.name
+    for c in docker_client.containers.list(filters={"label": label}):
+        assert_no_secret(c, secrets)

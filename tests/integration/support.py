@@ -19,8 +19,9 @@ from fleet import registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver, stop_children
+from fleet.drivers.secret_files import write_secret
 from fleet.redis_server import RedisServer
-from fleet.settings import Settings
+from fleet.settings import SECRET_ENV, Settings
 from fleet.units import parse_memory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,8 +84,12 @@ class Fleet:
                           timeout, what=f"{job_id} to be {state}")
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-        """Run the real `fleet` command line against this fleet."""
-        env = {**os.environ, **self.settings.to_env()}
+        """Run the real `fleet` command line against this fleet, given the Redis URL the way
+        the drivers give it: the path of a 0600 file (FLEET_REDIS_URL_FILE), not the URL."""
+        write_secret(self.driver.url_file, self.server.url)
+        env = {k: v for k, v in {**os.environ, **self.settings.to_env()}.items()
+               if k not in SECRET_ENV}
+        env["FLEET_REDIS_URL_FILE"] = str(self.driver.url_file)
         return subprocess.run([sys.executable, "-m", "fleet", *args], env=env, text=True,
                               capture_output=True, timeout=120, check=check)
 

@@ -98,10 +98,18 @@ def test_a_path_escaping_job_id_in_a_task_is_dead_lettered(fleet: Fleet) -> None
 
 
 def test_flower_answers_401_without_credentials_and_200_with_them(fleet: Fleet) -> None:
+    """Started as the local driver starts it: the broker URL from FLEET_REDIS_URL_FILE, the
+    login from a 0600 Flower config file; neither on its command line."""
+    from fleet.drivers.secret_files import flower_config, write_secret
+
     port = free_port()
+    url_file = write_secret(fleet.settings.home_dir / "secrets" / "redis.url", fleet.server.url)
+    conf = write_secret(fleet.settings.home_dir / "secrets" / "flowerconfig.py",
+                        flower_config("admin", "s3cret-pass"))
+    env = {k: v for k, v in os.environ.items() if k != "FLEET_REDIS_URL"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "--broker", fleet.server.url, "flower",
-         "--address=127.0.0.1", f"--port={port}", "--basic-auth=admin:s3cret-pass"],
+        [sys.executable, "-m", "fleet.flower_app", f"--conf={conf}", "--address=127.0.0.1",
+         f"--port={port}"], env={**env, "FLEET_REDIS_URL_FILE": str(url_file)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/"
