@@ -33,7 +33,14 @@ import redis
 
 from fleet import acl, intake, keys, registry
 from fleet.entrypoints import is_job_id
-from fleet.errors import ConnectionFailed, FleetError, NotFound, RedisUnavailable, SpecError
+from fleet.errors import (
+    ConnectionFailed,
+    FleetError,
+    NotFound,
+    RedisUnavailable,
+    SpecError,
+    WaitTimedOut,
+)
 from fleet.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
@@ -237,8 +244,12 @@ class Client:
         return "CANCELLING"
 
     # -- follow ------------------------------------------------------------------------------
-    def follow(self, job_id: str, interval: float = 0.5) -> Iterator[dict[str, Any]]:
-        """Yields the job's status each time it changes, ending with its terminal state."""
+    def follow(
+        self, job_id: str, interval: float = 0.5, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yields the job's status each time it changes, ending with its terminal state.
+        Raises WaitTimedOut once `timeout` seconds pass first, changes or not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         last = None
         while True:
             status = self.status(job_id)
@@ -248,20 +259,22 @@ class Client:
                 yield status
             if status["terminal"]:
                 return
-            time.sleep(interval)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimedOut(f"job {job_id} still {status['state']} after {timeout:g}s")
+            time.sleep(interval if left is None else min(interval, left))
 
     def wait(
         self, job_id: str, *, timeout: float | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for status in self.follow(job_id):
+        """The job's terminal status; `on_progress` sees each change on the way. Raises
+        WaitTimedOut when `timeout` seconds pass first (the job goes on)."""
+        for status in self.follow(job_id, timeout=timeout):
             if on_progress is not None:
                 on_progress(status)
             if status["terminal"]:
                 return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise FleetError(f"job {job_id} still {status['state']} after {timeout:g}s")
         raise AssertionError("unreachable")
 
 

@@ -37,3 +37,7 @@ class ConnectionFailed(FleetError):
 class RedisUnavailable(ConnectionFailed):
     """Redis did not answer (down, restarting, loading its data): retrying later is the fix;
     what was acknowledged before is kept (append-only file)."""
+
+
+class WaitTimedOut(FleetError):
+    """A wait for a job ran out of time; the job itself goes on."""

@@ -200,4 +200,17 @@ def test_the_client_raises_only_fleet_errors_while_redis_is_away(fleet: Fleet) -
     assert fleet.client.status(job_id)["state"] == "PENDING"  # acknowledged, kept
 
 
+def test_wait_gives_up_at_its_timeout_while_the_job_does_not_change(fleet: Fleet) -> None:
+    import time
+
+    from fleet.errors import WaitTimedOut
+
+    _one_node(fleet)  # and no master: the job stays PENDING, its status never changes
+    job_id = fleet.client.submit({"name": "a", "entrypoint": "workers.jobs.synthetic:noop"})
+    started = time.monotonic()
+    with pytest.raises(WaitTimedOut, match="still PENDING after 1s"):
+        fleet.client.wait(job_id, timeout=1)
+    assert time.monotonic() - started < 30  # not the old unbounded wait: no tight bound here
+
+
 __all__ = ["Client"]
