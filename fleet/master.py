@@ -36,12 +36,13 @@ import redis
 from celery import Celery
 from celery.result import denied_join_result
 
-from fleet import keys, registry
+from fleet import keys, quarantine, records, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
-from fleet.jobstore import JobStore, Outcome, decode_job
+from fleet.jobstore import JobStore, Outcome, pending_score
 from fleet.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
 from fleet.placement.nodes import CPUS, MEMORY
+from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
 from fleet.settings import Settings
 from fleet.states import EndReason, JobState
@@ -56,6 +57,14 @@ EXPLAIN_WINDOW = 1000  # pending jobs read by a round that gives reasons
 CPU_EPS = 1e-6
 EXPLAIN_EVERY_S = 1.0  # waiting reasons recomputed at most this often...
 EXPLAIN_ALWAYS_UP_TO = 16  # ...unless this few jobs wait
+ERROR_LOG_EVERY_S = 10.0  # a round that fails logs its traceback at most this often
+REBUILD_CHUNK = 1000  # job records read per round trip when an index is rebuilt
+#: The fleet's own singleton keys and their Redis types: one of another type is moved aside.
+SINGLETONS = {
+    keys.NODES: "set", keys.PENDING: "zset", keys.PLACING: "zset", keys.JOBS: "zset",
+    keys.WAKE: "list", keys.EVENTS: "stream", keys.DEAD_LETTER: "list",
+    keys.BAD_RECORDS: "hash", keys.MASTER_SEEN: "string", keys.MASTER_ERRORS: "string",
+}
 
 
 @dataclass
@@ -75,7 +84,8 @@ class Master:
         self.app = app
         self.store = JobStore(client)
         self.id = master_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl)
+        self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl,
+                           seen_key=keys.MASTER_SEEN)
         self.policy_state = PolicyState(rng=np.random.default_rng())
         self._leading = False
         self._connected_since: float | None = None
@@ -86,6 +96,9 @@ class Master:
         # Pending jobs as read once from Redis (what decides placement never changes while a
         # job is pending); entries leave when the job leaves the pending set or we reserve it.
         self._pending: dict[str, tuple[PendingJob, float]] = {}
+        self._guarded_at = -math.inf
+        self._error_logged_at = -math.inf
+        self._unreadable_since: dict[str, float] = {}  # node -> first round its report was
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
@@ -99,8 +112,26 @@ class Master:
                 self._leading = False
                 self._connected_since = None
                 stop.wait(1.0)
+            except Exception as exc:  # a bug, or a record no check foresaw: this round only
+                self._round_failed(exc)
+                stop.wait(min(1.0, interval))
         if self._leading:
             self.lease.release()
+
+    def _round_failed(self, exc: Exception) -> None:
+        """Log (the traceback at most every ERROR_LOG_EVERY_S) and count a failed round; the
+        next round starts afresh, from what Redis holds."""
+        self._pending.clear()
+        now = time.monotonic()
+        if now - self._error_logged_at >= ERROR_LOG_EVERY_S:
+            self._error_logged_at = now
+            log.exception("a master round failed; continuing")
+        else:
+            log.warning("a master round failed: %s: %s", type(exc).__name__, str(exc)[:200])
+        try:
+            self.r.incr(keys.MASTER_ERRORS)
+        except redis.exceptions.RedisError:
+            pass  # counted next time, if the key is moved aside meanwhile
 
     def step(self, now: float) -> RoundReport | None:
         """One round if we lead; None when another master holds the lease."""
@@ -118,19 +149,25 @@ class Master:
             self._waiting_written.clear()
             self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
             self._reconciled_at = now
+        if not 0 <= now - self._guarded_at < RECONCILE_EVERY_S:
+            self._guarded_at = now
+            self._guard_keys()
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.
         explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at
         size = EXPLAIN_WINDOW if explain else PENDING_WINDOW
-        states, head = self._read(size)
+        states, head = self._read(size, now)
+        self._repair_nodes(states, now)
         if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
             # Only after watching for one full TTL: leases that lapsed while Redis (or this
             # master) was away are not deaths; live nodes renew them within one heartbeat.
             self._requeue_lost(states, now, report)
         if now - self._reconciled_at >= RECONCILE_EVERY_S:
             self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
+            self._check_allocations(states)
             self._reconciled_at = now
         self._schedule(states, head, size, explain, now, report)
+        quarantine.found.flush(self.r)
         return report
 
     def _hold_lease(self, now: float) -> bool:
@@ -138,36 +175,71 @@ class Master:
         that); a master that stops renewing loses it to a standby within its TTL."""
         if self._leading and 0 <= now - self._renewed_at < LEASE_RENEW_S:
             return True
-        if not self.lease.acquire():
+        try:
+            held = self.lease.acquire()
+        except redis.exceptions.ResponseError:
+            held = False
+        if not held:
+            foreign = self.lease.foreign()
+            if foreign is not None:  # no master wrote it: it would keep every master out
+                quarantine.note("lease", keys.MASTER_LEASE, foreign)
+                quarantine.quarantine_key(self.r, keys.MASTER_LEASE)
             return False
         self._renewed_at = now
         return True
 
     # -- decide + apply ----------------------------------------------------------------------
-    def _read(self, size: int) -> tuple[list[dict], list[str]]:
+    def _read(self, size: int, now: float) -> tuple[list[dict], list[str]]:
         """The nodes' states and the head of the line (`size` pending jobs; those not cached
         are read in full and cached) in two round trips: the node names with the line, then
-        the nodes' records with the new jobs."""
+        the nodes' records with the new jobs. A key of the wrong type reads as empty (the
+        guard moves it aside); a line member that cannot be placed leaves the line."""
         pipe = self.r.pipeline(transaction=False)
         pipe.smembers(keys.NODES)
         pipe.zrange(keys.PENDING, 0, size - 1)
-        members, line = pipe.execute()
+        members, line = pipe.execute(raise_on_error=False)
+        members = [] if isinstance(members, Exception) else members
+        line = [] if isinstance(line, Exception) else line
         nodes, head = registry.names(members), [keys.text(j) for j in line]
         missing = [j for j in head if j not in self._pending]
         pipe = self.r.pipeline(transaction=False)
         registry.read_states(pipe, nodes)
         for job_id in missing:
             pipe.hgetall(keys.job(job_id))
-        raw = pipe.execute()
+        raw = pipe.execute(raise_on_error=False)
         jobs = raw[registry.READS_PER_NODE * len(nodes):]
-        self._refresh_pending(head, len(head) < size, read=[decode_job(j) for j in jobs if j])
+        read = {j: self.store.decode_read(j, r) for j, r in zip(missing, jobs, strict=True)}
+        self._refresh_pending(head, len(head) < size, read=self._placeable(read, now))
         return registry.states_from(nodes, raw), head
+
+    def _placeable(self, read: dict[str, dict | str | None], now: float) -> list[dict]:
+        """The records of `read` that are pending jobs; the rest leave the line (a pending
+        job whose record is malformed ends FAILED, saying why)."""
+        jobs = []
+        for job_id, job in read.items():
+            why = "" if isinstance(job, dict) or job is None else job
+            if isinstance(job, dict) and job["state"] == JobState.PENDING.value:
+                try:
+                    _pending_job(job)
+                    jobs.append(job)
+                    continue
+                except (ValueError, records.BadRecord) as exc:
+                    why = f"unreadable job record: {exc}"
+                    quarantine.note("job", keys.job(job_id), why)
+            try:
+                self.store.drop_pending(job_id, why, now)
+            except redis.exceptions.ResponseError as exc:
+                quarantine.note("pending", keys.PENDING, exc)
+        return jobs
 
     def _schedule(
         self, states: list[dict], head: list[str], size: int, explain: bool, now: float,
         report: RoundReport,
     ) -> None:
-        live = [s["report"] for s in states if s["report"] and not s["draining"]]
+        # A node with an unreadable allocation is not placed on until it is repaired: what it
+        # holds is unknown, and a node must never look emptier than it is.
+        live = [s["report"] for s in states
+                if s["report"] and not s["draining"] and not s["bad_alloc"]]
         incarnations = {r["node"]: r["incarnation"] for r in live}
         nodes = NodeView.from_reports(live)
         running = [
@@ -203,9 +275,13 @@ class Master:
             node = decision.node
             assert node is not None
             self._pending.pop(job.id, None)  # if it comes back (a retry), it is read anew
-            attempt, why = self.store.reserve(
-                job.id, node, incarnations[node], decision.as_dict(), now
-            )
+            try:
+                attempt, why = self.store.reserve(
+                    job.id, node, incarnations[node], decision.as_dict(), now
+                )
+            except redis.exceptions.ResponseError as exc:  # a record written over meanwhile
+                quarantine.note("job", keys.job(job.id), exc)
+                attempt, why = 0, f"unreadable record ({exc})"
             if attempt <= 0:
                 report.waiting[job.id] = f"placement on {node} refused: {why}"
                 continue
@@ -242,7 +318,7 @@ class Master:
                 del self._pending[gone]
         if read is None:
             missing = [j for j in ids if j not in self._pending]
-            read = self.store.get_many(missing) if missing else []
+            read = self._placeable(self.store.read_many(missing), time.time()) if missing else []
         for job in read:
             if job["state"] == JobState.PENDING.value:
                 self._pending[job["id"]] = (_pending_job(job), job["not_before"] or 0.0)
@@ -271,23 +347,36 @@ class Master:
         """End every attempt held by a dead node, or by an older incarnation of a live one."""
         for s in states:
             node, live = s["node"], s["report"]
+            if live is None and s["unreadable"] is not None:
+                continue  # its lease holds; what it reports cannot be read (yet)
             for job, alloc in s["alloc"].items():
                 if live is not None and alloc.get("incarnation") == live["incarnation"]:
                     continue
-                applied, state = self.store.finish(
-                    job, int(alloc["attempt"]), node,
-                    Outcome(EndReason.NODE_LOST, error=f"node {node} lost"), now,
-                )
+                try:
+                    applied, state = self.store.finish(
+                        job, int(alloc["attempt"]), node,
+                        Outcome(EndReason.NODE_LOST, error=f"node {node} lost"), now,
+                    )
+                except redis.exceptions.ResponseError as exc:  # its job record is not a hash
+                    quarantine.note("job", keys.job(job), exc)
+                    applied, state = False, "unreadable"
                 if not applied:  # a stale entry the job has moved past: drop it
                     self.r.hdel(keys.node_alloc(node), job)
                 report.requeued.append((job, node))
                 log.warning("node %s lost: job %s -> %s", node, job, state)
-            if live is None:
+            if live is None and not s["bad_alloc"]:
                 registry.forget(self.r, node)
 
     def _republish_unclaimed(self, now: float, older_than: float, report: RoundReport) -> None:
-        for job_id in self.store.placing(older_than):
-            job = self.store.get(job_id)
+        try:
+            placing = self.store.placing(older_than)
+        except redis.exceptions.ResponseError:  # not a zset: the guard moves it aside
+            return
+        for job_id in placing:
+            try:
+                job = self.store.get(job_id)
+            except records.BadRecord:
+                job = None
             if not job or job["state"] != JobState.PLACED.value:
                 self.r.zrem(keys.PLACING, job_id)
                 continue
@@ -296,8 +385,124 @@ class Master:
             report.republished.append(job_id)
 
 
+    # -- repair what was written over ----------------------------------------------------
+    def _guard_keys(self) -> None:
+        """Move aside a singleton key of the wrong type (the fleet recreates it; the pending
+        and placing indexes are rebuilt from the job records) and renumber a broken sequence."""
+        wrong = quarantine.wrong_types(self.r, {**SINGLETONS, keys.SEQUENCE: "string"})
+        if keys.SEQUENCE not in wrong:
+            seq = self.r.get(keys.SEQUENCE)
+            if seq is not None and not keys.text(seq).isdigit():
+                wrong.append(keys.SEQUENCE)
+        for key in wrong:
+            quarantine.note("index", key, "another Redis type (or not a number)")
+            quarantine.quarantine_key(self.r, key)
+        if keys.SEQUENCE in wrong:  # after every number given so far (one per job accepted)
+            self.r.set(keys.SEQUENCE, int(self.r.zcard(keys.JOBS)) + 1_000_000, nx=True)
+        if keys.PENDING in wrong or keys.PLACING in wrong:
+            self._rebuild_indexes()
+
+    def _rebuild_indexes(self) -> None:
+        """Put every PENDING job back in line and every PLACED one in the placing index, from
+        the job records (ZADD NX: what the scripts added meanwhile stays)."""
+        ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
+        for i in range(0, len(ids), REBUILD_CHUNK):
+            chunk = ids[i:i + REBUILD_CHUNK]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.hmget(keys.job(job_id), "state", "priority", "seq", "placed_at")
+            rows = pipe.execute(raise_on_error=False)
+            pipe = self.r.pipeline(transaction=False)
+            for job_id, row in zip(chunk, rows, strict=True):
+                if isinstance(row, Exception):
+                    continue
+                state, priority, seq, placed_at = (keys.text(v) if v is not None else "" for v in row)
+                try:
+                    if state == JobState.PENDING.value:
+                        score = pending_score(records.integer("job", "priority", priority or 0,
+                                                              -1000, 1000),
+                                              records.integer("job", "seq", seq or 0))
+                        pipe.zadd(keys.PENDING, {job_id: score}, nx=True)
+                    elif state == JobState.PLACED.value:
+                        pipe.zadd(keys.PLACING, {job_id: records.timestamp("job", placed_at)},
+                                  nx=True)
+                except records.BadRecord:
+                    continue  # read as malformed when its turn comes
+            pipe.execute(raise_on_error=False)
+        log.warning("rebuilt the pending and placing indexes from %d job records", len(ids))
+
+    def _repair_nodes(self, states: list[dict], now: float) -> None:
+        """Repair malformed allocation entries from the job records, rebuild an allocation hash
+        of the wrong type, and move aside a report unreadable for longer than a lease (a live
+        node rewrites its own within a heartbeat)."""
+        for s in states:
+            node = s["node"]
+            if s["bad_alloc"] == ["*"]:
+                quarantine.quarantine_key(self.r, keys.node_alloc(node))
+                self._rebuild_allocations(node)
+            else:
+                for job_id in s["bad_alloc"]:
+                    self._repair(node, job_id)
+            if s["unreadable"] is None:
+                self._unreadable_since.pop(node, None)
+                continue
+            since = self._unreadable_since.setdefault(node, now)
+            if now - since > self.settings.heartbeat_ttl:
+                if self.r.type(keys.node(node)) not in (b"hash", "hash") or \
+                        self.r.pttl(keys.node(node)) == -1:
+                    quarantine.quarantine_key(self.r, keys.node(node))
+                self._unreadable_since.pop(node, None)
+
+    def _repair(self, node: str, job_id: str) -> None:
+        try:
+            done = self.store.repair_alloc(node, job_id)
+        except redis.exceptions.ResponseError as exc:
+            quarantine.note("alloc", f"{keys.node_alloc(node)}/{job_id[:100]}", exc)
+            return
+        log.info("allocation of %s on %s: %s", job_id[:100], node, done)
+
+    def _rebuild_allocations(self, node: str) -> None:
+        """Rewrite the reservations of every job PLACED or RUNNING on `node`, from their records."""
+        ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
+        for i in range(0, len(ids), REBUILD_CHUNK):
+            chunk = ids[i:i + REBUILD_CHUNK]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.hmget(keys.job(job_id), "state", "node")
+            for job_id, row in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(row, Exception):
+                    continue
+                state, on = (keys.text(v) if v is not None else "" for v in row)
+                if on == node and state in (JobState.PLACED.value, JobState.RUNNING.value):
+                    self._repair(node, job_id)
+
+    def _check_allocations(self, states: list[dict]) -> None:
+        """Drop (or rewrite) allocation entries their job's record does not back: a job that does
+        not exist, has ended, or holds another attempt or node. One round trip."""
+        entries = [(s["node"], job, a) for s in states if s["report"] is not None
+                   for job, a in s["alloc"].items()
+                   if a["incarnation"] == s["report"]["incarnation"]]
+        if not entries:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for _, job, _ in entries:
+            pipe.hmget(keys.job(job), "state", "node", "attempt")
+        for (node, job, a), row in zip(entries, pipe.execute(raise_on_error=False), strict=True):
+            if not isinstance(row, Exception):
+                state, on, attempt = (keys.text(v) if v is not None else "" for v in row)
+                if (state in (JobState.PLACED.value, JobState.RUNNING.value) and on == node
+                        and attempt == str(a["attempt"])):
+                    continue
+            quarantine.note("alloc", f"{keys.node_alloc(node)}/{job[:100]}",
+                            "not backed by its job's record")
+            self._repair(node, job)
+
+
 def _pending_job(job: dict) -> PendingJob:
+    """Raises ValueError (or records.BadRecord) for a record no placement can use."""
     spec = job["spec"]
+    if spec.get("policy") is not None and spec["policy"] not in POLICIES:
+        raise records.BadRecord("job", "spec.policy", f"unknown policy {spec['policy'][:40]!r}")
     return PendingJob(
         id=job["id"],
         request=Request.from_resources(spec["resources"], spec.get("node_selector") or {}),
