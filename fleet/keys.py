@@ -96,3 +96,14 @@ def quarantined(key: str, stamp_ms: int) -> str:
 
 
 MASTER_ERRORS = f"{PREFIX}:master:errors"  # counter: master rounds that failed (and went on)
+
+
+JOB_SCAN = f"{PREFIX}:job:*"  # SCAN pattern of job records (and their sub-keys)
+
+
+def job_id_of(key: bytes | str) -> str | None:
+    """The job id of a job record's key (`job(id)`), None for any other key (its sub-keys too)."""
+    name = text(key)
+    head = f"{PREFIX}:job:"
+    rest = name[len(head):] if name.startswith(head) else ""
+    return rest if rest and ":" not in rest else None

@@ -345,12 +345,20 @@ class Master:
     # -- reconcile ---------------------------------------------------------------------------
     def _requeue_lost(self, states: list[dict], now: float, report: RoundReport) -> None:
         """End every attempt held by a dead node, or by an older incarnation of a live one."""
+        lost = [(s["node"], job, a) for s in states
+                if s["report"] is not None or s["unreadable"] is None  # unreadable: not dead
+                for job, a in s["alloc"].items()
+                if s["report"] is None or a["incarnation"] != s["report"]["incarnation"]]
+        backed = self._backed(lost, states)
         for s in states:
             node, live = s["node"], s["report"]
             if live is None and s["unreadable"] is not None:
                 continue  # its lease holds; what it reports cannot be read (yet)
             for job, alloc in s["alloc"].items():
                 if live is not None and alloc.get("incarnation") == live["incarnation"]:
+                    continue
+                if (node, job) not in backed:  # an entry its job's record does not back
+                    self._repair(node, job)
                     continue
                 try:
                     applied, state = self.store.finish(
@@ -366,6 +374,27 @@ class Master:
                 log.warning("node %s lost: job %s -> %s", node, job, state)
             if live is None and not s["bad_alloc"]:
                 registry.forget(self.r, node)
+
+    def _backed(self, entries: list[tuple[str, str, dict]], states: list[dict]) -> set:
+        """The (node, job) of `entries` whose job's record says that attempt holds that node
+        from an incarnation other than the node's live one: only those are lost with it. An
+        entry written over (another attempt, node or incarnation than the record's) must not
+        end a job that runs elsewhere, or on this node's live incarnation. One round trip."""
+        if not entries:
+            return set()
+        live = {s["node"]: s["report"]["incarnation"] for s in states if s["report"] is not None}
+        pipe = self.r.pipeline(transaction=False)
+        for _, job, _ in entries:
+            pipe.hmget(keys.job(job), "state", "node", "attempt", "incarnation")
+        backed = set()
+        for (node, job, a), row in zip(entries, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(row, Exception):
+                continue
+            state, on, attempt, incarnation = (keys.text(v) if v is not None else "" for v in row)
+            if (state in (JobState.PLACED.value, JobState.RUNNING.value) and on == node
+                    and attempt == str(a["attempt"]) and incarnation != live.get(node)):
+                backed.add((node, job))
+        return backed
 
     def _republish_unclaimed(self, now: float, older_than: float, report: RoundReport) -> None:
         try:
@@ -399,8 +428,26 @@ class Master:
             quarantine.quarantine_key(self.r, key)
         if keys.SEQUENCE in wrong:  # after every number given so far (one per job accepted)
             self.r.set(keys.SEQUENCE, int(self.r.zcard(keys.JOBS)) + 1_000_000, nx=True)
-        if keys.PENDING in wrong or keys.PLACING in wrong:
+        if keys.JOBS in wrong:
+            self._rebuild_jobs()
+        if keys.PENDING in wrong or keys.PLACING in wrong or keys.JOBS in wrong:
             self._rebuild_indexes()
+
+    def _rebuild_jobs(self) -> None:
+        """Put every job record back in the JOBS index (by its submit time), from a SCAN of
+        the job keys: the other indexes are rebuilt from it."""
+        found = 0
+        for key in self.r.scan_iter(match=keys.JOB_SCAN, count=1000, _type="hash"):
+            job_id = keys.job_id_of(key)
+            if job_id is None:
+                continue
+            try:
+                submitted = records.timestamp("job", self.r.hget(keys.job(job_id), "submitted_at"))
+            except (records.BadRecord, redis.exceptions.ResponseError):
+                continue  # not a record the fleet wrote
+            self.r.zadd(keys.JOBS, {job_id: submitted}, nx=True)
+            found += 1
+        log.warning("rebuilt the jobs index from %d job records", found)
 
     def _rebuild_indexes(self) -> None:
         """Put every PENDING job back in line and every PLACED one in the placing index, from
@@ -419,9 +466,9 @@ class Master:
                 state, priority, seq, placed_at = (keys.text(v) if v is not None else "" for v in row)
                 try:
                     if state == JobState.PENDING.value:
-                        score = pending_score(records.integer("job", "priority", priority or 0,
-                                                              -1000, 1000),
-                                              records.integer("job", "seq", seq or 0))
+                        score = pending_score(
+                            records.integer("job", "priority", priority or 0, -1000, 1000, True),
+                            records.integer("job", "seq", seq or 0, text_ok=True))
                         pipe.zadd(keys.PENDING, {job_id: score}, nx=True)
                     elif state == JobState.PLACED.value:
                         pipe.zadd(keys.PLACING, {job_id: records.timestamp("job", placed_at)},

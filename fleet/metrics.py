@@ -98,7 +98,7 @@ def _job_times(job_id: str, fields: Any, first: Any) -> JobTimes | None:
         attempt = ({} if not first or isinstance(first, Exception)
                    else records.attempt_record(first))
         return JobTimes(keys.text(state), records.optional_number("job", "submitted_at", submitted,
-                                                                  0.0, 1e11),
+                                                                  0.0, 1e11, text_ok=True),
                         attempt.get("placed_at"), attempt.get("started_at"))
     except records.BadRecord as exc:
         quarantine.note(exc.kind, keys.job(job_id), exc.args[0])

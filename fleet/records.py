@@ -61,9 +61,12 @@ def json_object(kind: str, field: str, raw: Any) -> dict[str, Any]:
     return value
 
 
-def number(kind: str, field: str, value: Any, low: float = 0.0, high: float = MAX_BYTES) -> float:
-    """A finite real number in [low, high] (bools are not numbers; numeric text is accepted)."""
-    if isinstance(value, (bytes, str)):
+def number(kind: str, field: str, value: Any, low: float = 0.0, high: float = MAX_BYTES,
+           text_ok: bool = False) -> float:
+    """A finite real number in [low, high]. Bools are not numbers; numeric text is accepted
+    only with `text_ok` (a hash field is text; a JSON record's numbers are JSON numbers, as
+    the Lua steps that sum them need)."""
+    if isinstance(value, (bytes, str)) and text_ok:
         try:
             value = float(text(value))
         except ValueError:
@@ -77,9 +80,11 @@ def number(kind: str, field: str, value: Any, low: float = 0.0, high: float = MA
     return float(value)
 
 
-def integer(kind: str, field: str, value: Any, low: int = 0, high: int = MAX_INT) -> int:
-    """An integer in [low, high]; integral floats (1e3, as Lua's cjson may write) are accepted."""
-    if isinstance(value, (bytes, str)):
+def integer(kind: str, field: str, value: Any, low: int = 0, high: int = MAX_INT,
+            text_ok: bool = False) -> int:
+    """An integer in [low, high]; integral floats (1e3, as Lua's cjson may write) are accepted;
+    text as for `number`."""
+    if isinstance(value, (bytes, str)) and text_ok:
         try:
             value = int(text(value))
         except ValueError:
@@ -91,10 +96,10 @@ def integer(kind: str, field: str, value: Any, low: int = 0, high: int = MAX_INT
 
 
 def optional_number(kind: str, field: str, value: Any, low: float = 0.0,
-                    high: float = MAX_BYTES) -> float | None:
+                    high: float = MAX_BYTES, text_ok: bool = False) -> float | None:
     if value is None or value == "" or value == b"":
         return None
-    return number(kind, field, value, low, high)
+    return number(kind, field, value, low, high, text_ok)
 
 
 def string(kind: str, field: str, value: Any, limit: int = MAX_ID, empty: bool = False) -> str:
@@ -196,9 +201,9 @@ def job_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     if job["progress"] is not None:
         job["progress"] = metric_report(job["progress"], kind="job", field="progress")
     for field in JOB_INTS:
-        job[field] = integer(kind, field, job.get(field) or 0, -MAX_INT, MAX_INT)
+        job[field] = integer(kind, field, job.get(field) or 0, -MAX_INT, MAX_INT, text_ok=True)
     for field in JOB_TIMES:
-        job[field] = optional_number(kind, field, job.get(field), 0.0, 1e11)
+        job[field] = optional_number(kind, field, job.get(field), 0.0, 1e11, text_ok=True)
     job["terminal"] = job["state"] in {"SUCCEEDED", "FAILED", "CANCELLED"}
     return job
 
@@ -299,4 +304,4 @@ def lease_holder(raw: Any) -> str:
 
 def timestamp(kind: str, raw: Any) -> float:
     """A time stamp (seconds since the epoch) stored as text."""
-    return number(kind, "value", raw, 0.0, 1e11)
+    return number(kind, "value", raw, 0.0, 1e11, text_ok=True)

@@ -207,12 +207,16 @@ def is_draining(client: redis.Redis, node: str) -> bool:
 
 def deregister(client: redis.Redis, node: str, incarnation: str) -> None:
     """A node leaving cleanly: drop its lease and name, unless a newer incarnation took over."""
-    if keys.text(client.hget(keys.node(node), "incarnation") or b"") not in ("", incarnation):
+    try:
+        holder = client.hget(keys.node(node), "incarnation")
+    except redis.exceptions.ResponseError:  # not a hash: not another incarnation's either
+        holder = None
+    if keys.text(holder or b"") not in ("", incarnation):
         return
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node(node), keys.node_drain(node))
     pipe.srem(keys.NODES, node)
-    pipe.execute()
+    _execute_all(pipe)
 
 
 def forget(client: redis.Redis, node: str) -> None:
@@ -220,7 +224,15 @@ def forget(client: redis.Redis, node: str) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.srem(keys.NODES, node)
     pipe.delete(keys.node_drain(node), keys.node_alloc(node), keys.node_queue(node))
-    pipe.execute()
+    _execute_all(pipe)
+
+
+def _execute_all(pipe: redis.client.Pipeline) -> None:
+    """Run a MULTI block whose commands all run even when one fails (NODES of the wrong type:
+    the master moves it aside); the failure is noted, not raised."""
+    for reply in pipe.execute(raise_on_error=False):
+        if isinstance(reply, redis.exceptions.ResponseError):
+            quarantine.note("nodes", keys.NODES, reply)
 
 
 def history(client: redis.Redis, node: str) -> list[dict[str, Any]]:

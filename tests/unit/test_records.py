@@ -44,6 +44,7 @@ def test_a_well_formed_allocation_reads_back_as_integers() -> None:
     (json.dumps(with_(ALLOC, cpus_m=1.5)), "cpus_m"),
     (json.dumps(with_(ALLOC, gpus=True)), "gpus"),
     (json.dumps(with_(ALLOC, memory="2Gi")), "memory"),
+    (json.dumps(with_(ALLOC, cpus_m="1000")), "cpus_m"),  # reserve.lua could not sum it
     (json.dumps({k: v for k, v in ALLOC.items() if k != "cpus_m"}), "cpus_m"),
     (json.dumps(with_(ALLOC, attempt=0)), "attempt"),
     (json.dumps(with_(ALLOC, incarnation=7)), "incarnation"),
@@ -105,6 +106,7 @@ def test_a_job_record_decodes_to_numbers_and_objects() -> None:
      "spec.entrypoint"),
     ({b"request": b'{"cpus_m": -5}'}, "request.cpus_m"),
     ({b"seq": b"seven"}, "seq"),
+    ({b"spec": json.dumps(with_(SPEC, resources={"cpus": "1"})).encode()}, "spec.resources.cpus"),
     ({b"priority": b"1e400"}, "priority"),
     ({b"submitted_at": b"nan"}, "submitted_at"),
     ({b"placement": b'{"candidates": [{"node": "n", "score": "high"}]}'},
