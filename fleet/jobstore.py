@@ -226,7 +226,7 @@ class JobStore:
         if not raw:
             return None
         try:
-            return decode_job(raw)
+            return decode_job(raw, job_id)
         except records.BadRecord as exc:
             quarantine.note("job", keys.job(job_id), exc.args[0])
             raise
@@ -254,7 +254,7 @@ class JobStore:
         if not raw:
             return None
         try:
-            return decode_job(raw)
+            return decode_job(raw, job_id)
         except records.BadRecord as exc:
             quarantine.note("job", keys.job(job_id), exc.args[0])
             return exc.args[0]
@@ -333,10 +333,14 @@ def _chosen_score(placement: Mapping, node: str) -> str:
     return ""
 
 
-def decode_job(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+def decode_job(raw: Mapping[bytes | str, bytes | str], job_id: str | None = None) -> dict[str, Any]:
     """A job hash as plain Python: JSON fields parsed, numbers as numbers. Raises
-    records.BadRecord (naming the field) when it is malformed."""
-    return records.job_record(raw)
+    records.BadRecord (naming the field) when it is malformed, or names another job than
+    `job_id` (the id its key was built from)."""
+    job = records.job_record(raw)
+    if job_id is not None and job["id"] != job_id:
+        raise records.BadRecord("job", "id", f"{job['id'][:40]!r} is not the id of its key")
+    return job
 
 
 def _now(now: float | None) -> str:

@@ -38,12 +38,13 @@ from celery.result import denied_join_result
 
 from fleet import keys, quarantine, records, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
-from fleet.jobstore import JobStore, Outcome, pending_score
+from fleet.jobstore import JobStore, Outcome
 from fleet.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
 from fleet.placement.nodes import CPUS, MEMORY
 from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
+from fleet.repair import Repairer
 from fleet.settings import Settings
 from fleet.states import EndReason, JobState
 
@@ -58,13 +59,6 @@ CPU_EPS = 1e-6
 EXPLAIN_EVERY_S = 1.0  # waiting reasons recomputed at most this often...
 EXPLAIN_ALWAYS_UP_TO = 16  # ...unless this few jobs wait
 ERROR_LOG_EVERY_S = 10.0  # a round that fails logs its traceback at most this often
-REBUILD_CHUNK = 1000  # job records read per round trip when an index is rebuilt
-#: The fleet's own singleton keys and their Redis types: one of another type is moved aside.
-SINGLETONS = {
-    keys.NODES: "set", keys.PENDING: "zset", keys.PLACING: "zset", keys.JOBS: "zset",
-    keys.WAKE: "list", keys.EVENTS: "stream", keys.DEAD_LETTER: "list",
-    keys.BAD_RECORDS: "hash", keys.MASTER_SEEN: "string", keys.MASTER_ERRORS: "string",
-}
 
 
 @dataclass
@@ -96,9 +90,9 @@ class Master:
         # Pending jobs as read once from Redis (what decides placement never changes while a
         # job is pending); entries leave when the job leaves the pending set or we reserve it.
         self._pending: dict[str, tuple[PendingJob, float]] = {}
+        self.repair = Repairer(client, self.store, settings)  # what was written over
         self._guarded_at = -math.inf
         self._error_logged_at = -math.inf
-        self._unreadable_since: dict[str, float] = {}  # node -> first round its report was
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
@@ -151,20 +145,20 @@ class Master:
             self._reconciled_at = now
         if not 0 <= now - self._guarded_at < RECONCILE_EVERY_S:
             self._guarded_at = now
-            self._guard_keys()
+            self.repair.guard_keys()
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.
         explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at
         size = EXPLAIN_WINDOW if explain else PENDING_WINDOW
         states, head = self._read(size, now)
-        self._repair_nodes(states, now)
+        self.repair.nodes(states, now)
         if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
             # Only after watching for one full TTL: leases that lapsed while Redis (or this
             # master) was away are not deaths; live nodes renew them within one heartbeat.
             self._requeue_lost(states, now, report)
         if now - self._reconciled_at >= RECONCILE_EVERY_S:
             self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
-            self._check_allocations(states)
+            self.repair.check_allocations(states)
             self._reconciled_at = now
         self._schedule(states, head, size, explain, now, report)
         quarantine.found.flush(self.r)
@@ -349,7 +343,7 @@ class Master:
                 if s["report"] is not None or s["unreadable"] is None  # unreadable: not dead
                 for job, a in s["alloc"].items()
                 if s["report"] is None or a["incarnation"] != s["report"]["incarnation"]]
-        backed = self._backed(lost, states)
+        backed = self.repair.backed(lost, states)
         for s in states:
             node, live = s["node"], s["report"]
             if live is None and s["unreadable"] is not None:
@@ -358,7 +352,7 @@ class Master:
                 if live is not None and alloc.get("incarnation") == live["incarnation"]:
                     continue
                 if (node, job) not in backed:  # an entry its job's record does not back
-                    self._repair(node, job)
+                    self.repair.entry(node, job)
                     continue
                 try:
                     applied, state = self.store.finish(
@@ -374,27 +368,6 @@ class Master:
                 log.warning("node %s lost: job %s -> %s", node, job, state)
             if live is None and not s["bad_alloc"]:
                 registry.forget(self.r, node)
-
-    def _backed(self, entries: list[tuple[str, str, dict]], states: list[dict]) -> set:
-        """The (node, job) of `entries` whose job's record says that attempt holds that node
-        from an incarnation other than the node's live one: only those are lost with it. An
-        entry written over (another attempt, node or incarnation than the record's) must not
-        end a job that runs elsewhere, or on this node's live incarnation. One round trip."""
-        if not entries:
-            return set()
-        live = {s["node"]: s["report"]["incarnation"] for s in states if s["report"] is not None}
-        pipe = self.r.pipeline(transaction=False)
-        for _, job, _ in entries:
-            pipe.hmget(keys.job(job), "state", "node", "attempt", "incarnation")
-        backed = set()
-        for (node, job, a), row in zip(entries, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(row, Exception):
-                continue
-            state, on, attempt, incarnation = (keys.text(v) if v is not None else "" for v in row)
-            if (state in (JobState.PLACED.value, JobState.RUNNING.value) and on == node
-                    and attempt == str(a["attempt"]) and incarnation != live.get(node)):
-                backed.add((node, job))
-        return backed
 
     def _republish_unclaimed(self, now: float, older_than: float, report: RoundReport) -> None:
         try:
@@ -412,137 +385,6 @@ class Master:
             self._publish(job_id, job["attempt"], job["node"], job["incarnation"])
             self.r.zadd(keys.PLACING, {job_id: now})
             report.republished.append(job_id)
-
-
-    # -- repair what was written over ----------------------------------------------------
-    def _guard_keys(self) -> None:
-        """Move aside a singleton key of the wrong type (the fleet recreates it; the pending
-        and placing indexes are rebuilt from the job records) and renumber a broken sequence."""
-        wrong = quarantine.wrong_types(self.r, {**SINGLETONS, keys.SEQUENCE: "string"})
-        if keys.SEQUENCE not in wrong:
-            seq = self.r.get(keys.SEQUENCE)
-            if seq is not None and not keys.text(seq).isdigit():
-                wrong.append(keys.SEQUENCE)
-        for key in wrong:
-            quarantine.note("index", key, "another Redis type (or not a number)")
-            quarantine.quarantine_key(self.r, key)
-        if keys.SEQUENCE in wrong:  # after every number given so far (one per job accepted)
-            self.r.set(keys.SEQUENCE, int(self.r.zcard(keys.JOBS)) + 1_000_000, nx=True)
-        if keys.JOBS in wrong:
-            self._rebuild_jobs()
-        if keys.PENDING in wrong or keys.PLACING in wrong or keys.JOBS in wrong:
-            self._rebuild_indexes()
-
-    def _rebuild_jobs(self) -> None:
-        """Put every job record back in the JOBS index (by its submit time), from a SCAN of
-        the job keys: the other indexes are rebuilt from it."""
-        found = 0
-        for key in self.r.scan_iter(match=keys.JOB_SCAN, count=1000, _type="hash"):
-            job_id = keys.job_id_of(key)
-            if job_id is None:
-                continue
-            try:
-                submitted = records.timestamp("job", self.r.hget(keys.job(job_id), "submitted_at"))
-            except (records.BadRecord, redis.exceptions.ResponseError):
-                continue  # not a record the fleet wrote
-            self.r.zadd(keys.JOBS, {job_id: submitted}, nx=True)
-            found += 1
-        log.warning("rebuilt the jobs index from %d job records", found)
-
-    def _rebuild_indexes(self) -> None:
-        """Put every PENDING job back in line and every PLACED one in the placing index, from
-        the job records (ZADD NX: what the scripts added meanwhile stays)."""
-        ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
-        for i in range(0, len(ids), REBUILD_CHUNK):
-            chunk = ids[i:i + REBUILD_CHUNK]
-            pipe = self.r.pipeline(transaction=False)
-            for job_id in chunk:
-                pipe.hmget(keys.job(job_id), "state", "priority", "seq", "placed_at")
-            rows = pipe.execute(raise_on_error=False)
-            pipe = self.r.pipeline(transaction=False)
-            for job_id, row in zip(chunk, rows, strict=True):
-                if isinstance(row, Exception):
-                    continue
-                state, priority, seq, placed_at = (keys.text(v) if v is not None else "" for v in row)
-                try:
-                    if state == JobState.PENDING.value:
-                        score = pending_score(
-                            records.integer("job", "priority", priority or 0, -1000, 1000, True),
-                            records.integer("job", "seq", seq or 0, text_ok=True))
-                        pipe.zadd(keys.PENDING, {job_id: score}, nx=True)
-                    elif state == JobState.PLACED.value:
-                        pipe.zadd(keys.PLACING, {job_id: records.timestamp("job", placed_at)},
-                                  nx=True)
-                except records.BadRecord:
-                    continue  # read as malformed when its turn comes
-            pipe.execute(raise_on_error=False)
-        log.warning("rebuilt the pending and placing indexes from %d job records", len(ids))
-
-    def _repair_nodes(self, states: list[dict], now: float) -> None:
-        """Repair malformed allocation entries from the job records, rebuild an allocation hash
-        of the wrong type, and move aside a report unreadable for longer than a lease (a live
-        node rewrites its own within a heartbeat)."""
-        for s in states:
-            node = s["node"]
-            if s["bad_alloc"] == ["*"]:
-                quarantine.quarantine_key(self.r, keys.node_alloc(node))
-                self._rebuild_allocations(node)
-            else:
-                for job_id in s["bad_alloc"]:
-                    self._repair(node, job_id)
-            if s["unreadable"] is None:
-                self._unreadable_since.pop(node, None)
-                continue
-            since = self._unreadable_since.setdefault(node, now)
-            if now - since > self.settings.heartbeat_ttl:
-                if self.r.type(keys.node(node)) not in (b"hash", "hash") or \
-                        self.r.pttl(keys.node(node)) == -1:
-                    quarantine.quarantine_key(self.r, keys.node(node))
-                self._unreadable_since.pop(node, None)
-
-    def _repair(self, node: str, job_id: str) -> None:
-        try:
-            done = self.store.repair_alloc(node, job_id)
-        except redis.exceptions.ResponseError as exc:
-            quarantine.note("alloc", f"{keys.node_alloc(node)}/{job_id[:100]}", exc)
-            return
-        log.info("allocation of %s on %s: %s", job_id[:100], node, done)
-
-    def _rebuild_allocations(self, node: str) -> None:
-        """Rewrite the reservations of every job PLACED or RUNNING on `node`, from their records."""
-        ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
-        for i in range(0, len(ids), REBUILD_CHUNK):
-            chunk = ids[i:i + REBUILD_CHUNK]
-            pipe = self.r.pipeline(transaction=False)
-            for job_id in chunk:
-                pipe.hmget(keys.job(job_id), "state", "node")
-            for job_id, row in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(row, Exception):
-                    continue
-                state, on = (keys.text(v) if v is not None else "" for v in row)
-                if on == node and state in (JobState.PLACED.value, JobState.RUNNING.value):
-                    self._repair(node, job_id)
-
-    def _check_allocations(self, states: list[dict]) -> None:
-        """Drop (or rewrite) allocation entries their job's record does not back: a job that does
-        not exist, has ended, or holds another attempt or node. One round trip."""
-        entries = [(s["node"], job, a) for s in states if s["report"] is not None
-                   for job, a in s["alloc"].items()
-                   if a["incarnation"] == s["report"]["incarnation"]]
-        if not entries:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for _, job, _ in entries:
-            pipe.hmget(keys.job(job), "state", "node", "attempt")
-        for (node, job, a), row in zip(entries, pipe.execute(raise_on_error=False), strict=True):
-            if not isinstance(row, Exception):
-                state, on, attempt = (keys.text(v) if v is not None else "" for v in row)
-                if (state in (JobState.PLACED.value, JobState.RUNNING.value) and on == node
-                        and attempt == str(a["attempt"])):
-                    continue
-            quarantine.note("alloc", f"{keys.node_alloc(node)}/{job[:100]}",
-                            "not backed by its job's record")
-            self._repair(node, job)
 
 
 def _pending_job(job: dict) -> PendingJob:
