@@ -100,7 +100,7 @@ class Master:
         while not stop.is_set():
             try:
                 self.step(time.time())
-                self.r.blpop([keys.WAKE], timeout=interval)
+                self._wait(stop, interval)
             except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError) as exc:
                 log.warning("redis unreachable (%s); retrying", exc)
                 self._leading = False
@@ -111,6 +111,13 @@ class Master:
                 stop.wait(min(1.0, interval))
         if self._leading:
             self.lease.release()
+
+    def _wait(self, stop: threading.Event, interval: float) -> None:
+        """Until poked (a job arrived or ended) or `interval` passed."""
+        try:
+            self.r.blpop([keys.WAKE], timeout=interval)
+        except redis.exceptions.ResponseError:  # written over: the leader moves it aside
+            stop.wait(interval)
 
     def _round_failed(self, exc: Exception) -> None:
         """Log (the traceback at most every ERROR_LOG_EVERY_S) and count a failed round; the

@@ -137,7 +137,6 @@ class Repairer:
         for s in states:
             node = s["node"]
             if s["bad_alloc"] == ["*"]:
-                quarantine.quarantine_key(self.r, keys.node_alloc(node))
                 self._rebuild_allocations(node)
             else:
                 for job_id in s["bad_alloc"]:
@@ -162,8 +161,14 @@ class Repairer:
         log.info("allocation of %s on %s: %s", job_id[:100], node, done)
 
     def _rebuild_allocations(self, node: str) -> None:
-        """Rewrite the reservations of every job PLACED or RUNNING on `node`, from their records."""
-        ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
+        """Move aside `node`'s allocation hash, of the wrong type, and rewrite the reservations
+        of every job PLACED or RUNNING on it from their records. Not while the jobs index is
+        unreadable too (the guard rebuilds it first): the node stays unplaced on meanwhile."""
+        try:
+            ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
+        except redis.exceptions.ResponseError:
+            return
+        quarantine.quarantine_key(self.r, keys.node_alloc(node))
         for i in range(0, len(ids), REBUILD_CHUNK):
             chunk = ids[i:i + REBUILD_CHUNK]
             pipe = self.r.pipeline(transaction=False)

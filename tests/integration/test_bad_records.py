@@ -19,6 +19,10 @@ import pytest
 import redis
 
 from fleet import keys, registry
+from fleet.jobstore import JobStore
+from fleet.metrics import read_snapshot
+from fleet.redis_server import RedisServer
+from fleet.spec import parse_spec
 from tests.integration.support import Fleet, eventually
 
 pytestmark = pytest.mark.integration
@@ -53,6 +57,50 @@ def test_a_negative_allocation_no_longer_kills_the_master(fleet: Fleet) -> None:
     assert alive(fleet, master)
     assert not fleet.r.hexists(keys.node_alloc("node-1"), "ghost")  # repaired: no job backs it
     assert int(fleet.r.hget(keys.BAD_RECORDS, "alloc") or 0) >= 1
+
+
+# -- the Lua steps, on their own -------------------------------------------------------------
+def one_node(r: redis.Redis, cpus_m: int = 1000) -> None:
+    r.hset(keys.node("n1"), mapping={"incarnation": "inc", "capacity": json.dumps(
+        {"cpus_m": cpus_m, "memory": 2**31, "gpus": 0}), "report": "{}"})
+
+
+def test_reserve_refuses_a_node_whose_allocations_it_cannot_read(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url)
+    store = JobStore(r)
+    one_node(r)
+    spec = parse_spec(job_spec(cpus=1.0), allowlist=["workers.jobs"])
+    for bad in (b'{"attempt": 1, "incarnation": "inc", "cpus_m": -4000, "memory": 0}',
+                b"not json", b'{"attempt": 1, "incarnation": "inc", "cpus_m": "0", "memory": 0}'):
+        r.hset(keys.node_alloc("n1"), "ghost", bad)
+        job = store.submit(spec)
+        assert store.reserve(job, "n1", "inc", {}) == (0, "node allocations unreadable")
+    r.delete(keys.node_alloc("n1"))
+    r.set(keys.node_alloc("n1"), "a string")  # written over with another type
+    assert store.reserve(job, "n1", "inc", {}) == (0, "node allocations unreadable")
+    r.delete(keys.node_alloc("n1"))
+    assert store.reserve(job, "n1", "inc", {})[0] == 1  # repaired: it fits again
+
+
+def test_a_repaired_allocation_comes_from_the_job_record_or_goes(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url)
+    store = JobStore(r)
+    one_node(r, cpus_m=4000)
+    held = store.submit(parse_spec(job_spec(cpus=1.5), allowlist=["workers.jobs"]))
+    assert store.reserve(held, "n1", "inc", {})[0] == 1
+    r.hset(keys.node_alloc("n1"), mapping={held: b"garbage", "ghost": b"garbage"})
+    assert store.repair_alloc("n1", held) == "rewritten"
+    assert json.loads(r.hget(keys.node_alloc("n1"), held)) == {
+        "attempt": 1, "incarnation": "inc", "cpus_m": 1500, "memory": 2**26, "gpus": 0}
+    assert store.repair_alloc("n1", "ghost") == "dropped"  # no job backs it
+    # A holder whose own request is unreadable is given the whole node: never less than it holds.
+    r.hset(keys.job(held), "request", "garbage")
+    r.hset(keys.node_alloc("n1"), held, b"garbage")
+    assert store.repair_alloc("n1", held) == "rewritten"
+    assert json.loads(r.hget(keys.node_alloc("n1"), held))["cpus_m"] == 4000
+    # Ended: its entry goes.
+    r.hset(keys.job(held), "state", "SUCCEEDED")
+    assert store.repair_alloc("n1", held) == "dropped" and not r.hexists(keys.node_alloc("n1"), held)
 
 
 # -- the fuzz ------------------------------------------------------------------------------
@@ -139,6 +187,9 @@ def write_garbage(r: redis.Redis, rng: random.Random, n: int, nodes: list[str],
         "metrics": lambda: r.rpush(keys.job_metrics(rng.choice([fake("fz"), *jobs])), v()),
         "metrics_wrong_type": lambda: wrong_type(keys.job_metrics(fake("fz"))),
         "cancel_fake": lambda: wrong_type(keys.job_cancel(fake("fz"))),
+        "event": lambda: r.xadd(keys.EVENTS, {"event": v()[:100], "job": v()[:100],
+                                              "time": rng.choice([b"x", b"inf", b"-1", v()[:50]]),
+                                              "attempt": v()[:20]}),
     }
     # Singletons written over with another type (or a value no master wrote): once each.
     singletons: dict[str, Callable[[], Any]] = {
@@ -233,13 +284,16 @@ def test_garbage_in_every_key_kind_kills_no_master_or_worker(fleet: Fleet) -> No
 
     # The read commands still work, and the bad records were counted.
     for args in (["jobs"], ["jobs", "--json"], ["nodes"], ["nodes", "--json"], ["top", "--once"],
-                 ["status", after[0]], ["explain", after[0]], ["status", traffic[0]]):
+                 ["status", after[0]], ["explain", after[0]], ["status", traffic[0]],
+                 ["events", "--limit", "2000"]):
         done = fleet.cli(*args)
         assert done.returncode == 0, (args, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
     counted = {keys.text(k): int(v) for k, v in fleet.r.hgetall(keys.BAD_RECORDS).items()}
     print(f"bad records counted by the master: {counted}")
     assert counted.get("alloc", 0) > 0 and counted.get("job", 0) > 0, counted
+    scraped = read_snapshot(fleet.r)  # the exporter reads every job record, garbage included
+    assert scraped.bad_records["master"] == counted and scraped.master_up
     errors = int(fleet.r.get(keys.MASTER_ERRORS) or 0)
     print(f"master rounds that failed and went on: {errors}")
     log = (fleet.driver.logs / "master.log").read_text(errors="replace")
