@@ -23,6 +23,10 @@ import redis
 from fleet import keys
 
 log = logging.getLogger("fleet.records")
+# Shown where the process configures logging (master, worker, exporter); a CLI read command
+# configures none and says nothing on stderr about what it skipped (logging's last resort
+# would print every warning there).
+log.addHandler(logging.NullHandler())
 
 LOG_EVERY_S = 10.0  # per kind of record: one warning, then a summary of what went unsaid
 SEEN_CAP = 10_000  # distinct faults remembered (then forgotten at once: counts may repeat)

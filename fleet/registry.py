@@ -36,6 +36,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> Non
     processes, each of which would look like the other's replacement.
     """
     node = report["node"]
+    report = {**report, "time": report.get("time", time.time())}  # readers require it
     cap = report["capacity"]
     capacity = {"cpus_m": round(cap["cpus"] * 1000), "memory": int(cap["memory"]),
                 "gpus": int(cap.get("gpus", 0))}
