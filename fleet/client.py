@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from fleet import acl, intake, keys, registry
+from fleet import acl, intake, keys, records, registry
 from fleet.entrypoints import is_job_id
 from fleet.errors import (
     ConnectionFailed,
@@ -209,6 +209,31 @@ class Client:
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return self.store.metrics(job_id, start)
+
+    def master_status(self) -> dict[str, Any]:
+        """Whether a master leads: `{"up", "leader", "down_for", "last_seen"}`. `down_for` is
+        how many seconds no master has held the lease (None while one does, or when none
+        ever has: `last_seen` None), measured on Redis's clock. `up` is None when this
+        credential may not read the master's keys."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(keys.MASTER_LEASE)
+        pipe.get(keys.MASTER_SEEN)
+        pipe.time()
+        leader, seen, now = pipe.execute(raise_on_error=False)
+        if isinstance(leader, redis.exceptions.NoPermissionError):
+            return {"up": None, "leader": None, "down_for": None, "last_seen": None}
+        if isinstance(now, Exception):
+            now = (time.time(), 0)
+        up = leader is not None and not isinstance(leader, Exception)
+        try:
+            last_seen = None if seen is None or isinstance(seen, Exception) else \
+                records.timestamp("master_seen", seen)
+        except records.BadRecord:
+            last_seen = None
+        clock = now[0] + now[1] / 1e6
+        down_for = None if up or last_seen is None else max(0.0, clock - last_seen)
+        return {"up": up, "leader": keys.text(leader)[:200] if up else None,
+                "down_for": down_for, "last_seen": last_seen}
 
     def cancel(self, job_id: str, wait: float = CANCEL_WAIT_S) -> str:
         """Ask the master to cancel; the state the job is in (or heads to) once it has, waiting

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys
+from fleet import keys, quarantine, records
 
 INT_FIELDS = ("attempt", "step")
 LOST_REASONS = ("NODE_LOST", "WORKER_LOST")
@@ -25,7 +25,12 @@ def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str
     event: dict[str, Any] = {"id": keys.text(entry_id)}
     for k, v in fields.items():
         event[keys.text(k)] = keys.text(v)
-    event["time"] = float(event.get("time") or 0.0)
+    try:
+        event["time"] = records.number("event", "time", event.get("time") or 0.0, 0.0, 1e11,
+                                       text_ok=True)
+    except records.BadRecord as exc:  # an entry the fleet did not write: shown at time 0
+        quarantine.note("event", f"{keys.EVENTS}/{event['id']}", exc.args[0])
+        event["time"] = 0.0
     for name in INT_FIELDS:
         if name in event:
             try:

@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
-from fleet import keys
+from fleet import keys, quarantine, records
 from fleet.spec import JobSpec
-from fleet.states import TERMINAL_NAMES, EndReason, JobState
+from fleet.states import EndReason, JobState
 
 METRICS_CAP = 10_000  # progress reports kept per job
 MAX_INFRA_RETRIES = 10  # attempts lost to infrastructure before a job is declared FAILED
@@ -71,7 +71,7 @@ class JobStore:
         self._scripts = {
             name: client.register_script(_script_source(name))
             for name in ("submit", "reject", "reserve", "claim", "progress", "finish", "cancel",
-                         "checkpoint")
+                         "checkpoint", "drop_pending", "repair_alloc")
         }
 
     # -- writes ------------------------------------------------------------------------------
@@ -131,7 +131,14 @@ class JobStore:
             args=[job_id, attempt, node, incarnation, _now(None)],
         )
         ok, why = bool(answer[0]), keys.text(answer[1])
-        spec = json.loads(answer[2]) if ok and len(answer) > 2 and answer[2] else None
+        if not ok:
+            return ok, why, None
+        try:  # claimed: a spec nobody can read must end the attempt, not the worker
+            raw = answer[2] if len(answer) > 2 else None
+            spec = records.job_spec(records.json_object("job", "spec", raw or b""))
+        except records.BadRecord as exc:
+            quarantine.note("job", keys.job(job_id), exc.args[0])
+            return ok, exc.args[0], None
         return ok, why, spec
 
     def progress(self, job_id: str, attempt: int, report: Mapping, kind: str = "progress") -> bool:
@@ -228,45 +235,135 @@ class JobStore:
         pipe = self.r.pipeline(transaction=False)
         for job_id, reason in reasons.items():
             pipe.hset(keys.job(job_id), "waiting", reason)
-        pipe.execute()
+        pipe.execute(raise_on_error=False)  # a record of the wrong type is the master's to drop
+
+    # -- repairs (the master's, for records it found malformed) -------------------------------
+    def drop_pending(self, job_id: str, why: str, now: float | None = None) -> str:
+        """Take a member the master cannot place out of the line; a PENDING job whose record is
+        malformed (`why` says how) ends FAILED, reason REJECTED. Returns what was done."""
+        return keys.text(self._scripts["drop_pending"](
+            keys=[keys.job(job_id), keys.PENDING, keys.EVENTS, keys.WAKE],
+            args=[job_id, _now(now), why[:500]],
+        ))
+
+    def repair_alloc(self, node: str, job_id: str) -> str:
+        """Rewrite `job_id`'s entry on `node` from the job's record, or drop it when the job
+        holds no reservation there (fleet/lua/repair_alloc.lua). Returns what was done."""
+        return keys.text(self._scripts["repair_alloc"](
+            keys=[keys.node_alloc(node), keys.job(job_id), keys.node(node)],
+            args=[job_id, node],
+        ))
 
     # -- reads -------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.r.hgetall(keys.job(job_id))
-        return decode_job(raw) if raw else None
+        """The job's record; None when there is none. Raises records.BadRecord when it is
+        unreadable (another Redis type, or a malformed field)."""
+        try:
+            raw = self.r.hgetall(keys.job(job_id))
+        except redis.exceptions.ResponseError as exc:
+            quarantine.note("job", keys.job(job_id), exc)
+            raise records.BadRecord("job", "key", "not a hash") from None
+        if not raw:
+            return None
+        try:
+            return decode_job(raw, job_id)
+        except records.BadRecord as exc:
+            quarantine.note("job", keys.job(job_id), exc.args[0])
+            raise
 
     def get_many(self, job_ids: Iterable[str]) -> list[dict[str, Any]]:
-        pipe = self.r.pipeline(transaction=False)
+        """The readable records of `job_ids` (missing and malformed ones are left out)."""
         ids = list(job_ids)
-        for job_id in ids:
+        return [job for job in self.read_many(ids).values() if isinstance(job, dict)]
+
+    def read_many(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any] | str | None]:
+        """Job id -> its record, None when it has none, or why it is unreadable (one round
+        trip; in the order of `job_ids`)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
             pipe.hgetall(keys.job(job_id))
-        return [decode_job(raw) for raw in pipe.execute() if raw]
+        return {job_id: self.decode_read(job_id, raw)
+                for job_id, raw in zip(job_ids, pipe.execute(raise_on_error=False), strict=True)}
+
+    @staticmethod
+    def decode_read(job_id: str, raw: Any) -> dict[str, Any] | str | None:
+        """A job record as a pipeline answered it: the record, None, or why it is unreadable."""
+        if isinstance(raw, Exception):
+            quarantine.note("job", keys.job(job_id), raw)
+            return f"not a hash ({raw})"
+        if not raw:
+            return None
+        try:
+            return decode_job(raw, job_id)
+        except records.BadRecord as exc:
+            quarantine.note("job", keys.job(job_id), exc.args[0])
+            return exc.args[0]
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        raw = self.r.hgetall(keys.job_attempts(job_id))
-        records = [json.loads(v) for v in raw.values()]
-        return sorted(records, key=lambda a: a.get("attempt", 0))
+        """The job's well-formed attempt records, by attempt number."""
+        key = keys.job_attempts(job_id)
+        try:
+            raw = self.r.hgetall(key)
+        except redis.exceptions.ResponseError as exc:
+            quarantine.note("attempt", key, exc)
+            return []
+        out = []
+        for field, value in raw.items():
+            try:
+                out.append(records.attempt_record(value))
+            except records.BadRecord as exc:
+                quarantine.note("attempt", f"{key}/{keys.text(field)[:100]}", exc.args[0])
+        return sorted(out, key=lambda a: a["attempt"])
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
-        """Progress reports of every attempt, oldest first, from index `start`."""
-        return [json.loads(v) for v in self.r.lrange(keys.job_metrics(job_id), start, -1)]
+        """Progress reports of every attempt, oldest first, from index `start` (a malformed
+        one is left out)."""
+        key = keys.job_metrics(job_id)
+        try:
+            raw = self.r.lrange(key, start, -1)
+        except redis.exceptions.ResponseError as exc:
+            quarantine.note("metrics", key, exc)
+            return []
+        out = []
+        for i, value in enumerate(raw):
+            try:
+                out.append(records.metric_entry(value))
+            except records.BadRecord as exc:
+                quarantine.note("metrics", f"{key}/{start + i}", exc.args[0])
+        return out
 
     def pending_ids(self, start: int = 0, limit: int | None = None) -> list[str]:
         """Pending jobs in line order (priority, then submit order), `limit` of them from the
         `start`-th."""
         end = -1 if limit is None else start + limit - 1
-        return [keys.text(v) for v in self.r.zrange(keys.PENDING, start, end)]
+        return _members(keys.PENDING, lambda: self.r.zrange(keys.PENDING, start, end))
 
     def placing(self, older_than: float) -> list[str]:
         """Reserved jobs no worker has claimed since `older_than` (maybe never published)."""
-        return [keys.text(v) for v in self.r.zrangebyscore(keys.PLACING, "-inf", older_than)]
+        return _members(keys.PLACING,
+                        lambda: self.r.zrangebyscore(keys.PLACING, "-inf", older_than))
 
     def job_ids(self, limit: int | None = None) -> list[str]:
         end = -1 if limit is None else limit - 1
-        return [keys.text(v) for v in self.r.zrevrange(keys.JOBS, 0, end)]
+        return _members(keys.JOBS, lambda: self.r.zrevrange(keys.JOBS, 0, end))
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(keys.job_cancel(job_id)))
+
+
+def _members(index: str, read: Any) -> list[str]:
+    """The members an index read answers; none when the index is of another type (the master
+    moves it aside and rebuilds it)."""
+    try:
+        return [keys.text(v) for v in read()]
+    except redis.exceptions.ResponseError as exc:
+        quarantine.note("index", index, exc)
+        return []
+
+
+def pending_score(priority: int, seq: int) -> float:
+    """A pending job's place in line, as submit.lua and finish.lua compute it."""
+    return (1000 - priority) * 1e12 + seq
 
 
 def _chosen_score(placement: Mapping, node: str) -> str:
@@ -276,22 +373,14 @@ def _chosen_score(placement: Mapping, node: str) -> str:
     return ""
 
 
-def decode_job(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
-    """A job hash as plain Python: JSON fields parsed, numbers as numbers."""
-    job: dict[str, Any] = {keys.text(k): keys.text(v) for k, v in raw.items()}
-    for field in ("spec", "request", "placement", "progress", "result"):
-        if job.get(field):
-            job[field] = json.loads(job[field])
-        else:
-            job[field] = None
-    for field in ("attempt", "retries", "infra_retries", "max_retries", "seq", "priority"):
-        job[field] = int(job.get(field) or 0)
-    for field in ("submitted_at", "placed_at", "started_at", "finished_at", "updated_at",
-                  "not_before"):
-        job[field] = float(job[field]) if job.get(field) else None
-    job["terminal"] = job.get("state") in TERMINAL_NAMES
+def decode_job(raw: Mapping[bytes | str, bytes | str], job_id: str | None = None) -> dict[str, Any]:
+    """A job hash as plain Python: JSON fields parsed, numbers as numbers. Raises
+    records.BadRecord (naming the field) when it is malformed, or names another job than
+    `job_id` (the id its key was built from)."""
+    job = records.job_record(raw)
+    if job_id is not None and job["id"] != job_id:
+        raise records.BadRecord("job", "id", f"{job['id'][:40]!r} is not the id of its key")
     return job
-
 
 
 def _now(now: float | None) -> str:

@@ -91,3 +91,27 @@ def node_queue(node_id: str) -> str:
 def node_from_queue(queue: str) -> str | None:
     head = "fleet.node."
     return queue[len(head) :] if queue.startswith(head) else None
+
+
+# -- what readers found (the master's own bookkeeping) ----------------------------------------
+MASTER_SEEN = f"{PREFIX}:master:seen"  # string: when a master last held the lease (epoch s)
+BAD_RECORDS = f"{PREFIX}:bad-records"  # hash: record kind -> malformed records found
+
+
+def quarantined(key: str, stamp_ms: int) -> str:
+    """Where a key of the wrong Redis type is moved (with a TTL) for the operator to inspect."""
+    return f"{PREFIX}:quarantine:{stamp_ms}:{key}"
+
+
+MASTER_ERRORS = f"{PREFIX}:master:errors"  # counter: master rounds that failed (and went on)
+
+
+JOB_SCAN = f"{PREFIX}:job:*"  # SCAN pattern of job records (and their sub-keys)
+
+
+def job_id_of(key: bytes | str) -> str | None:
+    """The job id of a job record's key (`job(id)`), None for any other key (its sub-keys too)."""
+    name = text(key)
+    head = f"{PREFIX}:job:"
+    rest = name[len(head):] if name.startswith(head) else ""
+    return rest if rest and ":" not in rest else None

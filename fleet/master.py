@@ -36,14 +36,16 @@ import redis
 from celery import Celery
 from celery.result import denied_join_result
 
-from fleet import keys, registry
+from fleet import keys, quarantine, records, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
 from fleet.intake import Doorbell, Ingest
-from fleet.jobstore import JobStore, Outcome, decode_job
+from fleet.jobstore import JobStore, Outcome
 from fleet.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
 from fleet.placement.nodes import CPUS, MEMORY
+from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
+from fleet.repair import Repairer
 from fleet.settings import Settings
 from fleet.states import EndReason, JobState
 
@@ -57,6 +59,7 @@ EXPLAIN_WINDOW = 1000  # pending jobs read by a round that gives reasons
 CPU_EPS = 1e-6
 EXPLAIN_EVERY_S = 1.0  # waiting reasons recomputed at most this often...
 EXPLAIN_ALWAYS_UP_TO = 16  # ...unless this few jobs wait
+ERROR_LOG_EVERY_S = 10.0  # a round that fails logs its traceback at most this often
 
 
 @dataclass
@@ -77,7 +80,8 @@ class Master:
         self.store = JobStore(client)
         self.intake = Ingest(client, self.store, settings)  # producers' requests, validated
         self.id = master_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl)
+        self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl,
+                           seen_key=keys.MASTER_SEEN)
         self.policy_state = PolicyState(rng=np.random.default_rng())
         self._leading = False
         self._connected_since: float | None = None
@@ -88,6 +92,9 @@ class Master:
         # Pending jobs as read once from Redis (what decides placement never changes while a
         # job is pending); entries leave when the job leaves the pending set or we reserve it.
         self._pending: dict[str, tuple[PendingJob, float]] = {}
+        self.repair = Repairer(client, self.store, settings)  # what was written over
+        self._guarded_at = -math.inf
+        self._error_logged_at = -math.inf
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
@@ -96,14 +103,39 @@ class Master:
         while not stop.is_set():
             try:
                 self.step(time.time())
-                self.r.blpop([keys.WAKE], timeout=interval)
+                self._wait(stop, interval)
             except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError) as exc:
                 log.warning("redis unreachable (%s); retrying", exc)
                 self._leading = False
                 self._connected_since = None
                 stop.wait(1.0)
+            except Exception as exc:  # a bug, or a record no check foresaw: this round only
+                self._round_failed(exc)
+                stop.wait(min(1.0, interval))
         if self._leading:
             self.lease.release()
+
+    def _wait(self, stop: threading.Event, interval: float) -> None:
+        """Until poked (a job arrived or ended) or `interval` passed."""
+        try:
+            self.r.blpop([keys.WAKE], timeout=interval)
+        except redis.exceptions.ResponseError:  # written over: the leader moves it aside
+            stop.wait(interval)
+
+    def _round_failed(self, exc: Exception) -> None:
+        """Log (the traceback at most every ERROR_LOG_EVERY_S) and count a failed round; the
+        next round starts afresh, from what Redis holds."""
+        self._pending.clear()
+        now = time.monotonic()
+        if now - self._error_logged_at >= ERROR_LOG_EVERY_S:
+            self._error_logged_at = now
+            log.exception("a master round failed; continuing")
+        else:
+            log.warning("a master round failed: %s: %s", type(exc).__name__, str(exc)[:200])
+        try:
+            self.r.incr(keys.MASTER_ERRORS)
+        except redis.exceptions.RedisError:
+            pass  # counted next time, if the key is moved aside meanwhile
 
     def step(self, now: float) -> RoundReport | None:
         """One round if we lead; None when another master holds the lease."""
@@ -121,20 +153,26 @@ class Master:
             self._waiting_written.clear()
             self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
             self._reconciled_at = now
+        if not 0 <= now - self._guarded_at < RECONCILE_EVERY_S:
+            self._guarded_at = now
+            self.repair.guard_keys()
         self.intake.run(now)  # requests from the intakes become jobs (or cancels) first
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.
         explain = now - self._explained_at >= EXPLAIN_EVERY_S or now < self._explained_at
         size = EXPLAIN_WINDOW if explain else PENDING_WINDOW
-        states, head = self._read(size)
+        states, head = self._read(size, now)
+        self.repair.nodes(states, now)
         if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
             # Only after watching for one full TTL: leases that lapsed while Redis (or this
             # master) was away are not deaths; live nodes renew them within one heartbeat.
             self._requeue_lost(states, now, report)
         if now - self._reconciled_at >= RECONCILE_EVERY_S:
             self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
+            self.repair.check_allocations(states)
             self._reconciled_at = now
         self._schedule(states, head, size, explain, now, report)
+        quarantine.found.flush(self.r)
         return report
 
     def _hold_lease(self, now: float) -> bool:
@@ -142,37 +180,73 @@ class Master:
         that); a master that stops renewing loses it to a standby within its TTL."""
         if self._leading and 0 <= now - self._renewed_at < LEASE_RENEW_S:
             return True
-        if not self.lease.acquire():
+        try:
+            held = self.lease.acquire()
+        except redis.exceptions.ResponseError:
+            held = False
+        if not held:
+            foreign = self.lease.foreign()
+            if foreign is not None:  # no master wrote it: it would keep every master out
+                quarantine.note("lease", keys.MASTER_LEASE, foreign)
+                quarantine.quarantine_key(self.r, keys.MASTER_LEASE)
             return False
         self._renewed_at = now
         return True
 
     # -- decide + apply ----------------------------------------------------------------------
-    def _read(self, size: int) -> tuple[list[dict], list[str]]:
+    def _read(self, size: int, now: float) -> tuple[list[dict], list[str]]:
         """The nodes' states and the head of the line (`size` pending jobs; those not cached
         are read in full and cached) in two round trips: the node names with the line, then
-        the nodes' records with the new jobs."""
+        the nodes' records with the new jobs. A key of the wrong type reads as empty (the
+        guard moves it aside); a line member that cannot be placed leaves the line."""
         pipe = self.r.pipeline(transaction=False)
         pipe.smembers(keys.NODES)
         pipe.zrange(keys.PENDING, 0, size - 1)
-        members, line = pipe.execute()
+        members, line = pipe.execute(raise_on_error=False)
+        members = [] if isinstance(members, Exception) else members
+        line = [] if isinstance(line, Exception) else line
         nodes, head = registry.names(members), [keys.text(j) for j in line]
         missing = [j for j in head if j not in self._pending]
         pipe = self.r.pipeline(transaction=False)
         registry.read_states(pipe, nodes)
         for job_id in missing:
             pipe.hgetall(keys.job(job_id))
-        raw = pipe.execute()
+        raw = pipe.execute(raise_on_error=False)
         jobs = raw[registry.READS_PER_NODE * len(nodes):]
-        self._refresh_pending(head, len(head) < size, read=[decode_job(j) for j in jobs if j])
+        read = {j: self.store.decode_read(j, r) for j, r in zip(missing, jobs, strict=True)}
+        self._refresh_pending(head, len(head) < size, read=self._placeable(read, now))
         return registry.states_from(nodes, raw), head
+
+    def _placeable(self, read: dict[str, dict | str | None], now: float) -> list[dict]:
+        """The records of `read` that are pending jobs; the rest leave the line (a pending
+        job whose record is malformed ends FAILED, saying why)."""
+        jobs = []
+        for job_id, job in read.items():
+            why = "" if isinstance(job, dict) or job is None else job
+            if isinstance(job, dict) and job["state"] == JobState.PENDING.value:
+                try:
+                    _pending_job(job)
+                    jobs.append(job)
+                    continue
+                except (ValueError, records.BadRecord) as exc:
+                    why = f"unreadable job record: {exc}"
+                    quarantine.note("job", keys.job(job_id), why)
+            try:
+                self.store.drop_pending(job_id, why, now)
+            except redis.exceptions.ResponseError as exc:
+                quarantine.note("pending", keys.PENDING, exc)
+        return jobs
 
     def _schedule(
         self, states: list[dict], head: list[str], size: int, explain: bool, now: float,
         report: RoundReport,
     ) -> None:
+        # A node with an unreadable allocation is not placed on until it is repaired: what it
+        # holds is unknown, and a node must never look emptier than it is. A node that cannot
+        # write its disk takes no job until it can.
         live = [s["report"] for s in states
-                if s["report"] and not s["draining"] and s["report"].get("healthy", True) is not False]
+                if s["report"] and not s["draining"] and not s["bad_alloc"]
+                and s["report"].get("healthy", True) is not False]
         incarnations = {r["node"]: r["incarnation"] for r in live}
         nodes = NodeView.from_reports(live)
         running = [
@@ -208,9 +282,13 @@ class Master:
             node = decision.node
             assert node is not None
             self._pending.pop(job.id, None)  # if it comes back (a retry), it is read anew
-            attempt, why = self.store.reserve(
-                job.id, node, incarnations[node], decision.as_dict(), now
-            )
+            try:
+                attempt, why = self.store.reserve(
+                    job.id, node, incarnations[node], decision.as_dict(), now
+                )
+            except redis.exceptions.ResponseError as exc:  # a record written over meanwhile
+                quarantine.note("job", keys.job(job.id), exc)
+                attempt, why = 0, f"unreadable record ({exc})"
             if attempt <= 0:
                 report.waiting[job.id] = f"placement on {node} refused: {why}"
                 continue
@@ -247,7 +325,7 @@ class Master:
                 del self._pending[gone]
         if read is None:
             missing = [j for j in ids if j not in self._pending]
-            read = self.store.get_many(missing) if missing else []
+            read = self._placeable(self.store.read_many(missing), time.time()) if missing else []
         for job in read:
             if job["state"] == JobState.PENDING.value:
                 self._pending[job["id"]] = (_pending_job(job), job["not_before"] or 0.0)
@@ -274,25 +352,46 @@ class Master:
     # -- reconcile ---------------------------------------------------------------------------
     def _requeue_lost(self, states: list[dict], now: float, report: RoundReport) -> None:
         """End every attempt held by a dead node, or by an older incarnation of a live one."""
+        lost = [(s["node"], job, a) for s in states
+                if s["report"] is not None or s["unreadable"] is None  # unreadable: not dead
+                for job, a in s["alloc"].items()
+                if s["report"] is None or a["incarnation"] != s["report"]["incarnation"]]
+        backed = self.repair.backed(lost, states)
         for s in states:
             node, live = s["node"], s["report"]
+            if live is None and s["unreadable"] is not None:
+                continue  # its lease holds; what it reports cannot be read (yet)
             for job, alloc in s["alloc"].items():
                 if live is not None and alloc.get("incarnation") == live["incarnation"]:
                     continue
-                applied, state = self.store.finish(
-                    job, int(alloc["attempt"]), node,
-                    Outcome(EndReason.NODE_LOST, error=f"node {node} lost"), now,
-                )
+                if (node, job) not in backed:  # an entry its job's record does not back
+                    self.repair.entry(node, job)
+                    continue
+                try:
+                    applied, state = self.store.finish(
+                        job, int(alloc["attempt"]), node,
+                        Outcome(EndReason.NODE_LOST, error=f"node {node} lost"), now,
+                    )
+                except redis.exceptions.ResponseError as exc:  # its job record is not a hash
+                    quarantine.note("job", keys.job(job), exc)
+                    applied, state = False, "unreadable"
                 if not applied:  # a stale entry the job has moved past: drop it
                     self.r.hdel(keys.node_alloc(node), job)
                 report.requeued.append((job, node))
                 log.warning("node %s lost: job %s -> %s", node, job, state)
-            if live is None:
+            if live is None and not s["bad_alloc"]:
                 registry.forget(self.r, node)
 
     def _republish_unclaimed(self, now: float, older_than: float, report: RoundReport) -> None:
-        for job_id in self.store.placing(older_than):
-            job = self.store.get(job_id)
+        try:
+            placing = self.store.placing(older_than)
+        except redis.exceptions.ResponseError:  # not a zset: the guard moves it aside
+            return
+        for job_id in placing:
+            try:
+                job = self.store.get(job_id)
+            except records.BadRecord:
+                job = None
             if not job or job["state"] != JobState.PLACED.value:
                 self.r.zrem(keys.PLACING, job_id)
                 continue
@@ -302,7 +401,10 @@ class Master:
 
 
 def _pending_job(job: dict) -> PendingJob:
+    """Raises ValueError (or records.BadRecord) for a record no placement can use."""
     spec = job["spec"]
+    if spec.get("policy") is not None and spec["policy"] not in POLICIES:
+        raise records.BadRecord("job", "spec.policy", f"unknown policy {spec['policy'][:40]!r}")
     return PendingJob(
         id=job["id"],
         request=Request.from_resources(spec["resources"], spec.get("node_selector") or {}),

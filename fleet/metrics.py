@@ -8,7 +8,6 @@ docs/watching.md. Served by `fleet exporter` (prometheus_client's HTTP server).
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +16,14 @@ from typing import Any
 import redis
 from prometheus_client.core import (
     CollectorRegistry,
+    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
-from fleet import keys, registry
+from fleet import keys, quarantine, records, registry
 from fleet.states import JobState
 
 # Seconds: from a submit to the job's first reservation / first start.
@@ -48,12 +48,19 @@ class Snapshot:
     pending: int = 0  # the pending set (waiting for a node, or backing off before a retry)
     placing: int = 0  # reserved, not yet claimed by the node's worker
     master_up: bool = False
+    #: reader ("master", "exporter") -> record kind -> malformed records found
+    bad_records: dict[str, dict[str, int]] = field(default_factory=dict)
+    master_errors: int = 0  # master rounds that failed and went on
 
 
 def read_snapshot(client: redis.Redis) -> Snapshot:
     """One consistent-enough read: node reports in one round trip, job records in chunks."""
     nodes = [s["report"] for s in registry.node_states(client) if s["report"]]
-    members: Any = client.zrange(keys.JOBS, 0, -1)
+    try:
+        members: Any = client.zrange(keys.JOBS, 0, -1)
+    except redis.exceptions.ResponseError as exc:  # not a zset: the master moves it aside
+        quarantine.note("index", keys.JOBS, exc)
+        members = []
     ids = [keys.text(v) for v in members]
     jobs: list[JobTimes] = []
     for i in range(0, len(ids), CHUNK):
@@ -61,19 +68,49 @@ def read_snapshot(client: redis.Redis) -> Snapshot:
         for job_id in ids[i : i + CHUNK]:
             pipe.hmget(keys.job(job_id), "state", "submitted_at")
             pipe.hget(keys.job_attempts(job_id), "1")
-        raw = pipe.execute()
-        for (state, submitted), first in zip(raw[0::2], raw[1::2], strict=True):
-            if state is None:
-                continue
-            attempt = json.loads(first) if first else {}
-            jobs.append(JobTimes(keys.text(state), _float(submitted), _float(attempt.get("placed_at")),
-                                 _float(attempt.get("started_at"))))
+        raw = pipe.execute(raise_on_error=False)
+        for job_id, fields, first in zip(ids[i : i + CHUNK], raw[0::2], raw[1::2], strict=True):
+            times = _job_times(job_id, fields, first)
+            if times is not None:
+                jobs.append(times)
     pipe = client.pipeline(transaction=False)
     pipe.zcard(keys.PENDING)
     pipe.zcard(keys.PLACING)
     pipe.exists(keys.MASTER_LEASE)
-    pending, placing, master = pipe.execute()
-    return Snapshot(nodes, jobs, int(pending), int(placing), bool(master))
+    pipe.get(keys.MASTER_ERRORS)
+    pending, placing, master, errors = pipe.execute(raise_on_error=False)
+    return Snapshot(nodes, jobs, _count(pending), _count(placing), _count(master) > 0,
+                    bad_records={"master": quarantine.counts_in_redis(client),
+                                 "exporter": dict(quarantine.found.counts)},
+                    master_errors=_count(errors))
+
+
+def _job_times(job_id: str, fields: Any, first: Any) -> JobTimes | None:
+    """One job's state and first times, None when its record is missing or malformed."""
+    if isinstance(fields, Exception) or fields[0] is None:
+        if isinstance(fields, Exception):
+            quarantine.note("job", keys.job(job_id), fields)
+        return None
+    state, submitted = fields
+    try:
+        if keys.text(state) not in records.JOB_STATES:
+            raise records.BadRecord("job", "state", f"{keys.text(state)[:40]!r} is not a job state")
+        attempt = ({} if not first or isinstance(first, Exception)
+                   else records.attempt_record(first))
+        return JobTimes(keys.text(state), records.optional_number("job", "submitted_at", submitted,
+                                                                  0.0, 1e11, text_ok=True),
+                        attempt.get("placed_at"), attempt.get("started_at"))
+    except records.BadRecord as exc:
+        quarantine.note(exc.kind, keys.job(job_id), exc.args[0])
+        return None
+
+
+def _count(value: Any) -> int:
+    """A count Redis answered, 0 for an error (a key of the wrong type) or a non-number."""
+    try:
+        return max(0, int(keys.text(value))) if value is not None else 0
+    except (ValueError, TypeError):
+        return 0
 
 
 def families(snap: Snapshot) -> list[Metric]:
@@ -96,6 +133,16 @@ def families(snap: Snapshot) -> list[Metric]:
     out.append(GaugeMetricFamily("fleet_nodes", "Live nodes (heartbeat lease held)",
                                  value=len(snap.nodes)))
     out.extend(_node_families(snap.nodes))
+    bad = CounterMetricFamily("fleet_bad_records", "Malformed records found in Redis and "
+                              "skipped or repaired, by kind of record and by who read them",
+                              labels=["kind", "reader"])
+    for reader, counts in sorted(snap.bad_records.items()):
+        for kind, n in sorted(counts.items()):
+            bad.add_metric([kind, reader], n)
+    out.append(bad)
+    out.append(CounterMetricFamily("fleet_master_round_errors",
+                                   "Master rounds that failed on an unexpected error and went on",
+                                   value=snap.master_errors))
     out.append(_histogram("fleet_job_placement_latency_seconds",
                           "Seconds from submit to the job's first reservation on a node",
                           [j.first_placed_at - j.submitted_at for j in snap.jobs
@@ -166,8 +213,4 @@ def serve(client: redis.Redis, port: int, address: str = "127.0.0.1") -> tuple[A
     return start_http_server(port, addr=address, registry=reg)
 
 
-def _float(value: Any) -> float | None:
-    if value is None or value == b"" or value == "":
-        return None
-    return float(keys.text(value))
 

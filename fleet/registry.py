@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys
+from fleet import keys, quarantine, records
 
 HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
 
@@ -37,6 +37,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
     processes, each of which would look like the other's replacement.
     """
     node = report["node"]
+    report = {**report, "time": report.get("time", time.time())}  # readers require it
     cap = report["capacity"]
     capacity = {"cpus_m": round(cap["cpus"] * 1000), "memory": int(cap["memory"]),
                 "gpus": int(cap.get("gpus", 0))}
@@ -62,9 +63,32 @@ def _script(client: redis.Redis) -> Any:
 
 
 def allocations(client: redis.Redis, node: str) -> dict[str, dict[str, Any]]:
-    """Job id -> reservation ({attempt, incarnation, cpus_m, memory, gpus}) on `node`."""
-    raw = client.hgetall(keys.node_alloc(node))
-    return {keys.text(k): json.loads(v) for k, v in raw.items()}
+    """Job id -> reservation ({attempt, incarnation, cpus_m, memory, gpus}) on `node`: the
+    well-formed ones (the master repairs the others; a worker only reports the sum)."""
+    try:
+        raw = client.hgetall(keys.node_alloc(node))
+    except redis.exceptions.ResponseError as exc:  # not a hash: the master moves it aside
+        quarantine.note("alloc", keys.node_alloc(node), exc)
+        return {}
+    return decode_allocations(node, raw)[0]
+
+
+def decode_allocations(node: str, raw: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(well-formed entries, job ids of the malformed ones) of an allocation hash as read;
+    `raw` may be the error Redis answered (a key of the wrong type: ["*"] is bad)."""
+    if isinstance(raw, Exception):
+        quarantine.note("alloc", keys.node_alloc(node), raw)
+        return {}, ["*"]
+    good: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
+    for k, v in raw.items():
+        job = keys.text(k)
+        try:
+            good[job] = records.alloc_entry(v)
+        except records.BadRecord as exc:
+            quarantine.note("alloc", f"{keys.node_alloc(node)}/{job[:100]}", exc.args[0])
+            bad.append(job)
+    return good, bad
 
 
 def reserved_of(allocs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
@@ -76,12 +100,24 @@ def reserved_of(allocs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 
 
 def known_nodes(client: redis.Redis) -> list[str]:
-    return names(client.smembers(keys.NODES))
+    try:
+        return names(client.smembers(keys.NODES))
+    except redis.exceptions.ResponseError as exc:  # not a set: the master moves it aside
+        quarantine.note("nodes", keys.NODES, exc)
+        return []
 
 
 def names(members: Iterable[bytes | str]) -> list[str]:
-    """The node names of the NODES set's members, in order."""
-    return sorted(keys.text(n) for n in members)
+    """The node names of the NODES set's members, in order (a name no node could have, over
+    records.MAX_ID characters, is skipped)."""
+    out = []
+    for member in members:
+        name = keys.text(member)
+        if 0 < len(name) <= records.MAX_ID:
+            out.append(name)
+        else:
+            quarantine.note("nodes", keys.NODES, f"a member of {len(name)} characters")
+    return sorted(out)
 
 
 def node_states(client: redis.Redis) -> list[dict[str, Any]]:
@@ -92,7 +128,7 @@ def node_states(client: redis.Redis) -> list[dict[str, Any]]:
     nodes = known_nodes(client)
     pipe = client.pipeline(transaction=False)
     read_states(pipe, nodes)
-    return states_from(nodes, pipe.execute())
+    return states_from(nodes, pipe.execute(raise_on_error=False))
 
 
 READS_PER_NODE = 3  # replies `read_states` queues per node: report, allocations, drain flag
@@ -108,17 +144,41 @@ def read_states(pipe: redis.client.Pipeline, nodes: Sequence[str]) -> None:
 
 
 def states_from(nodes: Sequence[str], raw: Sequence[Any]) -> list[dict[str, Any]]:
-    """The states of `nodes` from the replies to `read_states` (READS_PER_NODE each, in order)."""
+    """The states of `nodes` from the replies to `read_states` (READS_PER_NODE each, in order;
+    a reply may be the error Redis answered, for a key of the wrong type).
+
+    Each state: `report` (None when the node's lease lapsed or its report is unreadable),
+    `alloc` (the well-formed reservations), `bad_alloc` (job ids of malformed ones; "*" when
+    the hash itself is unreadable), `draining`, and `unreadable` (why the report could not be
+    read, else None): a node with an unreadable report is neither placed on nor declared dead.
+    """
     states = []
     for i, node in enumerate(nodes):
-        (report_raw,), alloc_raw, drain = raw[READS_PER_NODE * i : READS_PER_NODE * (i + 1)]
-        allocs = {keys.text(k): json.loads(v) for k, v in alloc_raw.items()}
-        report = json.loads(report_raw) if report_raw else None
+        report_raw, alloc_raw, drain = raw[READS_PER_NODE * i : READS_PER_NODE * (i + 1)]
+        allocs, bad_alloc = decode_allocations(node, alloc_raw)
+        report, unreadable = _report(node, report_raw)
+        draining = not isinstance(drain, Exception) and bool(drain)
         if report is not None:
             report["reserved"] = reserved_of(allocs)
-            report["draining"] = bool(drain) or bool(report.get("draining"))
-        states.append({"node": node, "report": report, "alloc": allocs, "draining": bool(drain)})
+            report["draining"] = draining or bool(report.get("draining"))
+        states.append({"node": node, "report": report, "alloc": allocs, "bad_alloc": bad_alloc,
+                       "draining": draining, "unreadable": unreadable})
     return states
+
+
+def _report(node: str, raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(report, None), (None, None) when there is none (the lease lapsed), or (None, why)."""
+    if isinstance(raw, Exception):
+        quarantine.note("node_report", keys.node(node), raw)
+        return None, str(raw)
+    (value,) = raw
+    if not value:
+        return None, None
+    try:
+        return records.node_report(value, node), None
+    except records.BadRecord as exc:
+        quarantine.note("node_report", keys.node(node), exc.args[0])
+        return None, exc.args[0]
 
 
 def live_reports(client: redis.Redis) -> list[dict[str, Any]]:
@@ -150,12 +210,16 @@ def is_draining(client: redis.Redis, node: str) -> bool:
 
 def deregister(client: redis.Redis, node: str, incarnation: str) -> None:
     """A node leaving cleanly: drop its lease and name, unless a newer incarnation took over."""
-    if keys.text(client.hget(keys.node(node), "incarnation") or b"") not in ("", incarnation):
+    try:
+        holder = client.hget(keys.node(node), "incarnation")
+    except redis.exceptions.ResponseError:  # not a hash: not another incarnation's either
+        holder = None
+    if keys.text(holder or b"") not in ("", incarnation):
         return
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node(node), keys.node_drain(node))
     pipe.srem(keys.NODES, node)
-    pipe.execute()
+    _execute_all(pipe)
 
 
 def forget(client: redis.Redis, node: str) -> None:
@@ -163,9 +227,29 @@ def forget(client: redis.Redis, node: str) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.srem(keys.NODES, node)
     pipe.delete(keys.node_drain(node), keys.node_alloc(node), keys.node_queue(node))
-    pipe.execute()
+    _execute_all(pipe)
+
+
+def _execute_all(pipe: redis.client.Pipeline) -> None:
+    """Run a MULTI block whose commands all run even when one fails (NODES of the wrong type:
+    the master moves it aside); the failure is noted, not raised."""
+    for reply in pipe.execute(raise_on_error=False):
+        if isinstance(reply, redis.exceptions.ResponseError):
+            quarantine.note("nodes", keys.NODES, reply)
 
 
 def history(client: redis.Redis, node: str) -> list[dict[str, Any]]:
-    return [json.loads(v) for v in client.lrange(keys.node_history(node), 0, -1)]
+    """The node's well-formed load samples, oldest first."""
+    try:
+        raw = client.lrange(keys.node_history(node), 0, -1)
+    except redis.exceptions.ResponseError as exc:
+        quarantine.note("history", keys.node_history(node), exc)
+        return []
+    samples = []
+    for v in raw:
+        try:
+            samples.append(records.history_sample(v))
+        except records.BadRecord as exc:
+            quarantine.note("history", keys.node_history(node), exc.args[0])
+    return samples
 

@@ -132,7 +132,8 @@ class Supervisor:
         if not claimed:
             log.info("dropping %s attempt %s: %s", job_id, attempt, why)
             return {"discarded": why}
-        assert spec is not None
+        if spec is None:  # claimed, but its record is unreadable: end it, with why
+            return self._record(job_id, attempt, Outcome(EndReason.REJECTED, error=why, final=True))
         try:
             check_entrypoint(spec["entrypoint"], self.settings.allowlist)
         except SpecError as exc:

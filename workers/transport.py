@@ -34,8 +34,8 @@ def check_envelope(item: bytes | str) -> tuple[dict[str, Any] | None, str]:
         return None, f"message of {len(item)} bytes is over the {MAX_MESSAGE_BYTES} byte limit"
     try:
         envelope = json.loads(bytes_to_str(item))
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"not a JSON envelope: {exc}"
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deep: not ours either
+        return None, f"not a JSON envelope: {type(exc).__name__}: {str(exc)[:200]}"
     if not isinstance(envelope, dict) or not all(k in envelope for k in ENVELOPE_KEYS):
         return None, "not a kombu envelope (body, headers, properties)"
     if not isinstance(envelope["properties"], dict):

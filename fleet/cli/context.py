@@ -26,6 +26,32 @@ def client():  # -> fleet.client.Client, imported lazily to keep `fleet --help` 
     return Client(settings())
 
 
+def no_master_line(status: dict[str, Any]) -> str | None:
+    """The warning for a fleet no master leads (from `Client.master_status`), else None."""
+    if status.get("up") is not False:
+        return None
+    start = "(start one: `fleet master`, or `fleet up`)"
+    if status.get("down_for") is None:
+        return f"no master holds the lease {start}"
+    return f"no master has held the lease for {status['down_for']:.0f} s {start}"
+
+
+def warn_if_no_master(c: Any) -> dict[str, Any]:
+    """Say on stderr when no master leads (placement has stopped); the master status, for
+    `--json` outputs that carry it. A read command must not fail for it: any Redis error
+    reading the master's keys leaves the warning out."""
+    import redis
+
+    try:
+        status = c.master_status()
+    except redis.exceptions.RedisError:
+        return {"up": None, "leader": None, "down_for": None, "last_seen": None}
+    line = no_master_line(status)
+    if line is not None:
+        err_console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    return status
+
+
 def print_json(data: Any) -> None:
     """`--json` output: stable shapes documented in docs/json.md, one document on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=True) + "\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fleet.cli.context import client, console, print_json
+from fleet.cli.context import client, console, print_json, warn_if_no_master
 
 
 def register(app: typer.Typer) -> None:
@@ -51,9 +51,11 @@ def status(job: str, json_out: bool = typer.Option(False, "--json", help="print 
     """A job's state, node, attempts, metrics and placement record."""
     from fleet.cli.render import progress_line, state_text, why_line
 
-    s = client().status(job)
+    c = client()
+    s = c.status(job)
+    master = warn_if_no_master(c)
     if json_out:
-        print_json(s)
+        print_json({**s, "master": master})
         return
     console.print(f"{s['id']}: {state_text(s['state'])}  attempt {s['attempt']}  "
                   f"node {s.get('node') or '-'}", highlight=False)
@@ -80,7 +82,9 @@ def jobs(
     """Recent jobs, newest first."""
     from fleet.cli.render import jobs_table
 
-    rows = client().jobs(limit)
+    c = client()
+    rows = c.jobs(limit)
+    warn_if_no_master(c)
     if json_out:
         print_json(rows)
     else:
@@ -96,10 +100,12 @@ def explain(job: str, json_out: bool = typer.Option(False, "--json", help="print
     """Why a job went where it went (candidates, scores), or why it waits."""
     from fleet.cli.render import why_line
 
-    s = client().status(job)
+    c = client()
+    s = c.status(job)
+    master = warn_if_no_master(c)
     data = {"id": s["id"], "state": s["state"], "node": s.get("node"),
             "waiting": s.get("waiting") if not s["terminal"] else None,
-            "placement": s.get("placement")}
+            "placement": s.get("placement"), "master": master}
     if json_out:
         print_json(data)
         return

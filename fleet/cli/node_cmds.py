@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fleet.cli.context import client, console, print_json
+from fleet.cli.context import client, console, print_json, warn_if_no_master
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +15,9 @@ def nodes(json_out: bool = typer.Option(False, "--json", help="print JSON")) -> 
     """Live nodes: capacity, reserved, measured usage, jobs, last heartbeat."""
     from fleet.cli.render import nodes_table
 
-    rows = client().nodes()
+    c = client()
+    rows = c.nodes()
+    warn_if_no_master(c)
     if json_out:
         print_json(rows)
     else:

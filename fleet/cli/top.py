@@ -36,8 +36,8 @@ def bar(capacity: float, reserved: float, used: float, width: int = BAR_WIDTH) -
 
 
 def view(nodes: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[str, Any]],
-         now: float | None = None) -> Group:
-    """One frame of `fleet top`."""
+         now: float | None = None, warning: str | None = None) -> Group:
+    """One frame of `fleet top` (`warning`, when given, heads it: no master leads)."""
     now = time.time() if now is None else now
     by_id = {j["id"]: j for j in jobs}
     node_table = Table(title=f"nodes ({len(nodes)} live)  █ used ▒ reserved", title_justify="left")
@@ -74,4 +74,7 @@ def view(nodes: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[str, Any]],
         counts[j["state"]] = counts.get(j["state"], 0) + 1
     summary = "  ".join(f"{state_text(s)} {c}" for s, c in sorted(counts.items())) or "no jobs"
     stamp = time.strftime("%H:%M:%S", time.localtime(now))
-    return Group(Text.from_markup(f"fleet top  {stamp}  jobs: {summary}"), node_table, pending)
+    head = Text.from_markup(f"fleet top  {stamp}  jobs: {summary}")
+    if warning:
+        return Group(Text(f"warning: {warning}", style="yellow"), head, node_table, pending)
+    return Group(head, node_table, pending)

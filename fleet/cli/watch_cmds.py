@@ -99,6 +99,7 @@ def top(
     """Live view: nodes with capacity/reserved/used bars and running jobs, the pending queue."""
     from rich.live import Live
 
+    from fleet.cli.context import no_master_line, warn_if_no_master
     from fleet.cli.top import view
 
     c = client()
@@ -108,13 +109,28 @@ def top(
         # off a terminal (a pipe, a log), lines are not cut to 80 columns: ids stay whole
         out = console if console.is_terminal else Console(width=200)
         out.print(view(c.nodes(), _top_jobs(c)))
+        warn_if_no_master(c)
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Live(view(c.nodes(), _top_jobs(c)), console=console, auto_refresh=False,
-              screen=False) as live:
+
+    def frame() -> Any:
+        return view(c.nodes(), _top_jobs(c), warning=_no_master(c, no_master_line))
+
+    with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
         while not stop.wait(interval):
-            live.update(view(c.nodes(), _top_jobs(c)), refresh=True)
+            live.update(frame(), refresh=True)
+
+
+def _no_master(c: Any, line: Any) -> str | None:
+    """The no-master warning for a frame of `fleet top` (drawn in it: stderr would tear the
+    live display)."""
+    import redis
+
+    try:
+        return line(c.master_status())
+    except redis.exceptions.RedisError:
+        return None
 
 
 def events(

@@ -1,7 +1,7 @@
 -- Cancel: a pending or placed job ends now; a running one is flagged for its supervisor.
 -- KEYS: job, pending, node alloc, attempts, events, wake, placing, cancel flag
 -- ARGV: job_id, now, node (as the caller read it)
-local j = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'node')
+local j = hmget(KEYS[1], 'state', 'attempt', 'node')
 if not j[1] then return {0, 'no such job'} end
 if TERMINAL[j[1]] then return {0, j[1]} end
 if j[1] == 'RUNNING' then
@@ -12,10 +12,10 @@ end
 if j[1] == 'PLACED' then
   if j[3] ~= ARGV[3] then return {0, 'moved'} end
   release(KEYS[3], ARGV[1], j[2])
-  redis.call('ZREM', KEYS[7], ARGV[1])
+  redis.pcall('ZREM', KEYS[7], ARGV[1])
   update_attempt(KEYS[4], j[2], {ended_at = tonumber(ARGV[2]), end_reason = 'CANCELLED'})
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.pcall('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'reason', 'CANCELLED', 'finished_at', ARGV[2],
   'updated_at', ARGV[2], 'waiting', '')
 event(KEYS[5], 'finished', ARGV[1], ARGV[2], 'state', 'CANCELLED', 'reason', 'CANCELLED')

@@ -5,14 +5,14 @@
 -- ARGV: job_id, attempt, outcome (SUCCEEDED|FAILED|FAILURE|CANCELLED), reason, error,
 --       result(json), counted(0|1), now, backoff_s, attempt_extra(json), metrics cap,
 --       progress report(json)...
-local j = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'retries', 'infra_retries',
+local j = hmget(KEYS[1], 'state', 'attempt', 'retries', 'infra_retries',
   'max_retries', 'max_infra_retries', 'priority', 'seq')
 if j[2] ~= ARGV[2] then return {0, 'superseded'} end
 if j[1] == 'PENDING' or TERMINAL[j[1]] then return {0, 'job is ' .. tostring(j[1])} end
 local now = ARGV[8]
 if j[1] == 'RUNNING' then record_progress(KEYS[1], KEYS[9], 12, now, ARGV[11]) end
 release(KEYS[3], ARGV[1], ARGV[2])
-redis.call('ZREM', KEYS[7], ARGV[1])
+redis.pcall('ZREM', KEYS[7], ARGV[1])
 local rec = cjson.decode(ARGV[10])
 rec.ended_at = tonumber(now); rec.end_reason = ARGV[4]; rec.counted = (ARGV[7] == '1')
 if ARGV[5] ~= '' then rec.error = ARGV[5] end
@@ -20,12 +20,12 @@ update_attempt(KEYS[2], ARGV[2], rec)
 
 local final = ARGV[3]
 if final == 'FAILURE' then
-  local retries, infra = tonumber(j[3]), tonumber(j[4])
+  local retries, infra = tonumber(j[3]) or 0, tonumber(j[4]) or 0
   if ARGV[7] == '1' then retries = retries + 1 else infra = infra + 1 end
   redis.call('HSET', KEYS[1], 'retries', retries, 'infra_retries', infra)
   if redis.call('EXISTS', KEYS[8]) == 1 then
     final = 'CANCELLED'
-  elseif retries > tonumber(j[5]) or infra > tonumber(j[6]) then
+  elseif retries > (tonumber(j[5]) or 0) or infra > (tonumber(j[6]) or 0) then
     final = 'FAILED'
   else
     local delay = 0
@@ -33,7 +33,7 @@ if final == 'FAILURE' then
     redis.call('HSET', KEYS[1], 'state', 'PENDING', 'node', '', 'incarnation', '',
       'updated_at', now, 'not_before', tonumber(now) + delay,
       'waiting', 'retrying after ' .. ARGV[4])
-    redis.call('ZADD', KEYS[4], (1000 - tonumber(j[7])) * 1e12 + tonumber(j[8]), ARGV[1])
+    redis.pcall('ZADD', KEYS[4], (1000 - (tonumber(j[7]) or 0)) * 1e12 + (tonumber(j[8]) or 0), ARGV[1])
     event(KEYS[5], 'retrying', ARGV[1], now, 'attempt', ARGV[2], 'reason', ARGV[4])
     wake(KEYS[6])
     return {1, 'PENDING'}

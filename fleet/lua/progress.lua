@@ -1,6 +1,6 @@
 -- Record progress reports of the current running attempt; 0 tells a stale attempt to stop.
 -- KEYS: job, metrics, attempts, events   ARGV: job_id, attempt, now, kind, cap, report(json)...
-local j = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+local j = hmget(KEYS[1], 'state', 'attempt')
 if j[2] ~= ARGV[2] or j[1] ~= 'RUNNING' then return 0 end
 if ARGV[4] == 'resumed' then
   local r = cjson.decode(ARGV[6])

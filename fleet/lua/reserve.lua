@@ -1,27 +1,48 @@
 -- Reserve a pending job on a node, or refuse: never over-commits, whatever runs concurrently.
 -- KEYS: job, node report, node alloc, node drain, pending, attempts, events, placing
 -- ARGV: job_id, node_id, incarnation, now, placement(json), score
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'PENDING' then return {0, 'job is ' .. tostring(state)} end
+-- A record nobody can read refuses the reservation: an allocation entry that is not a
+-- well-formed reservation could hide what the node holds (the master repairs it), and a
+-- negative amount would make the node look emptier than it is.
+local j = hmget(KEYS[1], 'state', 'request')
+if j[1] ~= 'PENDING' then return {0, 'job is ' .. tostring(j[1])} end
 if redis.call('EXISTS', KEYS[4]) == 1 then return {0, 'node is draining'} end
-if redis.call('HGET', KEYS[2], 'incarnation') ~= ARGV[3] then return {0, 'node is gone'} end
-local cap = cjson.decode(redis.call('HGET', KEYS[2], 'capacity'))
-local req = cjson.decode(redis.call('HGET', KEYS[1], 'request'))
+local node = hmget(KEYS[2], 'incarnation', 'capacity')
+if node[1] ~= ARGV[3] then return {0, 'node is gone'} end
+local cap, req = decode(node[2]), decode(j[2])
+if not cap then return {0, 'node capacity unreadable'} end
+if not req then return {0, 'job request unreadable'} end
 local used = {cpus_m = 0, memory = 0, gpus = 0}
+for r, _ in pairs(used) do
+  local need = req[r] or 0
+  if type(need) ~= 'number' or need < 0 or need ~= need then
+    return {0, 'job request unreadable'}
+  end
+end
+if redis.call('TYPE', KEYS[3]).ok ~= 'hash' and redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, 'node allocations unreadable'}
+end
 for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
-  local a = cjson.decode(raw)
-  for r, _ in pairs(used) do used[r] = used[r] + (a[r] or 0) end
+  local a = decode(raw)
+  if not a then return {0, 'node allocations unreadable'} end
+  for r, _ in pairs(used) do
+    local v = a[r] or 0
+    if type(v) ~= 'number' or v < 0 or v ~= v then return {0, 'node allocations unreadable'} end
+    used[r] = used[r] + v
+  end
 end
 for r, _ in pairs(used) do
-  if used[r] + (req[r] or 0) > (cap[r] or 0) then return {0, 'no room for ' .. r} end
+  local have = cap[r] or 0
+  if type(have) ~= 'number' then return {0, 'node capacity unreadable'} end
+  if used[r] + (req[r] or 0) > have then return {0, 'no room for ' .. r} end
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({attempt = n, incarnation = ARGV[3],
   cpus_m = req.cpus_m, memory = req.memory, gpus = req.gpus}))
-redis.call('ZREM', KEYS[5], ARGV[1])
+redis.pcall('ZREM', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'PLACED', 'node', ARGV[2], 'incarnation', ARGV[3],
   'placed_at', ARGV[4], 'updated_at', ARGV[4], 'placement', ARGV[5], 'waiting', '')
 update_attempt(KEYS[6], n, {node = ARGV[2], incarnation = ARGV[3], placed_at = tonumber(ARGV[4])})
-redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
+redis.pcall('ZADD', KEYS[8], ARGV[4], ARGV[1])
 event(KEYS[7], 'placed', ARGV[1], ARGV[4], 'node', ARGV[2], 'attempt', n, 'score', ARGV[6])
 return {n, 'ok'}
