@@ -27,10 +27,10 @@ INTAKES = (OPERATOR_INTAKE, PRODUCER_INTAKE)  # always read; more are named in k
 # What a producer's Client reads: job records and their attempts, metrics, logs and cancel
 # flags (all under fleet:job:*), the job index, the line, events, nodes, the master's lease.
 PRODUCER_READS = (keys.job("*"), keys.JOBS, keys.PENDING, keys.EVENTS, keys.MASTER_LEASE,
-                  keys.node("*"), keys.NODES)
+                  keys.MASTER_SEEN, keys.node("*"), keys.NODES)
 READ_COMMANDS = ("get", "exists", "hget", "hmget", "hgetall", "hlen", "smembers", "scard",
                  "zrange", "zrevrange", "zrangebyscore", "zscore", "zcard", "lrange", "llen",
-                 "lindex", "xrange", "xrevrange", "xread", "xlen")
+                 "lindex", "xrange", "xrevrange", "xread", "xlen", "time")
 # What a client library sends on connecting: `+@connection` would also grant CLIENT KILL.
 CONNECTION_COMMANDS = ("auth", "hello", "ping", "echo", "select", "reset", "quit",
                        "client|setname", "client|getname", "client|id")  # no setinfo: 7.2+
