@@ -275,9 +275,11 @@ class Master:
         if explain:
             self._explained_at = now
             report.waiting.update(backing_off)
+            away = _not_taking_work(states)
             report.waiting.update(
                 {job: f"#{result.positions[job]} in line: {why}" if job in result.positions
-                 else why for job, why in result.waiting.items()})
+                 else (f"no node takes work now: {away}" if away and why == NO_NODES else why)
+                 for job, why in result.waiting.items()})
         for job, decision in result.placements:
             node = decision.node
             assert node is not None
@@ -420,6 +422,25 @@ def _has_room(nodes: NodeView) -> bool:
     """Some live node has CPU and memory left unreserved."""
     free = nodes.free()
     return bool(((free[:, CPUS] > CPU_EPS) & (free[:, MEMORY] > 0)).any())
+
+
+NO_NODES = "no live nodes"
+
+
+def _not_taking_work(states: list[dict]) -> str:
+    """Live nodes placement leaves out, and why: the reason a job waits when none is left."""
+    why = []
+    for s in states:
+        report = s["report"]
+        if not report:
+            continue
+        if report.get("healthy", True) is False:
+            why.append(f"{s['node']} unhealthy ({str(report.get('unhealthy_reason'))[:120]})")
+        elif s["draining"]:
+            why.append(f"{s['node']} draining")
+        elif s["bad_alloc"]:
+            why.append(f"{s['node']} allocations unreadable")
+    return "; ".join(why)
 
 
 def _request_from_alloc(alloc: dict) -> Request:

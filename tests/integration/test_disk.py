@@ -11,7 +11,6 @@ import errno
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,7 +94,9 @@ def test_a_full_disk_fails_the_job_as_disk_and_the_node_serves_once_space_return
     assert "unhealthy" in shown and "disk full" in shown
     # while full, a job waits rather than burn its attempts on this node
     waiting = fleet.client.submit(printer(3, max_retries=2))
-    time.sleep(3)
+    says = eventually(lambda: (fleet.client.status(waiting)["waiting"] or "").find("unhealthy")
+                      >= 0 and fleet.client.status(waiting)["waiting"], 10, what="a reason")
+    assert "node-1 unhealthy (disk full" in says, says  # the reason, not "no live nodes"
     assert fleet.client.status(waiting)["state"] == "PENDING"
     assert report(fleet, "node-1")["healthy"] is False
     filler.unlink()
