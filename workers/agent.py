@@ -126,6 +126,8 @@ class Agent:
                 return
             except redis.exceptions.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except Exception:  # a bug in one beat must not end them all: the node would fence
+                log.exception("heartbeat failed")
 
 
 def _container_id() -> str | None:

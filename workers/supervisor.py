@@ -461,6 +461,8 @@ class _Relay:
             pipe.execute()
         except REDIS_DOWN:
             pass  # the log file keeps them
+        except redis.exceptions.ResponseError as exc:  # e.g. a logs key of the wrong type
+            log.warning("log lines of %s not kept in redis: %s", self.job_id, exc)
 
     def close(self) -> None:
         log_file, self.log_file = self.log_file, None

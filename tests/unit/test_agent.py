@@ -58,3 +58,26 @@ def test_a_node_that_cannot_write_reports_itself_unhealthy_with_the_reason() -> 
     report = agent.report()
     assert report["healthy"] is False
     assert report["unhealthy_reason"] == "disk full: /x/output.log: No space left on device"
+
+
+def test_a_beat_that_raises_a_bug_does_not_end_the_heartbeats() -> None:
+    import threading
+
+    capacity = Capacity(cpus=1.0, memory=2**31, gpus=0, gpu_memory=0, cpuset=(0,))
+    agent = Agent(Settings(heartbeat_interval=0.01), _Redis(), _Supervisor(), capacity)  # type: ignore[arg-type]
+    beats: list[int] = []
+    stop = threading.Event()
+
+    def beat() -> dict:
+        beats.append(1)
+        if len(beats) == 1:
+            raise ValueError("a bug in one beat")
+        if len(beats) >= 3:
+            stop.set()
+        return {}
+
+    agent.beat = beat  # type: ignore[method-assign]
+    worker = threading.Thread(target=agent.run, args=(stop,))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and len(beats) >= 3  # it went on beating after the bug
