@@ -259,17 +259,10 @@ class JobStore:
         """The job's record; None when there is none. Raises records.BadRecord when it is
         unreadable (another Redis type, or a malformed field)."""
         try:
-            raw = self.r.hgetall(keys.job(job_id))
+            raw: Any = self.r.hgetall(keys.job(job_id))
         except redis.exceptions.ResponseError as exc:
-            quarantine.note("job", keys.job(job_id), exc)
-            raise records.BadRecord("job", "key", "not a hash") from None
-        if not raw:
-            return None
-        try:
-            return decode_job(raw, job_id)
-        except records.BadRecord as exc:
-            quarantine.note("job", keys.job(job_id), exc.args[0])
-            raise
+            raw = exc
+        return self._decoded(job_id, raw)
 
     def get_many(self, job_ids: Iterable[str]) -> list[dict[str, Any]]:
         """The readable records of `job_ids` (missing and malformed ones are left out)."""
@@ -285,19 +278,28 @@ class JobStore:
         return {job_id: self.decode_read(job_id, raw)
                 for job_id, raw in zip(job_ids, pipe.execute(raise_on_error=False), strict=True)}
 
-    @staticmethod
-    def decode_read(job_id: str, raw: Any) -> dict[str, Any] | str | None:
+    @classmethod
+    def decode_read(cls, job_id: str, raw: Any) -> dict[str, Any] | str | None:
         """A job record as a pipeline answered it: the record, None, or why it is unreadable."""
+        try:
+            return cls._decoded(job_id, raw)
+        except records.BadRecord as exc:
+            return str(exc)
+
+    @staticmethod
+    def _decoded(job_id: str, raw: Any) -> dict[str, Any] | None:
+        """The record from what Redis answered (None: no record); BadRecord, noted, when it is
+        unreadable (another Redis type, or a malformed field)."""
         if isinstance(raw, Exception):
             quarantine.note("job", keys.job(job_id), raw)
-            return f"not a hash ({raw})"
+            raise records.BadRecord("job", "key", f"not a hash ({raw})")
         if not raw:
             return None
         try:
             return decode_job(raw, job_id)
         except records.BadRecord as exc:
             quarantine.note("job", keys.job(job_id), exc.args[0])
-            return exc.args[0]
+            raise
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         """The job's well-formed attempt records, by attempt number."""
