@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 import signal
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -195,12 +197,24 @@ class LocalDriver:
             raise FleetError("no fleet is running here; start one with `fleet up`")
         return state
 
+    def _url_file(self, url: str) -> Path:
+        """The 0600 file holding `url`: the fleet's own file, or one of its own for another URL
+        (a node reached through a proxy). A file is never rewritten with another URL: a
+        process started earlier, or restarted, reads the one it was given."""
+        if not self.url_file.is_file():
+            write_secret(self.url_file, url)
+        if self.url_file.read_text().strip() == url:
+            return self.url_file
+        digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+        other = self.url_file.with_name(f"redis-{digest}.url")
+        if not other.is_file():
+            write_secret(other, url)
+        return other
+
     def _spawn(self, name: str, argv: list[str], url: str) -> int:
         """Start `argv` with the path of a 0600 file holding `url`, never the URL itself."""
         private_dir(self.logs, tighten=[self.home])
-        if not self.url_file.is_file() or self.url_file.read_text().strip() != url:
-            write_secret(self.url_file, url)
-        env = service_env(self.settings, self.url_file, self.home)
+        env = service_env(self.settings, self._url_file(url), self.home)
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, stdin=subprocess.DEVNULL)
