@@ -276,10 +276,12 @@ class Master:
             self._explained_at = now
             report.waiting.update(backing_off)
             away = _not_taking_work(states)
-            report.waiting.update(
-                {job: f"#{result.positions[job]} in line: {why}" if job in result.positions
-                 else (f"no node takes work now: {away}" if away and why == NO_NODES else why)
-                 for job, why in result.waiting.items()})
+            for waiter, why in result.waiting.items():
+                if away and why == NO_NODES:
+                    why = f"no node takes work now: {away}"
+                if waiter in result.positions:
+                    why = f"#{result.positions[waiter]} in line: {why}"
+                report.waiting[waiter] = why
         for job, decision in result.placements:
             node = decision.node
             assert node is not None
