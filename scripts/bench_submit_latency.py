@@ -1,18 +1,21 @@
 """Submit → placed latency on an idle fleet: how long a job waits before the master places it.
 
-    python scripts/bench_submit_latency.py [--jobs 40] [--producer]
+    python scripts/bench_submit_latency.py [--jobs 40]
 
 A private Redis (the default server), a real master and one real node (1 CPU). Jobs are
 no-ops submitted one at a time, each once the previous one has ended, so the fleet is idle at
 every submit. "placed" is when the job's `placed` event reaches a reader blocked on the events
-stream (XREAD BLOCK), so polling adds nothing to the figure. `--producer` submits with the
-producer credential instead of the operator's (none on a server without ACL selectors).
+stream (XREAD BLOCK), so polling adds nothing to the figure. Measured with the operator's
+credential, then with the producer's (none on a server without ACL selectors) in the same
+run: the ratio is what the producer's path (its own intake) costs over the operator's.
+Writes bench/results/submit-latency-<stamp>.{json,md} with the machine's details.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +29,15 @@ from fleet.drivers.local import LocalDriver, stop_children
 from fleet.redis_server import new_server
 from fleet.settings import Settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import Recorder  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
-    parser.add_argument("--producer", action="store_true")
     args = parser.parse_args()
+    rec = Recorder("submit-latency", args)
     with tempfile.TemporaryDirectory() as tmp:
         server = new_server(Path(tmp) / "redis").start()
         settings = Settings(home=Path(tmp) / "home", redis_url=server.url)
@@ -43,17 +49,24 @@ def main() -> None:
             deadline = time.monotonic() + 60
             while not registry.live_reports(r) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            url = server.producer_url if args.producer else server.url
-            if url is None:
-                raise SystemExit("this server issues no producer credential")
-            client = Client(settings, redis_url=url)
-            print(f"{samples(client, r, args.jobs)}")
+            medians = {}
+            for who, url in (("operator", server.url), ("producer", server.producer_url)):
+                if url is None:
+                    rec.note(f"{who}: this server issues no such credential")
+                    continue
+                row = samples(Client(settings, redis_url=url), r, args.jobs)
+                medians[who] = row["median_ms"]
+                rec.row(credential=who, **row)
+            if len(medians) == 2:
+                rec.set("producer_over_operator", round(medians["producer"] / medians["operator"], 2))
+                rec.note(f"producer/operator median: {rec.doc['producer_over_operator']}x")
         finally:
             stop_children(list(driver.procs.values()), grace=10)
             server.stop()
+    rec.write()
 
 
-def samples(client: Client, r: redis.Redis, jobs: int) -> str:
+def samples(client: Client, r: redis.Redis, jobs: int) -> dict[str, float]:
     spec = {"name": "lat", "entrypoint": "workers.jobs.synthetic:noop"}
     client.wait(client.submit(spec), timeout=60)  # warm: imports, the fork server, scripts
     latencies = []
@@ -72,8 +85,8 @@ def samples(client: Client, r: redis.Redis, jobs: int) -> str:
         latencies.append((placed_at - t0) * 1000)
         client.wait(job_id, timeout=60)
     latencies.sort()
-    return (f"submit->placed over {jobs} jobs: median {statistics.median(latencies):.1f} ms, "
-            f"p90 {latencies[int(0.9 * (jobs - 1))]:.1f} ms, max {latencies[-1]:.1f} ms")
+    return {"jobs": jobs, "median_ms": round(statistics.median(latencies), 2),
+            "p90_ms": round(latencies[int(0.9 * (jobs - 1))], 2), "max_ms": round(latencies[-1], 2)}
 
 
 if __name__ == "__main__":
