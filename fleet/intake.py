@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from fleet import acl, keys
+from fleet import acl, keys, quarantine, records
 from fleet.entrypoints import check_name, is_job_id
 from fleet.errors import FleetError, NotFound
 from fleet.jobstore import JobStore
@@ -42,6 +43,7 @@ log = logging.getLogger("fleet.intake")
 INTAKE_CAP = 100_000  # entries one intake holds; a Client refuses to add past it
 BATCH = 256  # entries taken from each intake per round
 MAX_SPEC_BYTES = 256 * 1024  # a spec as JSON (params alone may have 64 KiB)
+RETRY_S = 30.0  # how long an entry a fleet step refuses is kept for later rounds
 MAX_FIELDS = 8
 MAX_FIELD_NAME = 16
 OPS = ("submit", "cancel")
@@ -123,6 +125,7 @@ class Ingest:
         self.store = store
         self.settings = settings
         self._unreadable: set[str] = set()  # reported once
+        self._refused: dict[str, float] = {}  # entry -> when a step first refused it
 
     def run(self, now: float) -> int:
         """Apply what waits in every intake (up to BATCH each); the number of entries taken."""
@@ -137,17 +140,24 @@ class Ingest:
                     self._unreadable.add(name)
                     self._bad(name, f"the intake is unreadable ({entries})")
                 continue
-            for entry_id, fields in entries:
-                self.apply(name, fields, _submitted_at(keys.text(entry_id), now))
-            if entries:  # applied: gone from the intake (every entry up to the last one)
-                self.r.xtrim(keys.intake(name), minid=_next_id(keys.text(entries[-1][0])),
+            done = []
+            for entry_id, fields in entries:  # in order: a request waits for those before it
+                if not self.apply(name, fields, _submitted_at(keys.text(entry_id), now),
+                                  entry=f"{name}/{keys.text(entry_id)}"):
+                    break
+                done.append(entry_id)
+            if done:  # applied: gone from the intake (every entry up to the last one done)
+                self.r.xtrim(keys.intake(name), minid=_next_id(keys.text(done[-1])),
                              approximate=False)
-                taken += len(entries)
+                taken += len(done)
         return taken
 
-    def apply(self, intake: str, fields: Mapping[Any, Any], now: float) -> None:
-        """Apply one entry. Whatever it holds, it ends here (the caller trims it): applied,
-        rejected as a FAILED job, or counted as unusable; only an outage raises."""
+    def apply(self, intake: str, fields: Mapping[Any, Any], now: float, entry: str = "") -> bool:
+        """Apply one entry: True when it ended here (the caller trims it): applied, rejected as
+        a FAILED job, or counted as unusable. False when a fleet step refused it (a key the
+        fleet needs is written over, e.g. the sequence counter, which the master repairs): it
+        stays for the next round, for up to RETRY_S, then counts as unusable. An acknowledged
+        submission is not dropped for a moment's damage. Only an outage raises."""
         try:
             request = parse(fields, self.settings)
         except BadEntry as exc:
@@ -156,17 +166,40 @@ class Ingest:
             else:
                 log.warning("intake %s: job %s rejected: %s", intake, exc.job_id, exc)
                 self.store.reject(exc.job_id, str(exc), submitted_by=intake, now=now)
-            return
+            return True
         try:
             if request.spec is None:
                 self._cancel(intake, request.job_id)
-                return
-            self.store.submit(request.spec, job_id=request.job_id, now=now, submitted_by=intake)
+            else:
+                self._submit(intake, request.job_id, request.spec, now)
         except redis.exceptions.ResponseError as exc:
-            if "job id exists" in str(exc):
-                log.info("intake %s: job %s exists already (applied twice)", intake, request.job_id)
-            else:  # a step refused it: never retried forever
-                self._bad(intake, f"{request.op} {request.job_id} refused by redis: {exc}")
+            first = self._refused.setdefault(entry, time.monotonic())
+            if time.monotonic() - first < RETRY_S:
+                log.warning("intake %s: %s %s refused by redis, kept for the next round: %s",
+                            intake, request.op, request.job_id, exc)
+                return False
+            self._bad(intake, f"{request.op} {request.job_id} refused by redis for "
+                              f"{RETRY_S:g}s: {exc}")
+        self._refused.pop(entry, None)
+        return True
+
+    def _submit(self, intake: str, job_id: str, spec: JobSpec, now: float) -> None:
+        """Submit; a job id that exists is this entry applied twice, unless what exists is no
+        readable job record (written over before the master took the entry): then that key is
+        moved aside and the acknowledged submission still becomes its job."""
+        try:
+            self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
+            return
+        except redis.exceptions.ResponseError as exc:
+            if "job id exists" not in str(exc):
+                raise
+        try:
+            self.store.get(job_id)
+            log.info("intake %s: job %s exists already (applied twice)", intake, job_id)
+            return
+        except records.BadRecord:
+            quarantine.quarantine_key(self.r, keys.job(job_id))
+        self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
 
     def _bad(self, intake: str, why: str) -> None:
         log.warning("intake %s: unusable entry dropped: %s", intake, why)

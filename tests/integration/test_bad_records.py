@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from fleet import keys, registry
+from fleet import keys, records, registry
 from fleet.jobstore import JobStore
 from fleet.metrics import read_snapshot
 from fleet.redis_server import RedisServer
@@ -63,6 +63,29 @@ def test_a_negative_allocation_no_longer_kills_the_master(fleet: Fleet) -> None:
 def one_node(r: redis.Redis, cpus_m: int = 1000) -> None:
     r.hset(keys.node("n1"), mapping={"incarnation": "inc", "capacity": json.dumps(
         {"cpus_m": cpus_m, "memory": 2**31, "gpus": 0}), "report": "{}"})
+
+
+@pytest.mark.parametrize("garbage", ["string", "hash"])
+def test_garbage_at_a_job_id_before_the_master_takes_its_entry_loses_nothing(
+        fleet: Fleet, garbage: str) -> None:
+    """An acknowledged submission whose id was written over before the master read the intake
+    is not taken for a duplicate: the key is moved aside and the job still runs."""
+    fleet.node("node-1")
+    job_id = fleet.client.submit(job_spec())  # no master yet: it waits in the intake
+    if garbage == "string":
+        fleet.r.set(keys.job(job_id), "\x00garbage")
+    else:
+        fleet.r.hset(keys.job(job_id), mapping={"state": "SUCCEEDED", "spec": "{not json"})
+    fleet.master()
+
+    def done() -> str | None:
+        try:
+            status = fleet.client.status(job_id)
+        except records.BadRecord:  # until the master moves the garbage aside
+            return None
+        return status["state"] if status["terminal"] else None
+
+    assert eventually(done, 60, what=f"{job_id} to end") == "SUCCEEDED"
 
 
 def test_reserve_refuses_a_node_whose_allocations_it_cannot_read(redis_server: RedisServer) -> None:
