@@ -179,8 +179,9 @@ class Supervisor:
         commits: CheckpointCommits | None = None,
     ) -> dict:
         """Record the outcome (and the progress reports and checkpoint not sent yet), waiting
-        out a Redis outage: an outcome is never dropped."""
-        delay = 0.5
+        out a Redis outage: an outcome is never dropped. Retried soon after Redis is back (at
+        most 2 s apart): until it is recorded, a node lost meanwhile makes the job run again."""
+        delay = 0.1
         while True:
             try:
                 if commits is not None:
@@ -191,7 +192,7 @@ class Supervisor:
             except REDIS_DOWN:
                 log.warning("redis unreachable; retrying the outcome of %s", job_id)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 1.5, 2.0)
         return {"job": job_id, "attempt": attempt, "reason": outcome.reason.value,
                 "applied": applied, "state": state}
 
