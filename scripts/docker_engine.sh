@@ -90,9 +90,14 @@ start() {
     install_engine
     command -v dockerd >/dev/null 2>&1 || die "dockerd not found after install"
     mkdir -p "$ROOT" "$RUN_DIR"
+    local pid=""
     if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-        say "dockerd (pid $(cat "$PIDFILE")) runs but does not answer yet; waiting"
+        pid="$(cat "$PIDFILE")"
+        say "dockerd (pid $pid) runs but does not answer yet; waiting"
     else
+        # A pidfile left by an engine that was killed names a dead (or reused) pid: the new
+        # dockerd rewrites it only after a while, so it must not be read as this start's fate.
+        rm -f "$PIDFILE"
         local storage ipt
         storage="$(choose_storage)"
         ipt="$(choose_iptables)"
@@ -109,10 +114,11 @@ start() {
             --iptables="$ipt" \
             --ip-masq="$ipt" \
             >>"$LOG" 2>&1 </dev/null &
+        pid=$!
     fi
     local waited=0
     until engine_answers; do
-        if [ -f "$PIDFILE" ] && ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+        if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 20 "$LOG" >&2 || true
             die "dockerd exited; see $LOG"
         fi
