@@ -8,14 +8,14 @@
 A Lua script or function runs with its caller's ACL, commands included, so "may run only the
 fleet's scripts" would be no boundary: whatever a producer's script may write, the producer may
 write directly. The boundary is the intake instead: the master reads every intake as untrusted
-input, validates each entry and writes the fleet's records itself (fleet.intake); who
+input, validates each entry and writes the fleet's records itself (fleet.master.intake); who
 submitted is the intake the entry came from. Read-only key patterns (`%R~`) need ACL selectors:
 Redis >= 7 or Valkey. A server without them gets no producer user at all, never a weak one.
 """
 
 from __future__ import annotations
 
-from fleet import keys
+from fleet.store import keys
 
 PRODUCER = "producer"
 SELECTORS_SINCE = (7, 0)  # Redis version with read-only / write-only key patterns (%R~, %W~)

@@ -9,7 +9,7 @@ A spec is validated (pydantic) and checked against the live nodes before anythin
 a bad spec or a job bigger than every node raises SpecError naming the field, and nothing is
 enqueued. A submission (or cancel) is then one entry appended to this credential's intake
 stream, durable once acknowledged; the master validates it again and writes the job's record
-(fleet.intake): a producer's credential may write nothing else (fleet.acl). Until the master
+(fleet.master.intake): a producer's credential may write nothing else (fleet.acl). Until the master
 has taken it, `status` finds the job in the intake: PENDING, "not yet accepted by the master".
 
 The nodes a submission is checked against may be up to `NODES_FRESH_S` old when they show room
@@ -31,7 +31,9 @@ from typing import Any
 
 import redis
 
-from fleet import acl, intake, keys, records, registry
+from fleet import acl
+from fleet.master import intake
+from fleet.store import keys, records, registry
 from fleet.entrypoints import is_job_id
 from fleet.errors import (
     ConnectionFailed,
@@ -41,7 +43,7 @@ from fleet.errors import (
     SpecError,
     WaitTimedOut,
 )
-from fleet.jobstore import JobStore, new_job_id
+from fleet.store.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec

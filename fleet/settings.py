@@ -156,7 +156,7 @@ def _one_line(text: str) -> str:
 
 
 # Variables that hold a password or a URL with one: a driver never passes them on, and a job
-# process never sees them (workers.supervisor strips them).
+# process never sees them (workers.attempt.supervisor strips them).
 SECRET_ENV = frozenset({"FLEET_REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
                         "FLOWER_BASIC_AUTH", "REDIS_PASSWORD", "REDISCLI_AUTH"})
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_trace import make_trace  # noqa: E402
 
 from fleet.placement import POLICIES, NodeView, PolicyState, Request, choose  # noqa: E402
-from fleet.sim import simulate  # noqa: E402
+from fleet.sim.engine import simulate  # noqa: E402
 
 GI = 2**30
 TARGET_MS = {100: 0.2, 10_000: 2.0}

@@ -134,7 +134,7 @@ class FleetSide:
     def wait_all(self, ids: list[str], timeout: float) -> list[dict]:
         """Waits as cheaply as the raw side does (one small read per 50 ms: the state of the
         last job not known to be done), so that the waiting takes no CPU from the fleet."""
-        from fleet import keys
+        from fleet.store import keys
         from fleet.states import TERMINAL_NAMES
 
         deadline = time.monotonic() + timeout
@@ -156,7 +156,7 @@ class FleetSide:
     def records(self, ids: list[str], submitted: dict[str, float]) -> list[dict[str, float]]:
         jobs = {j["id"]: j for j in self.wait_all(ids, 600)}
         pipe = self.r.pipeline(transaction=False)
-        from fleet import keys
+        from fleet.store import keys
 
         for i in ids:
             pipe.lindex(keys.job_metrics(i), 0)
@@ -285,9 +285,9 @@ def stage_medians(recs: list[dict]) -> dict[str, float]:
 
 def spawn_cost(repeats: int) -> dict[str, float]:
     """The job process's fixed cost, spawn → result event → exit of the noop job: forked by a
-    node's fork server (what fleet does), exec'd as `python -m workers.jobproc` (what it did),
+    node's fork server (what fleet does), exec'd as `python -m workers.process.jobproc` (what it did),
     and `python -c pass` (an interpreter's start alone)."""
-    from workers.forkserver import ForkServer
+    from workers.process.forkserver import ForkServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-jobproc-"))
     order = {
@@ -337,7 +337,7 @@ def spawn_cost(repeats: int) -> dict[str, float]:
         forked()  # the server's own start is paid once per node, not per job
         for _ in range(repeats):  # interleaved, so drift in the machine's load hits all alike
             out["forked by the fork server (noop)"].append(forked())
-            out["python -m workers.jobproc (noop)"].append(once([py, "-m", "workers.jobproc"], feed, True))
+            out["python -m workers.process.jobproc (noop)"].append(once([py, "-m", "workers.process.jobproc"], feed, True))
             out["python -c pass"].append(once([py, "-c", "pass"], b"", False))
     finally:
         server.stop()
@@ -347,7 +347,7 @@ def spawn_cost(repeats: int) -> dict[str, float]:
 
 FORK_FLOOR = r"""
 import json, os, sys, time
-from workers import forkserver, jobproc
+from workers.process import forkserver, jobproc
 jobproc.preload()  # what the node's fork server has loaded when it forks a job
 n = int(sys.argv[1])
 before, start = os.times(), time.perf_counter()
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs, args.raw_jobs, args.latency_jobs, args.spawn_repeats = 30, 60, 8, 3
         args.rounds = 1
 
-    from fleet.redis_server import new_server
+    from fleet.drivers.redis_server import new_server
 
     rec = Recorder("dispatch", args)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))

@@ -10,7 +10,7 @@ first, directly), run
   pins itself to core c, calls `runners.prepare("torch", ...)`, and calls `train(ctx, ...)` with a
   JobContext writing its checkpoints to a temp dir (what the job process does, minus fleet);
   wall time = spawn → exit, measured by the parent; it exits as the job process does
-  (`workers.jobproc.exit_now`, no interpreter teardown), which fleet's time does not include.
+  (`workers.process.jobproc.exit_now`, no interpreter teardown), which fleet's time does not include.
 - through fleet: `Client.submit` to a fleet of one node (cpus 1, pinned to core c, the same
   core) → wall time = submit → `finished_at` in the job record (the client's own polling is
   not counted).
@@ -74,7 +74,7 @@ out = train(ctx, epochs=epochs, checkpoint_every=every)
 t = os.times()
 print(json.dumps({"train_s": time.perf_counter() - t0, "accuracy": out["accuracy"],
                   "job_cpu_s": t.user + t.system}))
-from workers.jobproc import exit_now
+from workers.process.jobproc import exit_now
 exit_now(0)  # the job process's own exit: no interpreter teardown (~0.4 s with torch loaded)
 """
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from fleet.client import Client
     from fleet.drivers.base import NodeShape
     from fleet.drivers.local import LocalDriver, stop_children
-    from fleet.redis_server import new_server
+    from fleet.drivers.redis_server import new_server
     from fleet.settings import Settings
 
     rec = Recorder("overhead", args)

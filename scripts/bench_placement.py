@@ -134,7 +134,7 @@ def shared_app(url: str) -> Any:
 
 def shared_worker_main(args: argparse.Namespace) -> None:
     """One shared-queue worker, confined as its node (cores, cgroups), then Celery's main."""
-    from workers.confine import confine
+    from workers.node.confine import confine
 
     os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
     confine(f"bench-{args.node}", args.cpus, int(args.memory))
@@ -234,7 +234,7 @@ def cgroup_ooms(names: list[str]) -> int:
 
 
 def cgroups_writable() -> bool:
-    from workers.probe import find_cgroup
+    from workers.node.probe import find_cgroup
 
     view = find_cgroup(Path("/"))
     if view is None:
@@ -290,11 +290,11 @@ def produce(trace: dict, submit: Any) -> tuple[float, dict[str, float]]:
 
 def run_fleet(policy: str, trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
               timeout: float) -> dict:
-    from fleet import registry
+    from fleet.store import registry
     from fleet.client import Client
     from fleet.drivers.base import NodeShape
     from fleet.drivers.local import LocalDriver
-    from fleet.redis_server import new_server
+    from fleet.drivers.redis_server import new_server
     from fleet.settings import Settings
 
     server = new_server(work_dir / "redis").start()
@@ -319,7 +319,7 @@ def run_fleet(policy: str, trace: dict, nodes: dict[str, dict], work_dir: Path, 
             return {s["node"]: sum(int(a.get("memory", 0)) for a in s["alloc"].values())
                     for s in registry.node_states(client.r)}
 
-        sampler = Sampler(nodes, pids, "workers.jobproc", reserved, kill)
+        sampler = Sampler(nodes, pids, "workers.process.jobproc", reserved, kill)
         sampler.start()
         ids: dict[str, str] = {}
 
@@ -370,7 +370,7 @@ def stop_all(procs: Iterable[subprocess.Popen]) -> None:
 
 def run_shared(trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
                timeout: float) -> dict:
-    from fleet.redis_server import new_server
+    from fleet.drivers.redis_server import new_server
 
     server = new_server(work_dir / "redis").start()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + os.environ["PYTHONPATH"]
                                             if os.environ.get("PYTHONPATH") else "")
-    from fleet.sim import compare
+    from fleet.sim.engine import compare
     from scripts.bench_common import Recorder
     from scripts.make_trace import compress, make_trace, parse_shapes
 

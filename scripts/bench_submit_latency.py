@@ -22,11 +22,11 @@ from pathlib import Path
 
 import redis
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver, stop_children
-from fleet.redis_server import new_server
+from fleet.drivers.redis_server import new_server
 from fleet.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

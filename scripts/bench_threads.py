@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import RESULTS, Recorder, fleet_env, median, percentile  # noqa: E402
 
-from workers.cores import Pinning  # noqa: E402
+from workers.node.cores import Pinning  # noqa: E402
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 100_000

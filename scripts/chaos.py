@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver
-from fleet.redis_server import new_server
+from fleet.drivers.redis_server import new_server
 from fleet.settings import Settings
 from fleet.units import parse_memory
 

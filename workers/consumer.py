@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer
 
-from fleet import keys
+from fleet.store import keys
 
 log = logging.getLogger("fleet.consumer")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from workers import checkpoint as checkpoints
-from workers.fence import Fence
+from workers.attempt.fence import Fence
 
 Event = dict[str, Any]
 

@@ -18,17 +18,17 @@ import uuid
 
 import redis
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.broker import make_app
 from fleet.errors import FleetError
 from fleet.settings import Settings
 from fleet.units import parse_memory
 from workers import tasks, transport
-from workers.agent import Agent
-from workers.confine import confine
-from workers.cores import Pinning
-from workers.probe import read_capacity
-from workers.supervisor import Supervisor
+from workers.node.agent import Agent
+from workers.node.confine import confine
+from workers.node.cores import Pinning
+from workers.node.probe import read_capacity
+from workers.attempt.supervisor import Supervisor
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=args.loglevel, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from workers.load import parse_cpuset
+    from workers.node.load import parse_cpuset
 
     if args.cpuset:
         os.sched_setaffinity(0, parse_cpuset(args.cpuset))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fleet.broker import RUN_TASK, SCHEMA_VERSION
 from fleet.entrypoints import is_job_id
 from workers.consumer import dead_letter_record
-from workers.supervisor import Supervisor
+from workers.attempt.supervisor import Supervisor
 
 
 class TaskPayload(BaseModel):

@@ -98,7 +98,7 @@ def master() -> None:
 
     from fleet.broker import make_app
     from fleet.client import connect
-    from fleet.master import Master
+    from fleet.master.loop import Master
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     s = settings()

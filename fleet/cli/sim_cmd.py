@@ -1,6 +1,6 @@
 """`fleet sim TRACE`: replay a trace through the placement policies and compare them.
 
-Edge only: read the file, one call to `fleet.sim.compare`, render a table (or JSON).
+Edge only: read the file, one call to `fleet.sim.engine.compare`, render a table (or JSON).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from rich.table import Table
 
 from fleet.errors import SpecError
 from fleet.placement import POLICIES
-from fleet.sim import REPORT_DELAY, compare
-from fleet.trace import parse_trace
+from fleet.sim.engine import REPORT_DELAY, compare
+from fleet.sim.trace import parse_trace
 
 
 def load_trace(path: Path) -> Any:

@@ -29,7 +29,7 @@ def logs(
 ) -> None:
     """A job's output (stdout and stderr), per attempt; -f follows it until the job ends."""
     from fleet.errors import NotFound
-    from fleet.logs import JobLogs
+    from fleet.observe.logs import JobLogs
 
     c = client()
     reader = JobLogs(c.r, c.settings.artifacts_dir, job)
@@ -60,8 +60,8 @@ def plot(
     output: Path = typer.Option(None, "--output", "-o", help="PNG file (default: <job>.png)"),
 ) -> None:
     """Draw a job's loss/accuracy curves across attempts (resumes marked), or node load."""
-    from fleet import plot as plots
-    from fleet import registry
+    from fleet.observe import plot as plots
+    from fleet.store import registry
     from fleet.errors import FleetError
 
     c = client()
@@ -142,7 +142,7 @@ def events(
     """Lifecycle events, one line each: submitted, placed, started, resumed, retrying, finished."""
     import json
 
-    from fleet.events import event_line, follow_events, last_event_id, read_events
+    from fleet.observe.events import event_line, follow_events, last_event_id, read_events
 
     c = client()
 
@@ -203,7 +203,7 @@ def exporter(
 ) -> None:
     """Serve the fleet's Prometheus metrics at http://ADDRESS:PORT/metrics until stopped."""
     from fleet.errors import FleetError
-    from fleet.metrics import serve
+    from fleet.observe.metrics import serve
 
     c = client()
     try:

@@ -35,11 +35,11 @@ from typing import Any
 
 import redis
 
-from fleet import registry
+from fleet.store import registry
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.secret_files import URL_FILE_ENV, flower_config, write_secret
 from fleet.errors import FleetError
-from fleet.redis_server import free_port, wait_for_redis
+from fleet.drivers.redis_server import free_port, wait_for_redis
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import SECRET_ENV, Settings, read_state, write_state
 from fleet.units import format_cpus
@@ -268,7 +268,7 @@ class DockerDriver:
         secret = write_secret(self.home / "flower.password", password)
         self._secret(fid, FLOWER_CONFIG, flower_config("admin", password))
         cid = self._run_control(
-            fid, "flower", ["-m", "fleet.flower_app", f"--conf={SECRETS_DIR}/{FLOWER_CONFIG}",
+            fid, "flower", ["-m", "fleet.observe.flower_app", f"--conf={SECRETS_DIR}/{FLOWER_CONFIG}",
                             "--address=127.0.0.1", f"--port={port}"],
             entrypoint=["python"], secrets=(REDIS_URL, FLOWER_CONFIG),
         )

@@ -30,13 +30,13 @@ from typing import Any
 import psutil
 import redis
 
-from fleet import registry
+from fleet.store import registry
 from fleet.drivers import sweep
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
 from fleet.private import private_dir
-from fleet.redis_server import RedisServer, free_port, new_server
+from fleet.drivers.redis_server import RedisServer, free_port, new_server
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings, read_state, write_state
 from fleet.units import format_cpus
@@ -268,7 +268,7 @@ class LocalDriver:
         conf = write_secret(self.home / "secrets" / "flowerconfig.py",
                             flower_config(FLOWER_USER, password))
         pid = self._service("flower", [
-            sys.executable, "-m", "fleet.flower_app", f"--conf={conf}",
+            sys.executable, "-m", "fleet.observe.flower_app", f"--conf={conf}",
             "--address=127.0.0.1", f"--port={port}",
         ], url)
         return pid, {"flower_url": f"http://127.0.0.1:{port}", "flower_user": FLOWER_USER,

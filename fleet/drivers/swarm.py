@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from fleet import registry
+from fleet.store import registry
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.docker import REPO, engine, sdk
 from fleet.errors import FleetError

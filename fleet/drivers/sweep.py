@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 # `python -m fleet <command>`: the long-running ones a fleet is made of (a `fleet jobs` in
 # another terminal is left alone).
 FLEET_SERVICES = frozenset({"master", "exporter", "worker", "up", "demo"})
-PYTHON_MODULES = ("workers", "celery", "fleet.drivers.keeper", "fleet.flower_app")
+PYTHON_MODULES = ("workers", "celery", "fleet.drivers.keeper", "fleet.observe.flower_app")
 SERVER_NAMES = ("redis-server", "valkey-server")
 DEFAULT_HOME = "~/.fleet"
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fleet.client import Client
-from fleet.redis_server import free_port
+from fleet.drivers.redis_server import free_port
 from fleet.settings import Settings
 from tests.container.conftest import REPO, assert_hardened, assert_no_secret, secret_value
 from tests.integration.support import eventually

@@ -161,7 +161,7 @@ def test_no_secret_in_any_container_argv_environment_or_inspect(fleet: DockerFle
     seen = {c.labels["fleet.role"]: assert_no_secret(c, secrets) for c in every}
     assert "redis-server" in seen["redis"] and "PATH=" in seen["redis"]  # environs were read
     assert "FLEET_REDIS_URL_FILE=/run/secrets/redis_url" in seen["worker"]
-    assert "workers.jobproc" in "".join(assert_no_secret(c, secrets) for c in fleet.workers())
+    assert "workers.process.jobproc" in "".join(assert_no_secret(c, secrets) for c in fleet.workers())
     client.cancel(job)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.redis_server import RedisServer, new_server
+from fleet.drivers.redis_server import RedisServer, new_server
 from fleet.settings import Settings
 from tests.integration.support import Fleet
 

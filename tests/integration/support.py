@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet import registry
+from fleet.store import registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver, stop_children
 from fleet.drivers.secret_files import write_secret
-from fleet.redis_server import RedisServer
+from fleet.drivers.redis_server import RedisServer
 from fleet.settings import SECRET_ENV, Settings
 from fleet.units import parse_memory
 

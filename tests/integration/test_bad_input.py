@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.errors import SpecError
 from tests.integration.support import Fleet

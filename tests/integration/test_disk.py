@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import registry
+from fleet.store import registry
 from fleet.private import private_dir
 from fleet.settings import Settings
 from tests.integration.support import Fleet, eventually

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.broker import make_app
 from fleet.client import Client
-from fleet.master import PENDING_WINDOW, Master
-from fleet.redis_server import RedisServer
+from fleet.master.loop import PENDING_WINDOW, Master
+from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
 from tests.integration.support import Fleet
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from tests.integration.support import Fleet, eventually
 
 pytestmark = pytest.mark.integration

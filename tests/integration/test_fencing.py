@@ -28,17 +28,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.drivers.base import NodeShape
-from fleet.jobstore import JobStore, Outcome
-from fleet.redis_server import RedisServer
+from fleet.store.jobstore import JobStore, Outcome
+from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
 from fleet.spec import JobSpec
 from fleet.states import EndReason
 from fleet.units import parse_memory
 from tests.integration.support import Fleet, eventually
 from workers import checkpoint
-from workers.commits import CheckpointCommits
+from workers.attempt.commits import CheckpointCommits
 
 pytestmark = pytest.mark.integration
 

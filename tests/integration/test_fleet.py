@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from fleet import keys
+from fleet.store import keys
 from fleet.broker import make_app, task_id
 from fleet.errors import SpecError
 from tests.integration.support import EXAMPLES, Fleet, eventually

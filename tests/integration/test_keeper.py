@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from fleet import keys
+from fleet.store import keys
 from fleet.client import Client
 from fleet.settings import SECRET_ENV, Settings, read_state
 from tests.integration.procscan import read_proc
@@ -119,7 +119,7 @@ def test_a_sigkilled_redis_is_restarted_on_its_aof_and_the_fleet_serves_on(home:
 def test_fleet_down_stops_processes_no_state_file_recorded(home: Path) -> None:
     """Item 7: a Redis restarted by hand and a master started with `fleet master`, after the
     keeper itself was killed, are not in the state file; `fleet down` stops them too."""
-    from fleet.redis_server import find_redis_server
+    from fleet.drivers.redis_server import find_redis_server
 
     up = fleet(home, "up", "--detach", "--workers", "1", "--memory", "1Gi", "--no-flower")
     assert up.returncode == 0, up.stderr

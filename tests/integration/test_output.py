@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fleet.jobstore import JobStore
-from fleet.redis_server import RedisServer
+from fleet.store.jobstore import JobStore
+from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
 from tests.integration.support import Fleet
 

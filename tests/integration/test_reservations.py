@@ -16,9 +16,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet import keys, registry
-from fleet.jobstore import JobStore
-from fleet.redis_server import RedisServer
+from fleet.store import keys, registry
+from fleet.store.jobstore import JobStore
+from fleet.drivers.redis_server import RedisServer
 from fleet.spec import JobSpec
 
 pytestmark = pytest.mark.integration

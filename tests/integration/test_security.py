@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from fleet import keys
+from fleet.store import keys
 from fleet.broker import RUN_TASK, make_app
-from fleet.jobstore import JobStore
-from fleet.redis_server import TlsFiles, free_port, new_server
+from fleet.store.jobstore import JobStore
+from fleet.drivers.redis_server import TlsFiles, free_port, new_server
 from fleet.spec import JobSpec
 from tests.integration.support import Fleet, eventually
 
@@ -108,7 +108,7 @@ def test_flower_answers_401_without_credentials_and_200_with_them(fleet: Fleet) 
                         flower_config("admin", "s3cret-pass"))
     env = {k: v for k, v in os.environ.items() if k != "FLEET_REDIS_URL"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.flower_app", f"--conf={conf}", "--address=127.0.0.1",
+        [sys.executable, "-m", "fleet.observe.flower_app", f"--conf={conf}", "--address=127.0.0.1",
          f"--port={port}"], env={**env, "FLEET_REDIS_URL_FILE": str(url_file)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

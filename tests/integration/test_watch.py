@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from fleet import keys
-from fleet.redis_server import RedisServer
+from fleet.store import keys
+from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
 from tests.integration.support import EXAMPLES, REPO, Fleet, eventually
 
@@ -240,7 +240,7 @@ def _check_png(path: Path) -> None:
 
 @pytest.mark.training
 def test_plot_of_a_finished_torch_job_draws_its_recorded_metrics(fleet: Fleet, tmp_path: Path) -> None:
-    from fleet.plot import draw_job, job_series
+    from fleet.observe.plot import draw_job, job_series
 
     fleet.master()
     fleet.node("node-1", memory="2Gi")
@@ -263,7 +263,7 @@ def test_plot_of_a_finished_torch_job_draws_its_recorded_metrics(fleet: Fleet, t
 
 
 def test_plot_marks_where_a_retried_attempt_resumed(fleet: Fleet, tmp_path: Path) -> None:
-    from fleet.plot import draw_job, job_series
+    from fleet.observe.plot import draw_job, job_series
 
     fleet.master()
     fleet.node("node-1")
@@ -313,7 +313,7 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def test_prometheus_endpoint_parses_and_matches_nodes_and_jobs(slow_fleet: Fleet) -> None:
-    from fleet.redis_server import free_port
+    from fleet.drivers.redis_server import free_port
 
     f = slow_fleet
     f.master()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import acl, keys, redis_server
+from fleet import acl
+from fleet.drivers import redis_server
+from fleet.store import keys
 
 
 def test_producer_rules_read_the_fleet_and_write_only_their_own_intake() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from fleet.settings import Settings
-from workers.agent import Agent
-from workers.disk import DiskHealth
-from workers.load import Capacity, Usage
+from workers.node.agent import Agent
+from workers.node.disk import DiskHealth
+from workers.node.load import Capacity, Usage
 
 
 class _Redis:

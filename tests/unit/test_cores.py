@@ -1,8 +1,8 @@
-"""Which cores a job is pinned to (workers/cores.py): pure bookkeeping."""
+"""Which cores a job is pinned to (workers/node/cores.py): pure bookkeeping."""
 
 from __future__ import annotations
 
-from workers.cores import Pinning
+from workers.node.cores import Pinning
 
 
 def test_jobs_on_a_node_with_its_own_cores_get_the_least_shared_ones() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from workers import disk
+from workers.node import disk
 
 
 def test_a_disk_error_names_its_kind_path_and_errno_text() -> None:

@@ -1,4 +1,4 @@
-"""The lease arithmetic a node fences its jobs by (`workers.fence`): plain numbers, no clock."""
+"""The lease arithmetic a node fences its jobs by (`workers.attempt.fence`): plain numbers, no clock."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from workers import fence
-from workers.fence import Lease, SharedDeadline
+from workers.attempt import fence
+from workers.attempt.fence import Lease, SharedDeadline
 
 
 def test_a_heartbeat_keeps_jobs_alive_for_less_than_the_ttl_counted_from_its_send() -> None:

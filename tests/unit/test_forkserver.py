@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from workers.context import JobContext
-from workers.forkserver import ForkServer, JobProcess, LeaseLapsed
+from workers.process.forkserver import ForkServer, JobProcess, LeaseLapsed
 
 
 # -- jobs these tests run (this module is on the orders' allowlist) ------------------------------
@@ -157,7 +157,7 @@ def test_a_forked_job_runs_in_its_own_session_with_its_env_and_cwd(server: ForkS
     assert me["ppid"] == server.pid  # forked by the server, not exec'd by the supervisor
     assert me["cwd"] == str(tmp_path)
     assert (me["var"], me["threads"], me["secret"]) == ("yes", "3", None)
-    assert me["cmdline"][1:3] == ["-m", "workers.jobproc"]  # as ps showed an exec'd one
+    assert me["cmdline"][1:3] == ["-m", "workers.process.jobproc"]  # as ps showed an exec'd one
     assert job.maxrss > 0
     close(job)
 
@@ -235,7 +235,7 @@ def test_a_killed_worker_leaves_no_job_behind(tmp_path: Path) -> None:
     code = (
         "import json, os, sys, time\n"
         "from pathlib import Path\n"
-        "from workers.forkserver import ForkServer\n"
+        "from workers.process.forkserver import ForkServer\n"
         "fs = ForkServer({**os.environ, 'PYTHONUNBUFFERED': '1'})\n"
         "fs.renew(time.monotonic() + 600)\n"
         "job = fs.spawn({}, Path(sys.argv[1]), sys.argv[2].encode())\n"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fleet import intake
+from fleet.master import intake
 from fleet.settings import Settings
 from fleet.spec import JobSpec
 

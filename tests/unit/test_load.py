@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import load
-from workers.load import GpuInfo
+from workers.node import load
+from workers.node.load import GpuInfo
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cgroup"
 GIB = 2**30

@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from fleet.logs import older_half, read_stored
-from workers.outputlog import OutputLog
+from fleet.observe.logs import older_half, read_stored
+from workers.attempt.outputlog import OutputLog
 
 
 def lines(first: int, last: int) -> bytes:

@@ -8,8 +8,8 @@ import os
 import socket
 import time
 
-from workers import pipes
-from workers.forkserver import JobProcess
+from workers.process import pipes
+from workers.process.forkserver import JobProcess
 
 
 def fake_job() -> tuple[JobProcess, int, int, socket.socket]:

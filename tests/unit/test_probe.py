@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import load, probe
+from workers.node import load, probe
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cgroup"
 GIB, MIB = 2**30, 2**20

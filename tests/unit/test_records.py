@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from fleet import records
+from fleet.store import records
 from fleet.cli.context import no_master_line
-from fleet.metrics import Snapshot
-from fleet.quarantine import Found
-from fleet.records import BadRecord
+from fleet.observe.metrics import Snapshot
+from fleet.store.quarantine import Found
+from fleet.store.records import BadRecord
 from tests.unit.test_watch_metrics import scrape
 
 ALLOC = {"attempt": 1, "incarnation": "abc", "cpus_m": 1000, "memory": 2**30, "gpus": 0}

@@ -48,6 +48,6 @@ def test_flower_gets_basic_auth_from_its_config_and_never_starts_open() -> None:
     namespace: dict[str, object] = {}
     exec(flower_config("admin", "p'w"), namespace)  # what Flower's --conf does with it
     assert namespace["basic_auth"] == ["admin:p'w"]
-    from fleet.flower_app import main
+    from fleet.observe.flower_app import main
 
     assert main(["--port=1"]) == 2  # no --conf: refused before anything starts

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from fleet.errors import SpecError
 from fleet.placement import DEFAULT_POLICY, POLICIES
-from fleet.sim import compare, lower_bound, simulate
-from fleet.trace import parse_trace
+from fleet.sim.engine import compare, lower_bound, simulate
+from fleet.sim.trace import parse_trace
 
 GI = 2**30
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from fleet.cli.top import bar, view
-from fleet.events import decode_event, event_line
+from fleet.observe.events import decode_event, event_line
 
 
 def test_a_stream_entry_decodes_to_the_documented_shape() -> None:

@@ -7,7 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.metrics import JobTimes, Snapshot, families
+from fleet.observe.metrics import JobTimes, Snapshot, families
 
 NODE = {"node": "node-1", "time": 100.0, "jobs": [{"job": "a"}], "draining": False,
         "capacity": {"cpus": 2.0, "memory": 4096, "gpus": 0},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.image
 
-from fleet.plot import draw_fleet, draw_job, job_series, node_series
+from fleet.observe.plot import draw_fleet, draw_job, job_series, node_series
 
 
 def report(attempt: int, step: int, **metrics: float) -> dict:

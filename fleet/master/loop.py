@@ -36,16 +36,16 @@ import redis
 from celery import Celery
 from celery.result import denied_join_result
 
-from fleet import keys, quarantine, records, registry
+from fleet.store import keys, quarantine, records, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
-from fleet.intake import Doorbell, Ingest
-from fleet.jobstore import JobStore, Outcome
-from fleet.lease import Lease
+from fleet.master.intake import Doorbell, Ingest
+from fleet.store.jobstore import JobStore, Outcome
+from fleet.master.lease import Lease
 from fleet.placement import NodeView, PolicyState, Request
 from fleet.placement.nodes import CPUS, MEMORY
 from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
-from fleet.repair import Repairer
+from fleet.master.repair import Repairer
 from fleet.settings import Settings
 from fleet.states import EndReason, JobState
 

@@ -1,14 +1,14 @@
 """The node's fork server: each job process is forked from a warm interpreter, not exec'd.
 
-Starting `python -m workers.jobproc` per job costs an interpreter start and its imports (~45 ms
+Starting `python -m workers.process.jobproc` per job costs an interpreter start and its imports (~45 ms
 here, more than the whole of a no-op job); forking a process that has them imported already
 costs about a millisecond. So the supervisor starts one fork server per node
-(`python -m workers.forkserver`, started after the node confined itself, so it and every job
+(`python -m workers.process.forkserver`, started after the node confined itself, so it and every job
 are in the node's cgroups), with the environment a job may see (no broker credential) and no
 framework imported: thread counts must be in the environment before torch or TensorFlow loads,
 and each job's child sets its own before it imports anything of the job.
 
-A forked job process is what an exec'd one was (see `workers.jobproc`, which both run):
+A forked job process is what an exec'd one was (see `workers.process.jobproc`, which both run):
 - its own session and process group: the supervisor stops a job by killing its group;
 - PR_SET_PDEATHSIG to the fork server, and the fork server ends as soon as the supervisor's
   end of its control socket closes (which the kernel does when the worker dies, SIGKILL
@@ -16,10 +16,10 @@ A forked job process is what an exec'd one was (see `workers.jobproc`, which bot
 - stdin: its order (JSON); stdout and stderr: its log; FLEET_EVENT_FD: its event pipe;
   its working directory, thread and GPU environment as the supervisor asks.
 The server is also the subreaper of its jobs: what a job leaves orphaned is reaped, not left a
-zombie of a worker running as a container's PID 1. And it fences them (see `workers.fence`):
+zombie of a worker running as a container's PID 1. And it fences them (see `workers.attempt.fence`):
 it holds the node's lease deadline in a page every job shares, kills every job's group once
 that deadline passes or the lease lapsed, and forks nothing while it has none. A job's
-command line reads `python -m workers.jobproc`, as an exec'd one did (ps, pgrep and the
+command line reads `python -m workers.process.jobproc`, as an exec'd one did (ps, pgrep and the
 benchmarks find jobs so).
 
 Protocol, over AF_UNIX SOCK_SEQPACKET sockets (one JSON message per packet):
@@ -49,7 +49,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workers import fence, jobproc
+from workers.attempt import fence
+from workers.process import jobproc
 
 CTL_FD_ENV = "FLEET_FORKSERVER_FD"
 _FDS = 4  # order (read), output (write), events (write), status socket
@@ -145,7 +146,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.forkserver"], stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "workers.process.forkserver"], stdin=subprocess.DEVNULL,
                 env={**self.env, CTL_FD_ENV: str(theirs.fileno())}, pass_fds=[theirs.fileno()],
                 start_new_session=True,  # a terminal's ^C goes to the worker, not to its jobs
             )
@@ -352,7 +353,7 @@ def _fence(jobs: dict[int, int], fenced: set[int]) -> None:
 
 def _become_job(request: dict[str, Any], fds: list[int], ctl: socket.socket,
                 others: list[int], title: tuple[int, bytes] | None) -> None:
-    """In the forked child: become the job process `python -m workers.jobproc` would be."""
+    """In the forked child: become the job process `python -m workers.process.jobproc` would be."""
     server = os.getppid()
     os.setsid()  # its own session and process group
     if title is not None:
@@ -385,7 +386,7 @@ def _job_title() -> tuple[int, bytes] | None:
             line = f.read()[: end - start]
     except (OSError, ValueError, IndexError):
         return None
-    ours, theirs = b"workers.forkserver", b"workers.jobproc"
+    ours, theirs = b"workers.process.forkserver", b"workers.process.jobproc"
     if ours not in line:
         return None
     return start, line.replace(ours, theirs + b"\0" * (len(ours) - len(theirs)), 1)

@@ -1,7 +1,7 @@
 """Job records in Redis and the atomic steps of a job's life.
 
 Each step that touches more than one key (submit, reserve, claim, progress, finish, cancel) is one
-Lua script (`fleet/lua/`), so it is atomic and one round trip, and fenced: a step names the
+Lua script (`fleet/store/lua/`), so it is atomic and one round trip, and fenced: a step names the
 attempt it acts for, and only the job's current attempt may act. That is what makes a duplicate
 or late delivery harmless and keeps exactly one terminal state per job.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys, quarantine, records
+from fleet.store import keys, quarantine, records
 from fleet.spec import JobSpec
 from fleet.states import EndReason, JobState
 
@@ -30,7 +30,7 @@ RETRY_BACKOFF_S = 2.0  # first delay after a counted failure; doubles each time
 
 @cache
 def _script_source(name: str) -> str:
-    lua = resources.files("fleet") / "lua"
+    lua = resources.files("fleet.store") / "lua"
     return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
@@ -248,7 +248,7 @@ class JobStore:
 
     def repair_alloc(self, node: str, job_id: str) -> str:
         """Rewrite `job_id`'s entry on `node` from the job's record, or drop it when the job
-        holds no reservation there (fleet/lua/repair_alloc.lua). Returns what was done."""
+        holds no reservation there (fleet/store/lua/repair_alloc.lua). Returns what was done."""
         return keys.text(self._scripts["repair_alloc"](
             keys=[keys.node_alloc(node), keys.job(job_id), keys.node(node)],
             args=[job_id, node],

@@ -1,6 +1,6 @@
 """A node's capacity and usage from the text of cgroup, /proc and nvidia-smi files: pure parsing.
 
-Nothing here opens a file or starts a process (that is `workers.probe`); every function takes the
+Nothing here opens a file or starts a process (that is `workers.node.probe`); every function takes the
 text it parses, so each is tested on fixture strings. Inside a container the host's cpu_count and
 memory mean nothing: the limits are the cgroup's cpu quota, its cpuset and its memory limit, and
 `combine_capacity` takes the smallest of what is known, falling back to the host only when nothing

@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fleet import keys, quarantine, records, registry
+from fleet.store import keys, quarantine, records, registry
 from fleet.states import JobState
 
 # Seconds: from a submit to the job's first reservation / first start.

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys, quarantine, records
+from fleet.store import keys, quarantine, records
 
 HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
 
@@ -56,7 +56,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
 def _script(client: redis.Redis) -> Any:
     script = getattr(client, "_fleet_heartbeat", None)
     if script is None:
-        source = (resources.files("fleet") / "lua" / "heartbeat.lua").read_text()
+        source = (resources.files("fleet.store") / "lua" / "heartbeat.lua").read_text()
         script = client.register_script(source)
         client._fleet_heartbeat = script  # type: ignore[attr-defined]
     return script

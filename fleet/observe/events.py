@@ -1,7 +1,7 @@
 """The fleet's lifecycle events: read and follow the `fleet:events` stream.
 
 The Lua steps append one entry per event in the same atomic step as the change they record
-(`fleet/lua/`): submitted, placed (node, attempt), started (node, attempt), resumed (attempt,
+(`fleet/store/lua/`): submitted, placed (node, attempt), started (node, attempt), resumed (attempt,
 step), retrying (attempt, reason), cancelling, finished (state, reason). An event's JSON shape is
 documented in docs/watching.md; fields are only ever added.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys, quarantine, records
+from fleet.store import keys, quarantine, records
 
 INT_FIELDS = ("attempt", "step")
 LOST_REASONS = ("NODE_LOST", "WORKER_LOST")

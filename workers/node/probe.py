@@ -1,6 +1,6 @@
 """A node's real capacity and measured usage, read from its cgroup, /proc, psutil and the GPUs.
 
-The I/O half of `workers.load`: this module finds and reads the files, `load` parses them. Every
+The I/O half of `workers.node.load`: this module finds and reads the files, `load` parses them. Every
 path is taken under `root` so tests point it at a fixture tree. Nothing here raises for a missing
 or unreadable file: it falls back (a parent cgroup, the cpu affinity, the host) and says so in
 `Capacity.source`.
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import psutil
 
-from workers import load
-from workers.load import Capacity, GpuInfo, Usage
+from workers.node import load
+from workers.node.load import Capacity, GpuInfo, Usage
 
 NVIDIA_SMI_QUERY = "index,name,memory.total,memory.used,utilization.gpu"
 NVIDIA_SMI_TIMEOUT = 5.0

@@ -4,7 +4,7 @@ Capacity is read from the node's own limits (cgroup, cpuset, the driver's config
 the host's when limited. Reserved comes from the node's allocation record, usage is measured.
 A node asked to drain takes no new job and, once idle, stops its worker.
 
-Each heartbeat Redis applied renews the node's lease for its jobs too (`workers.fence`): the
+Each heartbeat Redis applied renews the node's lease for its jobs too (`workers.attempt.fence`): the
 fork server is told until when they may run, counted from when the heartbeat was sent.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 
 import redis
 
-from fleet import keys, registry
+from fleet.store import keys, registry
 from fleet.errors import FleetError
 from fleet.settings import Settings
-from workers import fence
-from workers.load import Capacity
-from workers.probe import UsageProbe
-from workers.supervisor import Supervisor
+from workers.attempt import fence
+from workers.node.load import Capacity
+from workers.node.probe import UsageProbe
+from workers.attempt.supervisor import Supervisor
 
 log = logging.getLogger("fleet.agent")
 

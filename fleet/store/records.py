@@ -4,7 +4,7 @@ Redis holds what the fleet's own atomic steps wrote, but also whatever anyone ho
 operator credential (or a bug, or a half-written upgrade) put there. A reader never trusts a
 record's shape: each decoder here takes the raw value (bytes, str, or a hash as a mapping),
 returns a plain, normalized record, or raises `BadRecord` naming the field and the reason. The
-reader then skips, repairs or quarantines the record (the master, `fleet.quarantine`) and
+reader then skips, repairs or quarantines the record (the master, `fleet.store.quarantine`) and
 serves the rest of the fleet.
 
 Numbers are checked for type, finiteness and range: a negative reservation would make a node

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import redis
 
-from fleet import keys
+from fleet.store import keys
 from fleet.errors import NotFound
 
-LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (workers/supervisor.py)
+LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (workers/attempt/supervisor.py)
 
 
 @dataclass(frozen=True)

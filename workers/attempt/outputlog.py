@@ -4,7 +4,7 @@ A job may print without end; the node's disk may not fill with it. The log is ke
 halves: when `output.log` reaches half the cap it becomes `output.log.1` (the older half before
 it is dropped) and a new `output.log` starts, its first line saying how much earlier output is
 gone: "[fleet: 950 MiB of earlier output cut]". So the newest output, between half the cap and
-the cap, is always on disk; `fleet.logs.read_stored` puts the halves back in order.
+the cap, is always on disk; `fleet.observe.logs.read_stored` puts the halves back in order.
 
 The file is created 0600 (job output may hold anything the job printed), appended with plain
 `os.write` of the bytes the job wrote (no decoding, no per-line work); halves end at a line's
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fleet.logs import cut_note, older_half
+from fleet.observe.logs import cut_note, older_half
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 

@@ -1,12 +1,12 @@
-"""The job process: one per attempt, forked by the node's fork server (`workers.forkserver`),
-or started on its own as `python -m workers.jobproc`; the same `main` runs either way.
+"""The job process: one per attempt, forked by the node's fork server (`workers.process.forkserver`),
+or started on its own as `python -m workers.process.jobproc`; the same `main` runs either way.
 
 It reads its instructions (JSON) from stdin, pins itself to the cores it was given, sets thread
 counts before any framework is imported, checks the entry point against the allowlist once more,
 and calls `function(ctx, **params)`. Events (progress, checkpoints, the result) go to the
 supervisor as JSON lines on the pipe named by FLEET_EVENT_FD; stdout and stderr are the job's
 log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training on, and with
-its node's lease (`workers.fence`): a forked job checks the lease deadline in every call into
+its node's lease (`workers.attempt.fence`): a forked job checks the lease deadline in every call into
 `ctx` and in a watchdog thread between them.
 
 Checkpoints: the order names the attempt's own checkpoint folder (`checkpoint_dir`) and the
@@ -91,7 +91,7 @@ def exit_now(code: int) -> NoReturn:
 
 def main() -> int:
     _die_with_parent()
-    from workers import fence
+    from workers.attempt import fence
 
     guard = fence.installed()
     if guard is not None:

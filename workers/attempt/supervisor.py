@@ -9,7 +9,7 @@ is read as it comes, the outcome recorded as soon as the process is gone.
 
 Fencing (DESIGN.md, invariant 8): the node's lease is passed on to the fork server
 (`renew_lease`), which kills the jobs of a node that could not renew it; the checkpoints an
-attempt announces are committed with its fencing token (`workers.commits`), and the next
+attempt announces are committed with its fencing token (`workers.attempt.commits`), and the next
 attempt is told the committed ones only.
 """
 
@@ -29,24 +29,25 @@ from typing import Any
 
 import redis
 
-from fleet import keys
+from fleet.store import keys
 from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
-from fleet.jobstore import JobStore, Outcome
+from fleet.store.jobstore import JobStore, Outcome
 from fleet.private import private_dir
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
 from fleet.states import EndReason
-from workers import disk, load, runners
+from workers import runners
+from workers.node import disk, load
 from workers.checkpoint import make_private_dir
-from workers.commits import CheckpointCommits
+from workers.attempt.commits import CheckpointCommits
 from workers.context import Resources
-from workers.cores import Pinning
-from workers.forkserver import ForkServer, LeaseLapsed
-from workers.outputlog import OutputLog
-from workers.pipes import JobPipes
-from workers.probe import TreeMemory, find_cgroup
-from workers.watch import (
+from workers.node.cores import Pinning
+from workers.process.forkserver import ForkServer, LeaseLapsed
+from workers.attempt.outputlog import OutputLog
+from workers.process.pipes import JobPipes
+from workers.node.probe import TreeMemory, find_cgroup
+from workers.attempt.watch import (
     CancelWatch,
     MemoryWatch,
     StallWatch,
@@ -349,7 +350,7 @@ class Supervisor:
 class _Relay:
     """Moves a job's events and output to Redis (fenced), the log file and Celery.
 
-    Output goes to the file as the bytes the job wrote (capped, see workers.outputlog) and to
+    Output goes to the file as the bytes the job wrote (capped, see workers.attempt.outputlog) and to
     Redis as lines, only the last LOG_LINES_CAP of each batch (the list keeps no more): a job
     printing a GiB costs a write per MiB and one split of its tail, not a call per line. A
     disk error on the file is kept in `disk_error`, named, and the file is no more written.

@@ -30,7 +30,7 @@ A job killed `MAX_ATTEMPTS` times counts as failed. A job's completion time is i
 its duration stretched by the CPU sharing it met; the mean duration (`mean_duration`) is the
 floor no policy can go below.
 
-The trace format is in `fleet.trace`.
+The trace format is in `fleet.sim.trace`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from fleet.placement import (
     schedule_round,
 )
 from fleet.placement.nodes import ALLOCATED, CPUS, EPS, GPUS, MEMORY
-from fleet.trace import Trace, parse_trace
+from fleet.sim.trace import Trace, parse_trace
 
 KILL_FRACTION = 0.1  # an over-committed job dies this far into its run
 MAX_ATTEMPTS = 20

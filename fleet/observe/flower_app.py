@@ -2,7 +2,7 @@
 environment: the broker URL comes from the settings (FLEET_REDIS_URL_FILE), the basic-auth
 login from a 0600 Flower config file named by --conf.
 
-    python -m fleet.flower_app --conf=FILE --address=127.0.0.1 --port=5555
+    python -m fleet.observe.flower_app --conf=FILE --address=127.0.0.1 --port=5555
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--conf=") for a in args):
-        print("fleet.flower_app: --conf=FILE is required (a Flower config with basic_auth): "
+        print("fleet.observe.flower_app: --conf=FILE is required (a Flower config with basic_auth): "
               "Flower is never served without a login", file=sys.stderr)
         return 2
     try:

@@ -1,6 +1,6 @@
 """What a reader does with a malformed record: log it (rate-limited), count it, move it aside.
 
-`fleet.records` says whether a record is well formed (pure); this module is the I/O around it.
+`fleet.store.records` says whether a record is well formed (pure); this module is the I/O around it.
 Every reader in a process notes what it skipped in `found`, a process-wide tally (like a
 logger: readers deep in `registry` or `jobstore` need no handle passed down). The master adds
 its tally to the `BAD_RECORDS` hash in Redis each round, which the exporter serves as
@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys
+from fleet.store import keys
 
 log = logging.getLogger("fleet.records")
 # Shown where the process configures logging (master, worker, exporter); a CLI read command

@@ -1,6 +1,6 @@
 """The master's repairs of what was written over in Redis: nothing it reads may stop it.
 
-`fleet.records` says whether a record is well formed and `fleet.quarantine` logs and counts
+`fleet.store.records` says whether a record is well formed and `fleet.store.quarantine` logs and counts
 what is not; this is what the master then does about it, each round or once a second:
 
 - a singleton key of the wrong type (the nodes set, the pending line, the jobs index, the event
@@ -19,8 +19,8 @@ import logging
 
 import redis
 
-from fleet import keys, quarantine, records
-from fleet.jobstore import JobStore, pending_score
+from fleet.store import keys, quarantine, records
+from fleet.store.jobstore import JobStore, pending_score
 from fleet.settings import Settings
 from fleet.states import JobState
 

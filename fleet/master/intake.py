@@ -3,7 +3,7 @@
 A producer may write one key only, its intake stream (`keys.intake(name)`, see fleet.acl): the
 Client appends `{op: submit, job_id, spec}` or `{op: cancel, job_id}` and the master, which
 alone writes the fleet's records, takes every intake's entries here and applies them with the
-fleet's own atomic steps (fleet.jobstore). Every entry is untrusted: sizes are checked before
+fleet's own atomic steps (fleet.store.jobstore). Every entry is untrusted: sizes are checked before
 anything is parsed, the spec is validated with the master's own allowlist and limits, the job
 id must have the form `new_job_id` gives. Who submitted is the intake the entry came from,
 recorded as the job's `submitted_by`; nothing in the entry can claim otherwise.
@@ -31,10 +31,11 @@ from typing import Any
 
 import redis
 
-from fleet import acl, keys, quarantine, records
+from fleet import acl
+from fleet.store import keys, quarantine, records
 from fleet.entrypoints import check_name, is_job_id
 from fleet.errors import FleetError, NotFound
-from fleet.jobstore import JobStore
+from fleet.store.jobstore import JobStore
 from fleet.settings import Settings
 from fleet.spec import JobSpec, parse_spec
 

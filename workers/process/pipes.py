@@ -25,7 +25,7 @@ import os
 import select
 import time
 
-from workers.forkserver import JobProcess
+from workers.process.forkserver import JobProcess
 
 READ_GAP_S = 0.2  # the longest rest after a read: a job writing a little, often
 MIN_GAP_S = 0.001  # the shortest: output flowing as fast as the job can write it

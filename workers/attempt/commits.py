@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fleet.jobstore import JobStore
+from fleet.store.jobstore import JobStore
 from workers import checkpoint as checkpoints
 
 log = logging.getLogger("fleet.supervisor")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from fleet import records
+from fleet.store import records
 
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])

@@ -1,0 +1,1 @@
+"""The master: one elected process that applies intake, places pending jobs, repairs."""

@@ -1,0 +1,1 @@
+"""What operators see: events, logs, metrics, plots and the Flower app."""

@@ -1,0 +1,1 @@
+"""The placement simulator: replays a trace through the same policies offline."""

@@ -1,0 +1,1 @@
+"""One attempt of a job, watched from the node: supervise, fence, commit, relay output."""

@@ -1,0 +1,1 @@
+"""The node: what it has (cores, GPUs, cgroups, disk) and what it reports."""
