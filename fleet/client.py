@@ -140,7 +140,7 @@ class Client:
         """Validate, check it can fit some node, then append it to the intake. Returns the job
         id at once; the master accepts it within milliseconds (or rejects it: FAILED)."""
         spec = self.spec_from(source, overrides)
-        request = Request.from_resources(spec.resources.model_dump(), spec.node_selector)
+        request = Request.of(spec.resources.value(), spec.node_selector)
         too_big = never_fits(self._live_nodes(), request)
         if too_big is not None and self._nodes is not None:
             self._nodes = None  # a refusal is judged on the nodes as they are now

@@ -37,6 +37,7 @@ from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet
     split_entrypoint,
 )
 from fleet.errors import SpecError
+from fleet.resources import Resources
 from fleet.units import parse_memory
 
 SCHEMA_VERSION = 1
@@ -71,8 +72,9 @@ Integer = Annotated[int, BeforeValidator(_no_bool)]
 Size = Annotated[int, BeforeValidator(_size), Field(gt=0, le=MAX_BYTES)]
 
 
-class Resources(BaseModel):
-    """What a job reserves on its node; the master never places it where these do not fit."""
+class ResourceSpec(BaseModel):
+    """The spec's `resources`, checked: what a job reserves on its node; the master never
+    places it where these do not fit. `value()` is the one resource value everything else uses."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +91,10 @@ class Resources(BaseModel):
             raise ValueError("gpu_memory needs gpus > 0")
         return gpu_memory
 
+    def value(self) -> Resources:
+        """These amounts as the one resource value (milli-CPUs, bytes, whole GPUs inside)."""
+        return Resources.parse(self.model_dump())
+
 
 class JobSpec(BaseModel):
     """A training job as submitted. New fields get defaults, so older payloads stay readable."""
@@ -100,7 +106,7 @@ class JobSpec(BaseModel):
     entrypoint: str = Field(max_length=200)
     framework: Literal["torch", "tensorflow", "none"] = "none"
     params: dict[str, JsonValue] = Field(default_factory=dict)
-    resources: Resources = Field(default_factory=Resources)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
     priority: Integer = Field(default=0, ge=-1000, le=1000)  # higher runs first
     timeout: Integer = Field(default=86400, gt=0)  # seconds, wall clock of one attempt
     stall_timeout: Integer | None = Field(default=None, gt=0)  # seconds without a progress report

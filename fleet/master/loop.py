@@ -41,11 +41,11 @@ from fleet.broker import RUN_TASK, task_id, task_payload
 from fleet.master.intake import Doorbell, Ingest
 from fleet.store.jobstore import JobStore, Outcome
 from fleet.master.lease import Lease
-from fleet.placement import NodeView, PolicyState, Request
-from fleet.placement.nodes import CPUS, MEMORY
+from fleet.placement import NodeView, PolicyState, Request, has_room
 from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
 from fleet.master.repair import Repairer
+from fleet.resources import Resources
 from fleet.settings import Settings
 from fleet.states import EndReason, JobState
 
@@ -56,7 +56,6 @@ RECONCILE_EVERY_S = 1.0  # how often to look for such jobs
 LEASE_RENEW_S = 1.0  # the lease (settings.master_lease_ttl) is renewed at most this often
 PENDING_WINDOW = 32  # pending jobs read per round: the head of the line (more if it is stuck)
 EXPLAIN_WINDOW = 1000  # pending jobs read by a round that gives reasons
-CPU_EPS = 1e-6
 EXPLAIN_EVERY_S = 1.0  # waiting reasons recomputed at most this often...
 EXPLAIN_ALWAYS_UP_TO = 16  # ...unless this few jobs wait
 ERROR_LOG_EVERY_S = 10.0  # a round that fails logs its traceback at most this often
@@ -250,7 +249,8 @@ class Master:
         incarnations = {r["node"]: r["incarnation"] for r in live}
         nodes = NodeView.from_reports(live)
         running = [
-            RunningJob(id=job, node=s["node"], request=_request_from_alloc(a), est_end=None)
+            RunningJob(id=job, node=s["node"], request=Request.of(Resources.from_wire(a)),
+                       est_end=None)
             for s in states
             for job, a in s["alloc"].items()
         ]
@@ -264,7 +264,7 @@ class Master:
                 nodes, pending, running, policy=self.settings.policy, state=self.policy_state,
                 now=now, explain=explain,
             )
-            if result.placements or whole or not _has_room(nodes):
+            if result.placements or whole or not has_room(nodes):
                 break
             window = self.store.pending_ids(start=len(ids), limit=size)
             ids += window
@@ -411,19 +411,13 @@ def _pending_job(job: dict) -> PendingJob:
         raise records.BadRecord("job", "spec.policy", f"unknown policy {spec['policy'][:40]!r}")
     return PendingJob(
         id=job["id"],
-        request=Request.from_resources(spec["resources"], spec.get("node_selector") or {}),
+        request=Request.of(Resources.parse(spec["resources"]), spec.get("node_selector")),
         priority=job["priority"],
         seq=job["seq"],
         submitted_at=job["submitted_at"] or 0.0,
         policy=spec.get("policy"),
         est_duration=float(spec.get("timeout") or 0) or None,
     )
-
-
-def _has_room(nodes: NodeView) -> bool:
-    """Some live node has CPU and memory left unreserved."""
-    free = nodes.free()
-    return bool(((free[:, CPUS] > CPU_EPS) & (free[:, MEMORY] > 0)).any())
 
 
 NO_NODES = "no live nodes"
@@ -444,8 +438,3 @@ def _not_taking_work(states: list[dict]) -> str:
             why.append(f"{s['node']} allocations unreadable")
     return "; ".join(why)
 
-
-def _request_from_alloc(alloc: dict) -> Request:
-    return Request(
-        cpus=alloc.get("cpus_m", 0) / 1000, memory=alloc.get("memory", 0), gpus=alloc.get("gpus", 0)
-    )

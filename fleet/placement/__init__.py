@@ -10,6 +10,7 @@ from fleet.placement.nodes import (
     NodeView,
     Request,
     feasible,
+    has_room,
     never_fits,
     unfit_reason,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "choose",
     "feasible",
     "get_policy",
+    "has_room",
     "never_fits",
     "schedule_round",
     "score",

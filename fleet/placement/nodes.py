@@ -3,58 +3,51 @@
 Everything here is pure (numpy and the stdlib): the master builds a `NodeView` from the node
 reports it read, the simulator from its own bookkeeping, and both ask the same questions.
 
-Resources are columns, in `RESOURCES` order: CPUs in cores, memory in bytes, GPUs as a count, and
-GPU memory as the free bytes on the node's best GPU. GPU memory is a property of the device, not
-something fleet hands out, so reservations never add to that column: a request's `gpu_memory` is
-a filter ("a GPU with this much free"), nothing more.
+Resources are columns, one per kind of `fleet.resources.KINDS`, in that order (`RESOURCES`), in
+the units people write: CPUs in cores, memory in bytes, GPUs as a count, and GPU memory as the
+free bytes on the node's best GPU. Reservations add only to the reserved kinds' columns
+(`ALLOCATED`): GPU memory is a property of the device, not something fleet hands out, so a
+request's `gpu_memory` is a filter ("a GPU with this much free"), nothing more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from fleet.units import format_cpus, format_memory, parse_memory
+from fleet.resources import KIND, KINDS, NAMES, Resources
 
-RESOURCES = ("cpus", "memory", "gpus", "gpu_memory")
-CPUS, MEMORY, GPUS, GPU_MEMORY = range(4)
-#: The columns that reservations add to (and that load is measured on).
-ALLOCATED = 3
+T = TypeVar("T")
+
+RESOURCES = NAMES
+CPUS, MEMORY, GPUS, GPU_MEMORY = (NAMES.index(n) for n in ("cpus", "memory", "gpus", "gpu_memory"))
+#: The columns that reservations add to (and that load is measured on), as an index array.
+ALLOCATED = np.array([i for i, k in enumerate(KINDS) if k.reserved], dtype=np.intp)
+#: 1.0 on the reserved columns, 0.0 elsewhere: adds a request to reservations in one step.
+_RESERVED_MASK = np.array([1.0 if k.reserved else 0.0 for k in KINDS])
 #: Slack for sums of fractional CPUs (0.1 + 0.2 > 0.3); memory is whole bytes.
-EPS = np.array([1e-9, 0.5, 1e-9, 0.5])
+EPS = np.array([k.slack for k in KINDS])
+#: A node with less than half an inside unit free of a kind every job asks for has no room.
+_ROOM = np.array([0.5 / k.scale if k.always else -np.inf for k in KINDS])
 
 
 def quantity(resource: str, value: Any) -> float:
     """A resource amount as a float; memory may be written `2Gi`. Raises ValueError."""
-    if value is None:
-        return 0.0
-    if resource in ("memory", "gpu_memory"):
-        return float(parse_memory(value))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {value!r}")
-    if value < 0 or value != value or value == float("inf"):
-        raise ValueError(f"expected a non-negative number, got {value!r}")
-    return float(value)
+    return float(KIND[resource].parse(value))
 
 
 def amount(resource: str, value: float) -> str:
     """`6Gi`, `2 cpus`, `1 gpus`: an amount, with the unit a count needs."""
-    if resource in ("memory", "gpu_memory"):
-        return format_memory(value)
-    return f"{format_cpus(value)} {resource}"
+    return KIND[resource].amount(value)
 
 
 def describe(resource: str, value: float) -> str:
     """`6Gi memory`, `2 cpus`, `16Gi GPU memory`: an amount of a resource as a person reads it."""
-    if resource == "memory":
-        return f"{amount(resource, value)} memory"
-    if resource == "gpu_memory":
-        return f"{amount(resource, value)} GPU memory"
-    return amount(resource, value)
+    return KIND[resource].describe(value)
 
 
 def _vector(mapping: Mapping[str, Any] | None) -> list[float]:
@@ -62,45 +55,68 @@ def _vector(mapping: Mapping[str, Any] | None) -> list[float]:
     return [quantity(r, mapping.get(r)) for r in RESOURCES]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Request:
-    """What one job asks for, and the node labels it insists on."""
+    """What one job asks for, in the units people write, and the node labels it insists on.
 
-    cpus: float
-    memory: float
-    gpus: float = 0
-    gpu_memory: float = 0
-    node_selector: Mapping[str, str] = field(default_factory=dict)
+    `Request(2, 4 * GI)` gives amounts in `RESOURCES` order, `Request(cpus=2, gpu_memory=...)`
+    by name; kinds not given are 0. The master builds one from a `Resources` value (`of`).
+    """
 
-    @cached_property
-    def _vec(self) -> np.ndarray:
-        vec = np.array([self.cpus, self.memory, self.gpus, self.gpu_memory], dtype=np.float64)
-        vec.flags.writeable = False
-        return vec
+    amounts: tuple[float, ...]
+    node_selector: Mapping[str, str]
 
-    def vector(self) -> np.ndarray:
-        """(4,) float64 in `RESOURCES` order; read-only (computed once)."""
-        return self._vec
+    def __init__(
+        self, *amounts: float, node_selector: Mapping[str, str] | None = None, **named: float
+    ) -> None:
+        if len(amounts) > len(RESOURCES):
+            raise TypeError(f"at most {len(RESOURCES)} amounts ({', '.join(RESOURCES)})")
+        values = [float(a) for a in amounts] + [0.0] * (len(RESOURCES) - len(amounts))
+        for name, value in named.items():
+            if name not in KIND:
+                raise TypeError(f"unknown resource {name!r}; known: {', '.join(RESOURCES)}")
+            values[RESOURCES.index(name)] = float(value)
+        object.__setattr__(self, "amounts", tuple(values))
+        object.__setattr__(self, "node_selector", dict(node_selector or {}))
+
+    @classmethod
+    def of(cls, resources: Resources, node_selector: Mapping[str, str] | None = None) -> Request:
+        """The request for a job asking `resources` (the one value, parsed once)."""
+        return cls(*resources.vector(), node_selector=node_selector)
 
     @classmethod
     def from_resources(
         cls, resources: Mapping[str, Any], node_selector: Mapping[str, str] | None = None
     ) -> Request:
         """From a spec's `resources` mapping; memory may be bytes or `2Gi`, None means 0."""
-        cpus, memory, gpus, gpu_memory = _vector(resources)
-        return cls(cpus, memory, gpus, gpu_memory, dict(node_selector or {}))
+        return cls.of(Resources.parse(resources), node_selector)
+
+    @cached_property
+    def _vec(self) -> np.ndarray:
+        vec = np.array(self.amounts, dtype=np.float64)
+        vec.flags.writeable = False
+        return vec
+
+    def vector(self) -> np.ndarray:
+        """(k,) float64 in `RESOURCES` order; read-only (computed once)."""
+        return self._vec
+
+    def amount(self, name: str) -> float:
+        """How much of kind `name` the job asks for."""
+        return self.amounts[RESOURCES.index(name)]
 
     def describe(self) -> str:
-        parts = [describe(r, a) for r, a in zip(RESOURCES, self.vector(), strict=True) if a > 0]
+        parts = [describe(r, a) for r, a in zip(RESOURCES, self.amounts, strict=True) if a > 0]
         return ", ".join(parts) or "nothing"
 
 
 @dataclass(frozen=True, eq=False)
 class NodeView:
-    """One snapshot of the live nodes, as arrays of shape (n, 4) in `RESOURCES` order.
+    """One snapshot of the live nodes, as arrays of shape (n, k) in `RESOURCES` order.
 
     A view is never changed in place: `with_reserved` returns a new one, so a decision made on a
-    view can be explained later from that same view. Arrays are float64.
+    view can be explained later from that same view. Arrays are float64; an array with fewer
+    columns (written before a kind existed) has 0 of the kinds it leaves out.
     """
 
     names: tuple[str, ...]
@@ -109,14 +125,16 @@ class NodeView:
     usage: np.ndarray
     labels: tuple[dict[str, str], ...] = ()
     # What depends on capacity and labels only: shared by the copies `with_reserved` makes.
-    _static: dict = field(default_factory=dict, repr=False)
+    _static: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        n = len(self.names)
+        n, k = len(self.names), len(RESOURCES)
         for name in ("capacity", "reserved", "usage"):
             array = np.asarray(getattr(self, name), dtype=np.float64)
-            if array.shape != (n, len(RESOURCES)):
-                array = array.reshape(n, len(RESOURCES))
+            if array.ndim == 2 and array.shape[0] == n and array.shape[1] < k:
+                array = np.pad(array, ((0, 0), (0, k - array.shape[1])))
+            if array.shape != (n, k):
+                array = array.reshape(n, k)
             object.__setattr__(self, name, array)
         if len(self.labels) != n:
             labels = tuple(self.labels) + ({},) * (n - len(self.labels))
@@ -135,66 +153,84 @@ class NodeView:
         rows = [[_vector(r.get(part)) for r in reports] for part in ("capacity", "reserved", "usage")]
         shape = (len(reports), len(RESOURCES))
         capacity, reserved, usage = (np.array(x, dtype=np.float64).reshape(shape) for x in rows)
-        reserved[:, GPU_MEMORY] = 0.0
+        reserved *= _RESERVED_MASK  # nothing is held of a kind fleet does not reserve
         labels = tuple({str(k): str(v) for k, v in (r.get("labels") or {}).items()} for r in reports)
         return cls(names, capacity, reserved, usage, labels)
 
     @classmethod
     def empty(cls) -> NodeView:
-        return cls((), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4)))
+        shape = (0, len(RESOURCES))
+        return cls((), np.zeros(shape), np.zeros(shape), np.zeros(shape))
+
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`, kept for this view and the copies `with_reserved` and `with_load` make:
+        only for what depends on capacity and labels alone (placement's per-fleet constants)."""
+        try:
+            return self._static[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._static[key] = compute()
+            return value
+
+    def with_load(self, reserved: np.ndarray, usage: np.ndarray) -> NodeView:
+        """The same nodes with other reservations and usage (capacity and labels unchanged)."""
+        return NodeView(self.names, self.capacity, reserved, usage, self.labels, self._static)
 
     @cached_property
     def _free(self) -> np.ndarray:
-        free = self.capacity - self.reserved
+        free: np.ndarray = self.capacity - self.reserved
         free.flags.writeable = False
         return free
 
     def free(self) -> np.ndarray:
-        """capacity − reserved, (n, 4); read-only. Negative where a node is over-committed."""
+        """capacity − reserved, (n, k); read-only. Negative where a node is over-committed."""
         return self._free
 
     def inverse_capacity(self) -> np.ndarray:
-        """1 / capacity on the allocated columns, 0 where a node has none: fractions of nothing are 0."""
-        inv = self._static.get("inv")
-        if inv is None:
-            cap = self.capacity[:, :ALLOCATED]
-            inv = np.divide(1.0, cap, out=np.zeros_like(cap), where=cap > 0)
-            self._static["inv"] = inv
-        return inv
+        """(n, k) 1 / capacity on the allocated columns; 0 where a node has none (fractions of
+        nothing are 0) and on the columns reservations do not add to."""
+
+        def compute() -> np.ndarray:
+            cap = self.capacity * _RESERVED_MASK
+            inv: np.ndarray = np.divide(1.0, cap, out=np.zeros_like(cap), where=cap > 0)
+            return inv
+
+        return self.cached("inv", compute)
 
     def index(self, name: str) -> int | None:
         """The row of the node called `name`, or None."""
-        lookup = self._static.get("index")
-        if lookup is None:
-            lookup = self._static["index"] = {n: i for i, n in enumerate(self.names)}
+        lookup = self.cached("index", lambda: {n: i for i, n in enumerate(self.names)})
         return lookup.get(name)
 
     def selector_mask(self, selector: Mapping[str, str] | None) -> np.ndarray | None:
         """Bool (n,): the nodes whose labels match every pair of `selector`; None when it is empty."""
         if not selector:
             return None
-        key = ("sel", tuple(sorted(selector.items())))
-        mask = self._static.get(key)
-        if mask is None:
-            pairs = key[1]
-            mask = np.fromiter(
+        pairs = tuple(sorted(selector.items()))
+        return self.cached(
+            ("sel", pairs),
+            lambda: np.fromiter(
                 (all(lbl.get(k) == v for k, v in pairs) for lbl in self.labels),
                 dtype=bool,
                 count=len(self.names),
-            )
-            self._static[key] = mask
-        return mask
+            ),
+        )
 
     def with_reserved(self, index: int, request: Request) -> NodeView:
         """A copy with `request` reserved on node `index` (usage is what was measured: unchanged)."""
         reserved = self.reserved.copy()
-        reserved[index, :ALLOCATED] += request.vector()[:ALLOCATED]
-        return NodeView(self.names, self.capacity, reserved, self.usage, self.labels, self._static)
+        reserved[index] += request.vector() * _RESERVED_MASK
+        return self.with_load(reserved, self.usage)
+
+
+def has_room(nodes: NodeView) -> bool:
+    """Some node has some of every kind each job asks for (CPUs, memory) left unreserved."""
+    return bool((nodes.free() > _ROOM).all(axis=1).any())
 
 
 def fits(free: np.ndarray, need: np.ndarray) -> np.ndarray:
     """free ≥ need on every resource, row by row (with float slack)."""
-    return (free + EPS >= need).all(axis=-1)
+    ok: np.ndarray = (free + EPS >= need).all(axis=-1)
+    return ok
 
 
 def feasible(nodes: NodeView, req: Request) -> np.ndarray:

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from fleet.placement.nodes import (
-    ALLOCATED,
     EPS,
     GPUS,
     RESOURCES,
@@ -31,6 +30,7 @@ from fleet.placement.nodes import (
     feasible,
     unfit_reason,
 )
+from fleet.resources import KIND, RESERVED
 
 #: spread's blend of what is promised (reservations) and what is measured (usage).
 RESERVED_WEIGHT = 0.7
@@ -69,20 +69,20 @@ class Policy:
 
 
 def _after(nodes: NodeView, req: Request, blend_usage: bool) -> np.ndarray:
-    """(n, 3) fractions of each node's CPUs, memory and GPUs in use once `req` is placed there."""
-    used = nodes.reserved[:, :ALLOCATED]
+    """(n, k) fractions of each node's reserved kinds (CPUs, memory, GPUs) in use once `req` is
+    placed there; 0 on the other columns."""
+    used = nodes.reserved
     if blend_usage:
-        used = RESERVED_WEIGHT * used + USAGE_WEIGHT * nodes.usage[:, :ALLOCATED]
-    return (used + req.vector()[:ALLOCATED]) * nodes.inverse_capacity()
+        used = RESERVED_WEIGHT * used + USAGE_WEIGHT * nodes.usage
+    frac: np.ndarray = (used + req.vector()) * nodes.inverse_capacity()
+    return frac
 
 
 def _counts(nodes: NodeView) -> np.ndarray:
-    """How many of CPUs, memory, GPUs each node has (at least 1, to divide by)."""
-    counts = nodes._static.get("counts")
-    if counts is None:
-        counts = np.maximum((nodes.inverse_capacity() > 0).sum(axis=1), 1)
-        nodes._static["counts"] = counts
-    return counts
+    """How many of the reserved kinds each node has (at least 1, to divide by)."""
+    return nodes.cached(
+        "counts", lambda: np.maximum((nodes.inverse_capacity() > 0).sum(axis=1), 1)
+    )
 
 
 def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -90,10 +90,7 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _gpu_nodes(nodes: NodeView) -> np.ndarray:
-    has = nodes._static.get("gpu_nodes")
-    if has is None:
-        has = nodes._static["gpu_nodes"] = nodes.capacity[:, GPUS] > 0
-    return has
+    return nodes.cached("gpu_nodes", lambda: nodes.capacity[:, GPUS] > 0)
 
 
 def keep_gpus(nodes: NodeView, req: Request) -> np.ndarray | float:
@@ -103,7 +100,7 @@ def keep_gpus(nodes: NodeView, req: Request) -> np.ndarray | float:
     scoring policies send a CPU-only job there only when no other node fits it (the effect of a
     Kubernetes PreferNoSchedule taint on GPU nodes). 0 for a GPU job.
     """
-    if req.gpus > 0:
+    if req.amount("gpus") > 0:
         return 0.0
     return _gpu_nodes(nodes).astype(np.float64)
 
@@ -122,7 +119,8 @@ def spread_load(nodes: NodeView, req: Request) -> np.ndarray:
     whose busiest resource is equally busy.
     """
     frac = _after(nodes, req, blend_usage=True)
-    return frac.max(axis=1) + TIE_WEIGHT * frac.sum(axis=1) / _counts(nodes)
+    load: np.ndarray = frac.max(axis=1) + TIE_WEIGHT * frac.sum(axis=1) / _counts(nodes)
+    return load
 
 
 def spread_key(nodes: NodeView, req: Request) -> np.ndarray:
@@ -136,10 +134,13 @@ def spread_key(nodes: NodeView, req: Request) -> np.ndarray:
     equal fits to the least loaded node; a CPU-only job avoids GPU nodes (`keep_gpus`).
     """
     load = np.clip(spread_load(nodes, req), 0.0, GPU_FIT - 1)
-    if req.gpus > 0:
-        left = nodes.capacity[:, GPUS] - nodes.reserved[:, GPUS] - req.gpus
-        return TIER * keep_gpus(nodes, req) + GPU_FIT * left + load
-    return TIER * keep_gpus(nodes, req) + load
+    gpus = req.amount("gpus")
+    if gpus > 0:
+        left = nodes.capacity[:, GPUS] - nodes.reserved[:, GPUS] - gpus
+        key: np.ndarray = TIER * keep_gpus(nodes, req) + GPU_FIT * left + load
+    else:
+        key = TIER * keep_gpus(nodes, req) + load
+    return key
 
 
 def _spread(nodes: NodeView, req: Request, state: PolicyState, mask: np.ndarray) -> np.ndarray:
@@ -336,11 +337,7 @@ class Decision:
             "node": self.view.names[i],
             "feasible": bool(self.mask[i]),
             "score": _round(self.scores[i]),
-            "free": {
-                "cpus": round(float(free[0]), 6),
-                "memory": int(free[1]),
-                "gpus": round(float(free[2]), 6),
-            },
+            "free": {k.name: _json_amount(k.name, free[RESOURCES.index(k.name)]) for k in RESERVED},
             "why_not": why,
         }
 
@@ -379,11 +376,14 @@ class Decision:
         }
 
 
+def _json_amount(name: str, value: float) -> float:
+    """An amount for a JSON record: whole bytes for a size, else rounded to 6 places."""
+    return int(value) if KIND[name].size else round(float(value), 6)
+
+
 def _request_dict(req: Request) -> dict[str, Any]:
-    return {
-        "cpus": req.cpus,
-        "memory": int(req.memory),
-        "gpus": req.gpus,
-        "gpu_memory": int(req.gpu_memory),
-        "node_selector": dict(req.node_selector),
+    out: dict[str, Any] = {
+        name: int(a) if KIND[name].size else a for name, a in zip(RESOURCES, req.amounts, strict=True)
     }
+    out["node_selector"] = dict(req.node_selector)
+    return out

@@ -48,7 +48,9 @@ from fleet.placement.nodes import (
 )
 from fleet.placement.policies import Decision, PolicyState, choose, get_policy
 
-_EPS3 = EPS[:ALLOCATED]
+_EPS_HELD = EPS[ALLOCATED]
+#: A running (or just placed) job's expected end and the reserved kinds it gives back then.
+Release = tuple[float, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Hold:
     node: str
     index: int
     start: float  # when the held job can start there at the latest (inf: not known)
-    spare: np.ndarray  # (3,) CPUs, memory, GPUs left free there at `start` once the job is in
+    spare: np.ndarray  # the reserved kinds (CPUs, memory, GPUs) free there at `start`, job in
     waited: float  # how long the held job has waited, at this round
 
 
@@ -144,10 +146,10 @@ def schedule_round(
             view = view.with_reserved(i, req)
             max_free = view.free().max(axis=0)
             end = math.inf if job.est_duration is None else now + job.est_duration
-            releases.setdefault(i, []).append((end, need[:ALLOCATED]))
+            releases.setdefault(i, []).append((end, need[ALLOCATED]))
             for held in holds:
                 if held.index == i and not end <= held.start:
-                    held.spare = np.maximum(held.spare - need[:ALLOCATED], 0.0)
+                    held.spare = np.maximum(held.spare - need[ALLOCATED], 0.0)
             result.placements.append((job, decision))
             continue
         waited = now - job.submitted_at
@@ -167,14 +169,14 @@ def schedule_round(
     return result
 
 
-def _releases(view: NodeView, running: Sequence[RunningJob]) -> dict[int, list]:
+def _releases(view: NodeView, running: Sequence[RunningJob]) -> dict[int, list[Release]]:
     """Node index -> [(expected end, CPUs/memory/GPUs it gives back)]."""
-    out: dict[int, list] = {}
+    out: dict[int, list[Release]] = {}
     for job in running:
         i = view.index(job.node)
         if i is not None:
             end = math.inf if job.est_end is None else job.est_end
-            out.setdefault(i, []).append((end, job.request.vector()[:ALLOCATED]))
+            out.setdefault(i, []).append((end, job.request.vector()[ALLOCATED]))
     return out
 
 
@@ -185,29 +187,32 @@ def _blocked_by(holds: list[Hold], job: PendingJob, need: np.ndarray, now: float
     for hold in holds:
         if math.isfinite(hold.start) and end <= hold.start:
             continue  # ends before the held job could start: backfill
-        if (need[:ALLOCATED] <= hold.spare + _EPS3).all():
+        if (need[ALLOCATED] <= hold.spare + _EPS_HELD).all():
             continue  # fits beside the held job
         blocked[hold.index] = f"held for {hold.job}, waiting {hold.waited:.0f}s"
     return blocked
 
 
-def _earliest(free: np.ndarray, need: np.ndarray, ends: list, now: float) -> tuple[float, np.ndarray]:
+def _earliest(
+    free: np.ndarray, need: np.ndarray, ends: list[Release], now: float
+) -> tuple[float, np.ndarray]:
     """When `need` fits on a node with `free` now as its jobs end; what is free then."""
-    avail = free[:ALLOCATED].copy()
-    want = need[:ALLOCATED]
-    if (avail + _EPS3 >= want).all():
+    avail = free[ALLOCATED]  # a copy: fancy indexing
+    want = need[ALLOCATED]
+    if (avail + _EPS_HELD >= want).all():
         return now, avail
     for end, gives in sorted(ends, key=lambda e: e[0]):
         if not math.isfinite(end):
             break
         avail = avail + gives
-        if (avail + _EPS3 >= want).all():
+        if (avail + _EPS_HELD >= want).all():
             return max(end, now), avail
     return math.inf, avail
 
 
 def _hold(
-    view: NodeView, job: PendingJob, releases: Mapping[int, list], holds: list[Hold], now: float
+    view: NodeView, job: PendingJob, releases: Mapping[int, list[Release]], holds: list[Hold],
+    now: float,
 ) -> Hold | None:
     """The node where `job` could start soonest, not held already; None if there is none."""
     need = job.request.vector()
@@ -217,8 +222,8 @@ def _hold(
         able &= selector
     taken = {h.index for h in holds}
     free = view.free()
-    want = np.where(need[:ALLOCATED] > 0, need[:ALLOCATED], np.inf)
-    best: tuple | None = None
+    want = np.where(need[ALLOCATED] > 0, need[ALLOCATED], np.inf)
+    best: tuple[tuple[float, float, int], np.ndarray] | None = None
     for index in np.flatnonzero(able):
         i = int(index)
         if i in taken:
@@ -232,7 +237,7 @@ def _hold(
     if best is None:
         return None
     (start, _, i), avail = best
-    spare = np.maximum(avail - need[:ALLOCATED], 0.0)
+    spare = np.maximum(avail - need[ALLOCATED], 0.0)
     return Hold(job.id, view.names[i], i, start, spare, now - job.submitted_at)
 
 

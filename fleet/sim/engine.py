@@ -46,7 +46,6 @@ import numpy as np
 
 from fleet.placement import (
     RESOURCES,
-    NodeView,
     PendingJob,
     PolicyState,
     RunningJob,
@@ -212,7 +211,7 @@ class _Sim:
     def _end(self, k: int, now: float) -> None:
         run = self.runs.pop(k)
         self.on_node[run.node].discard(k)
-        self.reserved[run.node, :ALLOCATED] -= self.needs[k][:ALLOCATED]
+        self.reserved[run.node, ALLOCATED] -= self.needs[k][ALLOCATED]
         self._use(k, run.node, -1.0, now)
         self._rerate(run.node, now)
 
@@ -241,15 +240,8 @@ class _Sim:
         return np.clip(self.reported, 0.0, self.cap)
 
     def _round(self, now: float) -> set[int]:
-        cap, reserved, nodes = self.cap, self.reserved, self.nodes
-        view = NodeView(
-            nodes.names,
-            cap,
-            reserved.copy(),
-            self._measured(now),
-            nodes.labels,
-            nodes._static,
-        )
+        reserved, nodes = self.reserved, self.nodes
+        view = nodes.with_load(reserved.copy(), self._measured(now))
         running = [
             RunningJob(self.jobs[k].id, nodes.names[r.node], self.jobs[k].request, _est_end(r))
             for k, r in self.runs.items()
@@ -274,8 +266,8 @@ class _Sim:
         cap, reserved, need = self.cap, self.reserved, self.needs[k]
         del self.pending[k]
         self.attempts[k] += 1
-        reserved[i, :ALLOCATED] += need[:ALLOCATED]
-        over = bool((reserved[i, :ALLOCATED] > cap[i, :ALLOCATED] + EPS[:ALLOCATED]).any())
+        reserved[i, ALLOCATED] += need[ALLOCATED]
+        over = bool((reserved[i, ALLOCATED] > cap[i, ALLOCATED] + EPS[ALLOCATED]).any())
         self.over_commits += over
         self._use(k, i, 1.0, now)
         self.tick += 1
@@ -350,8 +342,8 @@ def lower_bound(trace: Trace) -> tuple[float, float]:
     t0 = jobs[0].submit_at
     submit = np.array([j.submit_at for j in jobs]) - t0
     duration = np.array([j.duration for j in jobs])
-    work = np.array([j.request.vector()[:ALLOCATED] for j in jobs]) * duration[:, None]
-    capacity = trace.nodes.capacity[:, :ALLOCATED].sum(axis=0)
+    work = np.array([j.request.vector()[ALLOCATED] for j in jobs]) * duration[:, None]
+    capacity = trace.nodes.capacity[:, ALLOCATED].sum(axis=0)
     has = capacity > 0
     suffix = np.cumsum(work[::-1], axis=0)[::-1][:, has] / capacity[has]
     release = float((submit[:, None] + suffix).max()) if has.any() else 0.0
@@ -376,11 +368,12 @@ def _metrics(sim: _Sim) -> SimResult:
     t0 = jobs[0].submit_at if jobs else 0.0
     makespan = float(max(finished[k] for k in done) - t0) if done else 0.0
     bound, work_bound = lower_bound(trace)
-    capacity = trace.nodes.capacity[:, :ALLOCATED].sum(axis=0)
-    work = sum((jobs[k].request.vector()[:ALLOCATED] * jobs[k].duration for k in done), np.zeros(3))
+    capacity = trace.nodes.capacity[:, ALLOCATED].sum(axis=0)
+    work = sum((jobs[k].request.vector()[ALLOCATED] * jobs[k].duration for k in done),
+               np.zeros(len(ALLOCATED)))
     utilization = {
-        RESOURCES[r]: round(float(work[r] / (capacity[r] * makespan)), 4)
-        for r in range(ALLOCATED)
+        RESOURCES[c]: round(float(work[r] / (capacity[r] * makespan)), 4)
+        for r, c in enumerate(ALLOCATED)
         if capacity[r] > 0 and makespan > 0
     }
     ms = np.array(times) * 1e3

@@ -36,7 +36,7 @@ class TraceJob:
     def used(self) -> tuple[float, float]:
         """(CPUs, memory) the job uses while it runs."""
         if self.usage is None:
-            return self.request.cpus, self.request.memory
+            return self.request.amount("cpus"), self.request.amount("memory")
         return self.usage
 
 
@@ -141,7 +141,7 @@ def parse_trace(data: Any) -> Trace:
                 job_id,
                 _number(job.get("submit_at", 0), f"{where}.submit_at"),
                 _number(job.get("duration"), f"{where}.duration", positive=True),
-                Request(vec[0], vec[1], vec[2], vec[3], node_selector=selector),
+                Request(*vec, node_selector=selector),
                 priority,
                 policy,
                 _usage(job.get("usage"), vec, f"{where}.usage"),

@@ -36,8 +36,7 @@ def _script_source(name: str) -> str:
 
 def request_of(spec: JobSpec) -> dict[str, int]:
     """The reservation a job needs, in the integer units the Lua scripts compare."""
-    res = spec.resources
-    return {"cpus_m": round(res.cpus * 1000), "memory": int(res.memory), "gpus": int(res.gpus)}
+    return spec.resources.value().to_wire()
 
 
 def new_job_id(name: str) -> str:

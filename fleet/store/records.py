@@ -20,16 +20,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.resources import KIND, NAMES, RESERVED
 from fleet.states import JobState
 
 # Bounds a record the fleet wrote never exceeds (spec caps: cpus <= 1024, gpus <= 64).
-MAX_CPUS_M = 1024 * 1000 * 64  # a node may have many CPUs; a job at most 1024
-MAX_BYTES = 2**60
-MAX_GPUS = 1024
+MAX_CPUS_M = KIND["cpus"].limit  # a node may have many CPUs; a job at most 1024
+MAX_BYTES = KIND["memory"].limit
+MAX_GPUS = KIND["gpus"].limit
 MAX_INT = 2**53  # integers JSON and Lua doubles keep exactly
 MAX_ID = 200  # characters in an id (job, node, incarnation, master)
 JOB_STATES = frozenset(s.value for s in JobState)
-ALLOC_FIELDS = ("cpus_m", "memory", "gpus")
+ALLOC_FIELDS = tuple(k.wire for k in RESERVED)
 
 
 class BadRecord(FleetError):
@@ -116,7 +117,7 @@ def optional_string(kind: str, field: str, value: Any, limit: int = 10_000) -> s
 
 # -- node records ---------------------------------------------------------------------------
 def alloc_entry(raw: Any) -> dict[str, Any]:
-    """One value of a node's allocation hash: {attempt, incarnation, cpus_m, memory, gpus}."""
+    """One value of a node's allocation hash: {attempt, incarnation, and the wire amounts}."""
     kind = "alloc"
     a = json_object(kind, "value", raw)
     entry: dict[str, Any] = {
@@ -124,9 +125,9 @@ def alloc_entry(raw: Any) -> dict[str, Any]:
         "incarnation": string(kind, "incarnation", a.get("incarnation")),
     }
     # cpus_m and memory are always written (reserve.lua): one missing is not "0 reserved"
-    entry["cpus_m"] = integer(kind, "cpus_m", a.get("cpus_m"), 0, MAX_CPUS_M)
-    entry["memory"] = integer(kind, "memory", a.get("memory"), 0, MAX_BYTES)
-    entry["gpus"] = integer(kind, "gpus", a.get("gpus", 0), 0, MAX_GPUS)
+    for k in RESERVED:
+        value = a.get(k.wire) if k.always else a.get(k.wire, 0)
+        entry[k.wire] = integer(kind, k.wire, value, 0, k.limit)
     return entry
 
 
@@ -136,7 +137,7 @@ def _resources(kind: str, field: str, value: Any, required: tuple[str, ...] = ()
     if not isinstance(value, dict):
         raise BadRecord(kind, field, f"expected an object, got {type(value).__name__}")
     out = dict(value)
-    for r in ("cpus", "memory", "gpus", "gpu_memory"):
+    for r in NAMES:
         if r in value or r in required:
             out[r] = number(kind, f"{field}.{r}", value.get(r), 0.0,
                             MAX_CPUS_M / 1000 if r == "cpus" else MAX_BYTES)
@@ -194,9 +195,8 @@ def job_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     elif job["state"] != "FAILED":  # a submission the master refused has no valid spec to keep
         raise BadRecord(kind, "spec", "missing")
     if job["request"] is not None:
-        job["request"] = {f: integer(kind, f"request.{f}", job["request"].get(f, 0), 0, high)
-                          for f, high in zip(ALLOC_FIELDS, (MAX_CPUS_M, MAX_BYTES, MAX_GPUS),
-                                             strict=True)}
+        job["request"] = {k.wire: integer(kind, f"request.{k.wire}", job["request"].get(k.wire, 0),
+                                          0, k.limit) for k in RESERVED}
     if job["placement"] is not None:
         job["placement"] = placement(job["placement"])
     if job["progress"] is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from fleet.resources import RESERVED, Resources
 from fleet.store import keys, quarantine, records
 
 HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
@@ -38,9 +39,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
     """
     node = report["node"]
     report = {**report, "time": report.get("time", time.time())}  # readers require it
-    cap = report["capacity"]
-    capacity = {"cpus_m": round(cap["cpus"] * 1000), "memory": int(cap["memory"]),
-                "gpus": int(cap.get("gpus", 0))}
+    capacity = Resources.parse(report["capacity"]).to_wire()
     sample = {"time": report.get("time", time.time()), "usage": report.get("usage", {}),
               "reserved": report.get("reserved", {})}
     ok, holder, *continued = _script(client)(
@@ -63,7 +62,7 @@ def _script(client: redis.Redis) -> Any:
 
 
 def allocations(client: redis.Redis, node: str) -> dict[str, dict[str, Any]]:
-    """Job id -> reservation ({attempt, incarnation, cpus_m, memory, gpus}) on `node`: the
+    """Job id -> reservation ({attempt, incarnation, and the wire amounts}) on `node`: the
     well-formed ones (the master repairs the others; a worker only reports the sum)."""
     try:
         raw = client.hgetall(keys.node_alloc(node))
@@ -92,11 +91,9 @@ def decode_allocations(node: str, raw: Any) -> tuple[dict[str, dict[str, Any]], 
 
 
 def reserved_of(allocs: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    return {
-        "cpus": sum(a.get("cpus_m", 0) for a in allocs.values()) / 1000,
-        "memory": sum(a.get("memory", 0) for a in allocs.values()),
-        "gpus": sum(a.get("gpus", 0) for a in allocs.values()),
-    }
+    """What `allocs` hold in all, in a report's units: `{"cpus": 1.5, "memory": ..., "gpus": 0}`."""
+    held = Resources.total(Resources.from_wire(a) for a in allocs.values())
+    return held.units(RESERVED)
 
 
 def known_nodes(client: redis.Redis) -> list[str]:

@@ -15,17 +15,17 @@ if rec.incarnation == '' then rec.incarnation = '-' end
 local req = decode(j[5])
 local whole = not req
 if req then
-  for _, r in ipairs({'cpus_m', 'memory', 'gpus'}) do
-    local v = req[r] or 0
+  for _, v in pairs(req) do
     if type(v) ~= 'number' or v < 0 or v ~= v or v > 2^53 then whole = true end
   end
 end
 if whole then req = decode(hmget(KEYS[3], 'capacity')[1]) or {} end
-for _, r in ipairs({'cpus_m', 'memory', 'gpus'}) do
-  local v = req[r]
+-- The kinds are the request's (or the capacity's) fields, as fleet.resources writes them.
+for r, v in pairs(req) do
   if type(v) ~= 'number' or v < 0 or v ~= v or v > 2^53 then v = 0 end
-  rec[r] = math.floor(v)
+  if type(r) == 'string' and r ~= 'attempt' and r ~= 'incarnation' then rec[r] = math.floor(v) end
 end
+rec.cpus_m, rec.memory = rec.cpus_m or 0, rec.memory or 0  -- every reservation has these
 if whole and rec.cpus_m == 0 then rec.cpus_m = 1024000 end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
 return 'rewritten'

@@ -12,12 +12,15 @@ if node[1] ~= ARGV[3] then return {0, 'node is gone'} end
 local cap, req = decode(node[2]), decode(j[2])
 if not cap then return {0, 'node capacity unreadable'} end
 if not req then return {0, 'job request unreadable'} end
-local used = {cpus_m = 0, memory = 0, gpus = 0}
-for r, _ in pairs(used) do
-  local need = req[r] or 0
-  if type(need) ~= 'number' or need < 0 or need ~= need then
+-- Every field of the request is a kind of resource (fleet.resources writes it): no kind is
+-- named here, so a new one needs no edit.
+local used = {}
+for r, need in pairs(req) do
+  if type(r) ~= 'string' or r == 'attempt' or r == 'incarnation'
+      or type(need) ~= 'number' or need < 0 or need ~= need then
     return {0, 'job request unreadable'}
   end
+  used[r] = 0
 end
 if redis.call('TYPE', KEYS[3]).ok ~= 'hash' and redis.call('EXISTS', KEYS[3]) == 1 then
   return {0, 'node allocations unreadable'}
@@ -37,8 +40,9 @@ for r, _ in pairs(used) do
   if used[r] + (req[r] or 0) > have then return {0, 'no room for ' .. r} end
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({attempt = n, incarnation = ARGV[3],
-  cpus_m = req.cpus_m, memory = req.memory, gpus = req.gpus}))
+local entry = {attempt = n, incarnation = ARGV[3]}
+for r, _ in pairs(used) do entry[r] = req[r] end
+redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(entry))
 redis.pcall('ZREM', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'PLACED', 'node', ARGV[2], 'incarnation', ARGV[3],
   'placed_at', ARGV[4], 'updated_at', ARGV[4], 'placement', ARGV[5], 'waiting', '')
