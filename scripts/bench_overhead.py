@@ -6,7 +6,7 @@
 
 `workers.jobs.digits_torch:train` with enough epochs for `--seconds` on one CPU (calibrated
 first, directly), run
-- directly: a fresh `python` process that sets `runners.job_env(Resources(cpus=1, cpuset=(c,)))`,
+- directly: a fresh `python` process that sets `runners.job_env(Allotment(cpus=1, cpuset=(c,)))`,
   pins itself to core c, calls `runners.prepare("torch", ...)`, and calls `train(ctx, ...)` with a
   JobContext writing its checkpoints to a temp dir (what the job process does, minus fleet);
   wall time = spawn → exit, measured by the parent; it exits as the job process does
@@ -61,8 +61,8 @@ import json, os, sys, threading, time
 from pathlib import Path
 core, epochs, every, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 from workers import runners
-from workers.context import JobContext, Resources
-res = Resources(cpus=1.0, memory=2**30, cpuset=(core,))
+from workers.context import Allotment, JobContext
+res = Allotment(cpus=1.0, memory=2**30, cpuset=(core,))
 os.environ.update(runners.job_env(res))
 os.sched_setaffinity(0, {core})
 runners.prepare("torch", res)

@@ -9,7 +9,7 @@ cgroup with cpu.cfs_quota_us = cpu.cfs_period_us = 100000: one CPU, as `docker r
 else `sched_setaffinity` to one core (the result file says which). Each configuration runs in
 a fresh process that joins the limit before importing the framework:
 
-- fleet: as fleet runs a `cpus: 1` job: `workers.runners.job_env(Resources(...))` in the
+- fleet: as fleet runs a `cpus: 1` job: `workers.runners.job_env(Allotment(...))` in the
   environment before the import, `runners.prepare(...)` after it, and pinned to whatever the
   supervisor's `Pinning` gives a 1-CPU job on this node: nothing under a quota alone (the node
   shares the host's cores), the one core under sched_setaffinity (the core is the node's own).
@@ -87,9 +87,9 @@ def child(args: argparse.Namespace) -> None:
     resources = None
     if mode == "fleet":
         from workers import runners
-        from workers.context import Resources
+        from workers.context import Allotment
 
-        resources = Resources(cpus=1.0, memory=2**30,
+        resources = Allotment(cpus=1.0, memory=2**30,
                               cpuset=(args.pin,) if args.pin is not None else ())
         # (a pin here is the one fleet's Pinning chose, see main())
         os.environ.update(runners.job_env(resources))

@@ -24,11 +24,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.resources import Resources
 from workers import checkpoint as checkpoints
 from workers.attempt.fence import Fence
 
@@ -36,14 +37,23 @@ Event = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Resources:
-    """What a job was given on its node: its share, not the node's or the host's."""
+class Allotment:
+    """What a job was given on its node: its share, not the node's or the host's, and the
+    CPUs and GPUs it was pinned to (the amounts are those of `fleet.resources.Resources`)."""
 
     cpus: float
     memory: int  # bytes
     gpus: int = 0
     cpuset: tuple[int, ...] = ()  # the CPUs the job is pinned to; empty: not pinned
     gpu_ids: tuple[int, ...] = ()  # device indices, exported as CUDA_VISIBLE_DEVICES
+
+    @classmethod
+    def from_order(cls, order: Mapping[str, Any]) -> Allotment:
+        """From an attempt's order: the spec's `resources` plus `cpuset` and `gpu_ids`."""
+        given = Resources.parse(order)
+        return cls(cpus=given.get("cpus"), memory=int(given.get("memory")),
+                   gpus=int(given.get("gpus")), cpuset=tuple(order.get("cpuset", ())),
+                   gpu_ids=tuple(order.get("gpu_ids", ())))
 
     @property
     def threads(self) -> int:
@@ -69,7 +79,7 @@ class JobContext:
         *,
         job_id: str,
         attempt: int,
-        resources: Resources,
+        resources: Allotment,
         workdir: Path,
         checkpoint_dir: Path,
         emit: Callable[[Event], None] | None = None,

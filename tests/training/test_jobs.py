@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 from workers import checkpoint, runners
-from workers.context import JobContext, Resources
+from workers.context import Allotment, JobContext
 from workers.jobs import synthetic
 
 pytestmark = pytest.mark.training
@@ -31,7 +31,7 @@ def _context(tmp_path: Path, emit=None, stop: threading.Event | None = None) -> 
     return JobContext(
         job_id="job-1",
         attempt=1,
-        resources=Resources(cpus=1, memory=2**30),
+        resources=Allotment(cpus=1, memory=2**30),
         workdir=tmp_path / "work",
         checkpoint_dir=tmp_path / "ckpt",
         emit=emit,
@@ -46,7 +46,7 @@ def _events(ctx: JobContext, kind: str) -> list[dict]:
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> None:
     # As the job process would; keeps this 2-core machine responsive.
-    runners.prepare("torch", Resources(cpus=1, memory=2**30))
+    runners.prepare("torch", Allotment(cpus=1, memory=2**30))
 
 
 @pytest.fixture(params=DIGITS, ids=["torch", "tf"])
@@ -167,9 +167,9 @@ def test_steps_every_attempt_fails_before_checkpointing(tmp_path: Path) -> None:
 
 def test_steps_crash_kills_the_process_and_a_retry_resumes(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from workers.context import JobContext, Resources;"
+        "import sys; from pathlib import Path; from workers.context import Allotment, JobContext;"
         "from workers.jobs import synthetic;"
-        "ctx = JobContext(job_id='j', attempt=1, resources=Resources(cpus=1, memory=1),"
+        "ctx = JobContext(job_id='j', attempt=1, resources=Allotment(cpus=1, memory=1),"
         " workdir=Path(sys.argv[1]) / 'work', checkpoint_dir=Path(sys.argv[1]) / 'ckpt');"
         "synthetic.steps(ctx, steps=5, step_seconds=0, crash_at=3); print('not reached')"
     )
@@ -212,18 +212,18 @@ def test_thread_env_caps_every_pool() -> None:
     ):
         assert env[name] == "3"
     assert env["TF_NUM_INTEROP_THREADS"] == "1"
-    gpus = runners.job_env(Resources(cpus=2, memory=1, gpus=2, gpu_ids=(1, 3)))
+    gpus = runners.job_env(Allotment(cpus=2, memory=1, gpus=2, gpu_ids=(1, 3)))
     assert gpus["CUDA_VISIBLE_DEVICES"] == "1,3"
-    assert runners.job_env(Resources(cpus=2, memory=1))["CUDA_VISIBLE_DEVICES"] == ""
+    assert runners.job_env(Allotment(cpus=2, memory=1))["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_torch_prepare_sets_threads() -> None:
     import torch
 
-    runners.prepare("torch", Resources(cpus=1, memory=1))
+    runners.prepare("torch", Allotment(cpus=1, memory=1))
     assert torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="unknown framework"):
-        runners.prepare("jax", Resources(cpus=1, memory=1))
+        runners.prepare("jax", Allotment(cpus=1, memory=1))
 
 
 def test_job_modules_and_runners_import_no_framework() -> None:

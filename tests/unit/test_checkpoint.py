@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from workers import checkpoint
-from workers.context import JobContext, Resources
+from workers.context import Allotment, JobContext
 
 
 def _writer(payload: str):
@@ -28,7 +28,7 @@ def _context(tmp_path: Path, **kwargs) -> JobContext:
     return JobContext(
         job_id="job-1",
         attempt=1,
-        resources=Resources(cpus=1, memory=2**30),
+        resources=Allotment(cpus=1, memory=2**30),
         workdir=tmp_path / "work",
         checkpoint_dir=tmp_path / "ckpt",
         **kwargs,
@@ -202,7 +202,7 @@ def test_context_report_coerces_scalars_and_refuses_nan(tmp_path: Path) -> None:
 def test_threads_are_whole_cpus_given_within_the_cpuset(
     cpus: float, cpuset: tuple[int, ...], threads: int
 ) -> None:
-    assert Resources(cpus=cpus, memory=1, cpuset=cpuset).threads == threads
+    assert Allotment(cpus=cpus, memory=1, cpuset=cpuset).threads == threads
 
 
 # -- per attempt, committed with the attempt's fencing token ------------------------------------

@@ -37,11 +37,12 @@ from fleet.private import private_dir
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
 from fleet.states import EndReason
+from fleet.resources import Resources
 from workers import runners
 from workers.node import disk, load
 from workers.checkpoint import make_private_dir
 from workers.attempt.commits import CheckpointCommits
-from workers.context import Resources
+from workers.context import Allotment
 from workers.node.cores import Pinning
 from workers.process.forkserver import ForkServer, LeaseLapsed
 from workers.attempt.outputlog import OutputLog
@@ -148,8 +149,8 @@ class Supervisor:
         commits = CheckpointCommits(
             self.store, job_id, attempt, self.node, self.incarnation,
             self.settings.artifacts_dir / "jobs" / job_id / "checkpoints", committed)
-        res = spec["resources"]
-        cores, gpu_ids = self.pinning.take(float(res["cpus"]), int(res.get("gpus", 0)))
+        asked = Resources.parse(spec["resources"])
+        cores, gpu_ids = self.pinning.take(asked.get("cpus"), int(asked.get("gpus")))
         entry = Running(job_id, attempt, cores, gpu_ids)
         with self._lock:
             self.running[job_id] = entry
@@ -217,8 +218,7 @@ class Supervisor:
             "restore": commits.restore,
             "resources": {**res, "cpuset": list(entry.cores), "gpu_ids": list(entry.gpu_ids)},
         }
-        given = Resources(cpus=float(res["cpus"]), memory=int(res["memory"]),
-                          gpus=int(res.get("gpus", 0)), cpuset=entry.cores, gpu_ids=entry.gpu_ids)
+        given = Allotment.from_order(order["resources"])
         make_private_dir(commits.root)
         oom_before = self._oom_kills()
         proc = self._spawn(runners.job_env(given), workdir, json.dumps(order).encode())
@@ -226,7 +226,7 @@ class Supervisor:
         pipes = JobPipes(proc)
         memory = TreeMemory(proc.pid)
         watches: list[Watch] = [
-            MemoryWatch(int(res["memory"])),
+            MemoryWatch(given.memory),
             TimeoutWatch(float(spec.get("timeout") or self.settings.max_job_timeout)),
             CancelWatch(lambda: self._cancel_requested(job_id)),
         ]

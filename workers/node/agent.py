@@ -22,6 +22,7 @@ import redis
 
 from fleet.store import keys, registry
 from fleet.errors import FleetError
+from fleet.resources import NAMES
 from fleet.settings import Settings
 from workers.attempt import fence
 from workers.node.load import Capacity
@@ -59,10 +60,8 @@ class Agent:
             "container": os.environ.get("FLEET_CONTAINER_ID") or _container_id(),
             "started_at": self.started_at,
             "time": time.time(),
-            "capacity": {
-                "cpus": cap.cpus, "memory": cap.memory, "gpus": cap.gpus,
-                "gpu_memory": cap.gpu_memory, "cpuset": list(cap.cpuset),
-            },
+            # every kind fleet knows, as this node measures it (0: not measured here)
+            "capacity": {**{r: getattr(cap, r, 0) for r in NAMES}, "cpuset": list(cap.cpuset)},
             "capacity_source": dict(cap.source),
             "reserved": registry.reserved_of(allocs),
             "usage": {

@@ -108,13 +108,9 @@ def main() -> int:
 
     from fleet.entrypoints import check_entrypoint
     from workers import runners
-    from workers.context import JobContext, Resources
+    from workers.context import Allotment, JobContext
 
-    res = order["resources"]
-    resources = Resources(
-        cpus=float(res["cpus"]), memory=int(res["memory"]), gpus=int(res.get("gpus", 0)),
-        cpuset=tuple(res.get("cpuset", ())), gpu_ids=tuple(res.get("gpu_ids", ())),
-    )
+    resources = Allotment.from_order(order["resources"])
     if resources.cpuset:
         os.sched_setaffinity(0, resources.cpuset)
     stop = threading.Event()

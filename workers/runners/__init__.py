@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 
-from workers.context import Resources
+from workers.context import Allotment
 
 FRAMEWORKS = ("torch", "tensorflow", "none")
 _ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "": "none"}
@@ -42,18 +42,18 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def gpu_env(resources: Resources) -> dict[str, str]:
+def gpu_env(resources: Allotment) -> dict[str, str]:
     """CUDA_VISIBLE_DEVICES for the GPUs given; an empty value hides every GPU from a job
     that was given none (otherwise it would see, and use, all of the node's)."""
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in resources.gpu_ids)}
 
 
-def job_env(resources: Resources) -> dict[str, str]:
+def job_env(resources: Allotment) -> dict[str, str]:
     """Everything a job process must have in os.environ before it imports a framework."""
     return {**thread_env(resources.threads), **gpu_env(resources)}
 
 
-def prepare(framework: str, resources: Resources) -> None:
+def prepare(framework: str, resources: Allotment) -> None:
     """Apply the in-process thread settings of `framework` ("torch", "tensorflow", "none";
     "pytorch", "tf" and "keras" are accepted as aliases).
 

@@ -11,12 +11,12 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from workers.context import JobContext, Resources
+from workers.context import Allotment, JobContext
 
 WEIGHTS_FILE = "model.weights.h5"
 
 
-def prepare(resources: Resources) -> None:
+def prepare(resources: Allotment) -> None:
     """Use exactly the CPUs given, and let GPU memory grow instead of grabbing the whole card.
 
     TensorFlow accepts these only before its runtime starts (RuntimeError after), hence the

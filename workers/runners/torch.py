@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from workers.context import JobContext, Resources
+from workers.context import Allotment, JobContext
 
 STATE_FILE = "state.pt"
 EXTRA_FILE = "extra.json"
 
 
-def prepare(resources: Resources) -> None:
+def prepare(resources: Allotment) -> None:
     """Use exactly the CPUs given. Inter-op parallelism is set to 1 (a small job gains nothing
     from it); torch refuses that call once parallel work has started, hence the guard."""
     torch.set_num_threads(resources.threads)
