@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
     JsonValue,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
 )
 
@@ -37,7 +38,7 @@ from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet
     split_entrypoint,
 )
 from fleet.errors import SpecError
-from fleet.resources import Resources
+from fleet.resources import KINDS, Kind, Resources
 from fleet.units import parse_memory
 
 SCHEMA_VERSION = 1
@@ -72,9 +73,12 @@ Integer = Annotated[int, BeforeValidator(_no_bool)]
 Size = Annotated[int, BeforeValidator(_size), Field(gt=0, le=MAX_BYTES)]
 
 
-class ResourceSpec(BaseModel):
+class _DeclaredResources(BaseModel):
     """The spec's `resources`, checked: what a job reserves on its node; the master never
-    places it where these do not fit. `value()` is the one resource value everything else uses."""
+    places it where these do not fit. `value()` is the one resource value everything else uses.
+
+    The kinds here have limits of their own; every other kind of `fleet.resources.KINDS` is
+    added as an optional field by `_every_kind` (see `ResourceSpec`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +98,36 @@ class ResourceSpec(BaseModel):
     def value(self) -> Resources:
         """These amounts as the one resource value (milli-CPUs, bytes, whole GPUs inside)."""
         return Resources.parse(self.model_dump())
+
+
+def _kind_amount(kind: Kind) -> Callable[[Any], float | None]:
+    def check(value: Any) -> float | None:
+        if value is None:
+            return None
+        amount = kind.parse(value)
+        if amount * kind.scale > min(kind.limit, MAX_BYTES):
+            raise ValueError(f"at most {kind.amount(min(kind.limit, MAX_BYTES) / kind.scale)}")
+        return amount
+
+    return check
+
+
+def _every_kind(base: type[_DeclaredResources]) -> type[_DeclaredResources]:
+    """`base` with an optional field for each kind it does not declare: a non-negative amount in
+    the units people write (a size for a size), so that a new kind needs no edit here."""
+    fields: dict[str, Any] = {
+        k.name: (Annotated[float | None, BeforeValidator(_kind_amount(k))], None)
+        for k in KINDS if k.name not in base.model_fields
+    }
+    if not fields:
+        return base
+    return create_model("ResourceSpec", __base__=base, __module__=__name__, **fields)
+
+
+if TYPE_CHECKING:
+    ResourceSpec = _DeclaredResources
+else:
+    ResourceSpec = _every_kind(_DeclaredResources)
 
 
 class JobSpec(BaseModel):
