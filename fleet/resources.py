@@ -85,9 +85,11 @@ KINDS: tuple[Kind, ...] = (
 NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
 KIND: dict[str, Kind] = {k.name: k for k in KINDS}
 RESERVED: tuple[Kind, ...] = tuple(k for k in KINDS if k.reserved)
+_SCALES = tuple(k.scale for k in KINDS)
+_WIRE = tuple(k.wire for k in KINDS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resources:
     """An amount of every kind, one integer each in its inside unit, in `KINDS` order.
 
@@ -122,7 +124,7 @@ class Resources:
     @classmethod
     def from_wire(cls, mapping: Mapping[str, Any]) -> Resources:
         """From a stored request, allocation entry or capacity (already validated: numbers)."""
-        return cls(tuple(int(mapping.get(k.wire, 0)) if k.wire else 0 for k in KINDS))
+        return cls(tuple([int(mapping.get(w, 0)) if w else 0 for w in _WIRE]))
 
     def to_wire(self) -> dict[str, int]:
         """`{"cpus_m": 1500, "memory": ..., "gpus": 0}`: the reserved kinds, every one present."""
@@ -140,7 +142,7 @@ class Resources:
 
     def vector(self) -> tuple[float, ...]:
         """Every kind in `KINDS` order, in units people write: placement's vector."""
-        return tuple(float(self.get(name)) for name in NAMES)
+        return tuple([a / scale for a, scale in zip(self.amounts, _SCALES, strict=True)])
 
     def fits(self, room: Resources) -> bool:
         """Whether this much fits in `room` on every kind."""

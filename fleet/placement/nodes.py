@@ -71,7 +71,7 @@ class Request:
     ) -> None:
         if len(amounts) > len(RESOURCES):
             raise TypeError(f"at most {len(RESOURCES)} amounts ({', '.join(RESOURCES)})")
-        values = [float(a) for a in amounts] + [0.0] * (len(RESOURCES) - len(amounts))
+        values = [*map(float, amounts), *(0.0,) * (len(RESOURCES) - len(amounts))]
         for name, value in named.items():
             if name not in KIND:
                 raise TypeError(f"unknown resource {name!r}; known: {', '.join(RESOURCES)}")
@@ -82,7 +82,10 @@ class Request:
     @classmethod
     def of(cls, resources: Resources, node_selector: Mapping[str, str] | None = None) -> Request:
         """The request for a job asking `resources` (the one value, parsed once)."""
-        return cls(*resources.vector(), node_selector=node_selector)
+        request = cls.__new__(cls)  # the vector has every kind already: no checks to make
+        object.__setattr__(request, "amounts", resources.vector())
+        object.__setattr__(request, "node_selector", dict(node_selector or {}))
+        return request
 
     @classmethod
     def from_resources(
