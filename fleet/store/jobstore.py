@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
-from fleet.store import keys, quarantine, records
 from fleet.spec import JobSpec
 from fleet.states import EndReason, JobState
+from fleet.store import keys, quarantine, records
 
 METRICS_CAP = 10_000  # progress reports kept per job
 MAX_INFRA_RETRIES = 10  # attempts lost to infrastructure before a job is declared FAILED
@@ -114,7 +114,7 @@ class JobStore:
                 keys.PENDING, keys.job_attempts(job_id), keys.EVENTS, keys.PLACING,
             ],
             args=[job_id, node, incarnation, _now(now), json.dumps(placement),
-                  _chosen_score(placement, node)],
+                  chosen_score(placement, node)],
         )
         return int(n), keys.text(why)
 
@@ -368,7 +368,8 @@ def pending_score(priority: int, seq: int) -> float:
     return (1000 - priority) * 1e12 + seq
 
 
-def _chosen_score(placement: Mapping, node: str) -> str:
+def chosen_score(placement: Mapping, node: str) -> str:
+    """The score placement gave `node` (for the placed event), "" when it gave none."""
     for candidate in placement.get("candidates") or []:
         if candidate.get("node") == node and candidate.get("score") is not None:
             return repr(float(candidate["score"]))
