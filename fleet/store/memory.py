@@ -122,7 +122,7 @@ class MemoryStore(MemoryJobs):
             kept.append(json.dumps(sample))
             del kept[:-registry.HISTORY_CAP]
             self._wake()
-        return holder == report["incarnation"]
+        return bool(holder == report["incarnation"])
 
     def node_states(self) -> list[dict[str, Any]]:
         with self._lock:
