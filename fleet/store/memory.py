@@ -23,7 +23,7 @@ from fleet import acl
 from fleet.settings import Settings
 from fleet.store import registry
 from fleet.store.memory_jobs import MemoryJobs
-from fleet.store.protocol import Entry, Lease, RawEntry, Repairs
+from fleet.store.protocol import Entry, Lease, RawEntry, Repairs, Store
 
 HOLDING = ("PLACED", "RUNNING")  # states that hold a reservation
 
@@ -344,3 +344,8 @@ def _event(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
             except ValueError:
                 pass
     return event
+
+
+def _conforms(store: MemoryStore) -> Store:
+    """mypy checks here that MemoryStore answers every call of the protocol."""
+    return store
