@@ -48,6 +48,7 @@ from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
 from fleet.states import TERMINAL_NAMES
+from fleet.views import job_view
 
 NODES_FRESH_S = 1.0
 CANCEL_WAIT_S = 5.0  # how long `cancel` waits for the master to apply it
@@ -303,41 +304,6 @@ class Client:
             if status["terminal"]:
                 return status
         raise AssertionError("unreachable")
-
-
-def job_view(job: Mapping[str, Any], attempts: list[dict] | None = None) -> dict[str, Any]:
-    """The stable JSON shape of a job (documented in docs/json.md; scripts parse it)."""
-    spec = job.get("spec") or {}
-    view = {
-        "id": job["id"],
-        "name": job.get("name"),
-        "state": job.get("state"),
-        "terminal": job.get("terminal", False),
-        "node": job.get("node") or None,
-        "attempt": job.get("attempt", 0),
-        "retries": job.get("retries", 0),
-        "infra_retries": job.get("infra_retries", 0),
-        "priority": job.get("priority", 0),
-        "resources": spec.get("resources"),
-        "entrypoint": spec.get("entrypoint"),
-        "framework": spec.get("framework"),
-        "params": spec.get("params"),
-        "submitted_at": job.get("submitted_at"),
-        "started_at": job.get("started_at"),
-        "finished_at": job.get("finished_at"),
-        "updated_at": job.get("updated_at"),
-        "reason": job.get("reason") or None,
-        "error": job.get("error") or None,
-        "waiting": job.get("waiting") or None,
-        "progress": job.get("progress"),
-        "result": job.get("result"),
-        "placement": job.get("placement"),
-    }
-    if attempts is not None:
-        fields = ("attempt", "node", "incarnation", "placed_at", "started_at", "ended_at",
-                  "end_reason", "error", "counted", "resumed_from_step", "peak_memory")
-        view["attempts"] = [{**{f: None for f in fields}, **a} for a in attempts]
-    return view
 
 
 def _safe_url(url: str) -> str:
