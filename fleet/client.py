@@ -43,6 +43,8 @@ from fleet.errors import (
     SpecError,
     WaitTimedOut,
 )
+from fleet.observe.events import follow_events, last_event_id, read_events
+from fleet.observe.logs import JobLogs, LogLine
 from fleet.store.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
@@ -54,6 +56,7 @@ NODES_FRESH_S = 1.0
 CANCEL_WAIT_S = 5.0  # how long `cancel` waits for the master to apply it
 NOT_ACCEPTED = "not yet accepted by the master"
 INTAKE_SCAN = 1000  # newest entries of the intake `status` looks through for a job
+ACTIVE_RECENT = 50  # finished jobs `fleet top` shows beside the pending and running ones
 
 
 def connect(url: str) -> redis.Redis:
@@ -88,6 +91,17 @@ def redis_errors() -> Iterator[None]:
         raise FleetError(f"redis refused this credential: {exc}") from None
     except redis.exceptions.RedisError as exc:
         raise FleetError(f"redis: {exc}") from None
+
+
+def escaped_store_error(exc: BaseException) -> str | None:
+    """The one line the CLI prints (exit 3) for a Redis failure raised outside a Client's
+    methods (a driver's or the master's own connection); None for any other exception, a bug
+    that keeps its traceback. The CLI thus handles Redis's errors without importing Redis."""
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return f"redis refused our credentials: {exc}"
+    if isinstance(exc, redis.exceptions.RedisError):
+        return f"redis: {exc}"
+    return None
 
 
 def _raising_fleet_errors(cls: type) -> type:
@@ -304,6 +318,58 @@ class Client:
             if status["terminal"]:
                 return status
         raise AssertionError("unreachable")
+
+    # -- observe: what `fleet top`, `plot`, `logs` and `events` read -------------------------
+    def active_jobs(self, recent: int = ACTIVE_RECENT) -> list[dict[str, Any]]:
+        """The pending jobs (in line order), the running ones, then the `recent` newest others,
+        each once: what `fleet top` draws, without reading every job the fleet remembers."""
+        newest = self.store.job_ids(recent)
+        pending = self.store.pending_ids()
+        running = [j["job"] for n in self.nodes() for j in n.get("jobs") or []]
+        ids = list(dict.fromkeys([*pending, *running, *newest]))
+        return [job_view(j) for j in self.store.get_many(ids)]
+
+    def node_histories(self) -> dict[str, list[dict[str, Any]]]:
+        """Each known node's recorded load samples, oldest first: `fleet plot --fleet`."""
+        return {n: registry.history(self.r, n) for n in registry.known_nodes(self.r)}
+
+    def log_attempt(self, job_id: str) -> int:
+        """The job's current attempt (0 before its first placement): attempts 1 to it may have
+        logs. NotFound for an unknown job."""
+        return self._logs(job_id).job_attempt()[0]
+
+    def log_lines(self, job_id: str, attempt: int) -> list[str]:
+        """Every output line kept of one attempt (the artifact file when Redis dropped some)."""
+        return self._logs(job_id).lines(attempt)
+
+    def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[LogLine]:
+        """Output lines as they arrive, of `attempt` or (None) of each attempt as the job moves
+        on, until the job has ended and its last lines are read."""
+        yield from self._logs(job_id).follow(attempt)
+
+    def _logs(self, job_id: str) -> JobLogs:
+        return JobLogs(self.r, self.settings.artifacts_dir, job_id)
+
+    def events(
+        self, job: str | None = None, *, limit: int | None = None, follow: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Lifecycle events, oldest first: the past ones (the last `limit`; of `job` only when
+        given), then with `follow` each new one as it is appended, until the caller stops.
+        The newest id is read first: an event appended meanwhile comes once, as a new one."""
+        since = last_event_id(self.r)
+        for event in read_events(self.r, job=job, limit=limit):
+            if _stream_id_le(event["id"], since):
+                yield event
+        if follow:
+            yield from follow_events(self.r, job=job, since=since)
+
+
+def _stream_id_le(a: str, b: str) -> bool:
+    """Stream ids compare as (ms, seq) pairs."""
+    ma, _, sa = a.partition("-")
+    mb, _, sb = b.partition("-")
+    return (int(ma), int(sa or 0)) <= (int(mb), int(sb or 0))
+
 
 
 def _safe_url(url: str) -> str:
