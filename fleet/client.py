@@ -25,7 +25,7 @@ import functools
 import inspect
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +111,12 @@ def _raising_fleet_errors(cls: type) -> type:
             continue
         if inspect.isgeneratorfunction(method):
             @functools.wraps(method)
-            def wrapped(*args: Any, _method: Callable = method, **kwargs: Any) -> Any:
+            def wrapped(*args: Any, _method: Callable[..., Any] = method, **kwargs: Any) -> Any:
                 with redis_errors():
                     yield from _method(*args, **kwargs)
         else:
             @functools.wraps(method)
-            def wrapped(*args: Any, _method: Callable = method, **kwargs: Any) -> Any:
+            def wrapped(*args: Any, _method: Callable[..., Any] = method, **kwargs: Any) -> Any:
                 with redis_errors():
                     return _method(*args, **kwargs)
         setattr(cls, name, wrapped)
@@ -140,7 +140,12 @@ class Client:
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
 
     # -- submit ------------------------------------------------------------------------------
-    def spec_from(self, source: JobSpec | Mapping | str | Path, overrides=()) -> JobSpec:
+    def spec_from(
+        self, source: JobSpec | Mapping[str, Any] | str | Path, overrides: Sequence[str] = (),
+    ) -> JobSpec:
+        """`source` as a checked JobSpec: a spec as is, a mapping or a file (YAML or JSON)
+        validated with `overrides` applied, under this fleet's limits. SpecError names the
+        field at fault."""
         if isinstance(source, JobSpec):
             return source
         if isinstance(source, Mapping):
@@ -150,7 +155,8 @@ class Client:
         return load_spec(source, overrides, **self._limits())
 
     def submit(
-        self, source: JobSpec | Mapping | str | Path, *, overrides=(), job_id: str | None = None
+        self, source: JobSpec | Mapping[str, Any] | str | Path, *, overrides: Sequence[str] = (),
+        job_id: str | None = None,
     ) -> str:
         """Validate, check it can fit some node, then append it to the intake. Returns the job
         id at once; the master accepts it within milliseconds (or rejects it: FAILED)."""
