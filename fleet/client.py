@@ -32,8 +32,6 @@ from typing import Any
 import redis
 
 from fleet import acl
-from fleet.master import intake
-from fleet.store import keys, records, registry
 from fleet.entrypoints import is_job_id
 from fleet.errors import (
     ConnectionFailed,
@@ -43,13 +41,16 @@ from fleet.errors import (
     SpecError,
     WaitTimedOut,
 )
+from fleet.master import intake
 from fleet.observe.events import follow_events, last_event_id, read_events
 from fleet.observe.logs import JobLogs, LogLine
-from fleet.store.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
 from fleet.states import TERMINAL_NAMES
+from fleet.store.jobstore import new_job_id
+from fleet.store.protocol import Store
+from fleet.store.redis_store import RedisStore
 from fleet.views import job_view
 
 NODES_FRESH_S = 1.0
@@ -130,13 +131,16 @@ class Client:
 
     def __init__(
         self, settings: Settings | None = None, *, redis_url: str | None = None,
-        client: redis.Redis | None = None,
+        client: redis.Redis | None = None, store: Store | None = None,
     ) -> None:
+        """Over `store` when given (e.g. a `fleet.store.memory.MemoryStore`), else over the
+        Redis at `client`, `redis_url` or the settings' URL."""
         self.settings = settings or Settings()
-        self.r = client or connect(redis_url or self.settings.resolved_redis_url())
-        self.store = JobStore(self.r)
-        self.intake = acl.intake_of(self.r.connection_pool.connection_kwargs.get("username"))
-        self._intake_key = keys.intake(self.intake)
+        if store is None:
+            store = RedisStore(client or connect(redis_url or self.settings.resolved_redis_url()))
+        self.store: Store = store
+        self.r = getattr(store, "r", None)  # the Redis connection, when the store has one
+        self.intake = store.intake
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
 
     # -- submit ------------------------------------------------------------------------------
@@ -176,20 +180,16 @@ class Client:
 
     def _append(self, fields: dict[str, str]) -> str:
         """One request into this credential's intake; its entry id."""
-        waiting = self.r.xlen(self._intake_key)
+        waiting = self.store.intake_len(self.intake)
         if waiting >= intake.INTAKE_CAP:
             raise FleetError(f"intake {self.intake} holds {waiting} requests the master has not "
                              f"taken: is a master running? (`fleet status`)")
-        entry_id = self.r.xadd(self._intake_key, fields,  # type: ignore[arg-type]
-                               maxlen=intake.INTAKE_CAP, approximate=True)
-        return keys.text(entry_id)
+        return self.store.intake_append(self.intake, fields, intake.INTAKE_CAP)
 
     def _requested(self, job_id: str) -> dict[str, Any] | None:
         """A submission still in this credential's intake (the master has not taken it yet),
         as a job record: PENDING, not yet accepted."""
-        newest: Any = self.r.xrevrange(self._intake_key, count=INTAKE_SCAN)
-        for entry_id, raw in newest:
-            fields = {keys.text(k): keys.text(v) for k, v in raw.items()}
+        for entry_id, fields in self.store.intake_newest(self.intake, INTAKE_SCAN):
             if fields.get("job_id") != job_id or fields.get("op") != "submit":
                 continue
             try:
@@ -197,7 +197,7 @@ class Client:
             except ValueError:
                 spec = {}
             spec = spec if isinstance(spec, dict) else {}
-            at = int(keys.text(entry_id).split("-")[0]) / 1000
+            at = int(entry_id.split("-")[0]) / 1000
             return {"id": job_id, "name": spec.get("name"), "state": "PENDING", "spec": spec,
                     "submitted_at": at, "updated_at": at, "waiting": NOT_ACCEPTED}
         return None
@@ -205,7 +205,7 @@ class Client:
     def _live_nodes(self) -> NodeView:
         now = time.monotonic()
         if self._nodes is None or not 0 <= now - self._nodes[0] < NODES_FRESH_S:
-            self._nodes = (now, NodeView.from_reports(registry.live_reports(self.r)))
+            self._nodes = (now, NodeView.from_reports(self.store.live_reports()))
         return self._nodes[1]
 
     def _limits(self) -> dict[str, Any]:
@@ -228,7 +228,7 @@ class Client:
         return [job_view(j) for j in self.store.get_many(self.store.job_ids(limit))]
 
     def nodes(self) -> list[dict[str, Any]]:
-        return [s["report"] for s in registry.node_states(self.r) if s["report"]]
+        return [s["report"] for s in self.store.node_states() if s["report"]]
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return self.store.metrics(job_id, start)
@@ -238,25 +238,7 @@ class Client:
         how many seconds no master has held the lease (None while one does, or when none
         ever has: `last_seen` None), measured on Redis's clock. `up` is None when this
         credential may not read the master's keys."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.get(keys.MASTER_LEASE)
-        pipe.get(keys.MASTER_SEEN)
-        pipe.time()
-        leader, seen, now = pipe.execute(raise_on_error=False)
-        if isinstance(leader, redis.exceptions.NoPermissionError):
-            return {"up": None, "leader": None, "down_for": None, "last_seen": None}
-        if isinstance(now, Exception):
-            now = (time.time(), 0)
-        up = leader is not None and not isinstance(leader, Exception)
-        try:
-            last_seen = None if seen is None or isinstance(seen, Exception) else \
-                records.timestamp("master_seen", seen)
-        except records.BadRecord:
-            last_seen = None
-        clock = now[0] + now[1] / 1e6
-        down_for = None if up or last_seen is None else max(0.0, clock - last_seen)
-        return {"up": up, "leader": keys.text(leader)[:200] if up else None,
-                "down_for": down_for, "last_seen": last_seen}
+        return self.store.master_status()
 
     def cancel(self, job_id: str, wait: float = CANCEL_WAIT_S) -> str:
         """Ask the master to cancel; the state the job is in (or heads to) once it has, waiting
@@ -278,15 +260,11 @@ class Client:
                                  f"cancel it")
         entry_id = self._append(intake.entry("cancel", job_id))
         deadline = time.monotonic() + wait
-        while self.r.xrange(self._intake_key, entry_id, entry_id):
+        while self.store.intake_holds(self.intake, entry_id):
             if time.monotonic() > deadline:
                 return "CANCELLING"
             time.sleep(0.005)
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hget(keys.job(job_id), "state")
-        pipe.exists(keys.job_cancel(job_id))
-        state, flagged = pipe.execute()
-        state = keys.text(state or b"")
+        state, flagged = self.store.job_state(job_id)
         if state in TERMINAL_NAMES or not flagged:
             return state
         return "CANCELLING"

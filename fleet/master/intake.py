@@ -15,15 +15,16 @@ job id becomes a FAILED job (reason REJECTED, the one-line error), so a producer
 learns why; one without is logged and counted in `keys.BAD_RECORDS` (field `intake`).
 
 The master ingests at the start of each round (`Ingest.run`). It sleeps on `fleet:wake`, which
-producers may not write, so a `Doorbell` thread blocks on the intakes (XREAD BLOCK) and pokes
-`fleet:wake` when an entry lands: submit → placed stays a few milliseconds.
+producers may not write, so the store's doorbell (`RedisStore.start_doorbell`: a thread blocked
+on the intakes, XREAD BLOCK) pokes `fleet:wake` when an entry lands: submit → placed stays a few
+milliseconds. The intakes are read and trimmed through the store (fleet.store.protocol), so the
+same code runs over the in-memory store.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,12 +33,12 @@ from typing import Any
 import redis
 
 from fleet import acl
-from fleet.store import keys, quarantine, records
-from fleet.entrypoints import check_name, is_job_id
+from fleet.entrypoints import is_job_id
 from fleet.errors import FleetError, NotFound
-from fleet.store.jobstore import JobStore
 from fleet.settings import Settings
 from fleet.spec import JobSpec, parse_spec
+from fleet.store import keys, records
+from fleet.store.protocol import Refused, Store
 
 log = logging.getLogger("fleet.intake")
 
@@ -64,20 +65,6 @@ class BadEntry(ValueError):
     def __init__(self, reason: str, job_id: str | None = None) -> None:
         super().__init__(reason)
         self.job_id = job_id
-
-
-def names(client: redis.Redis) -> list[str]:
-    """Every intake to read: the built-in ones and those an operator added to keys.INTAKES."""
-    found = list(acl.INTAKES)
-    for raw in client.smembers(keys.INTAKES):
-        name = keys.text(raw)
-        try:
-            check_name(name)
-        except ValueError:
-            continue
-        if name not in found:
-            found.append(name)
-    return found
 
 
 def entry(op: str, job_id: str, spec: JobSpec | None = None) -> dict[str, str]:
@@ -121,8 +108,7 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
 class Ingest:
     """The master's side: take, validate, apply, trim."""
 
-    def __init__(self, client: redis.Redis, store: JobStore, settings: Settings) -> None:
-        self.r = client
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self._unreadable: set[str] = set()  # reported once
@@ -130,26 +116,22 @@ class Ingest:
 
     def run(self, now: float) -> int:
         """Apply what waits in every intake (up to BATCH each); the number of entries taken."""
-        intakes = names(self.r)
-        pipe = self.r.pipeline(transaction=False)
-        for name in intakes:
-            pipe.xrange(keys.intake(name), count=BATCH)
+        intakes = self.store.intake_names()
         taken = 0
-        for name, entries in zip(intakes, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(entries, redis.exceptions.ResponseError):  # not a stream: not ours
+        for name, entries in zip(intakes, self.store.intake_read(intakes, BATCH), strict=True):
+            if isinstance(entries, Exception):  # not a stream: not ours
                 if name not in self._unreadable:
                     self._unreadable.add(name)
                     self._bad(name, f"the intake is unreadable ({entries})")
                 continue
             done = []
             for entry_id, fields in entries:  # in order: a request waits for those before it
-                if not self.apply(name, fields, _submitted_at(keys.text(entry_id), now),
-                                  entry=f"{name}/{keys.text(entry_id)}"):
+                if not self.apply(name, fields, _submitted_at(entry_id, now),
+                                  entry=f"{name}/{entry_id}"):
                     break
                 done.append(entry_id)
             if done:  # applied: gone from the intake (every entry up to the last one done)
-                self.r.xtrim(keys.intake(name), minid=_next_id(keys.text(done[-1])),
-                             approximate=False)
+                self.store.intake_trim(name, done[-1])
                 taken += len(done)
         return taken
 
@@ -173,7 +155,7 @@ class Ingest:
                 self._cancel(intake, request.job_id)
             else:
                 self._submit(intake, request.job_id, request.spec, now)
-        except redis.exceptions.ResponseError as exc:
+        except (redis.exceptions.ResponseError, Refused) as exc:
             first = self._refused.setdefault(entry, time.monotonic())
             if time.monotonic() - first < RETRY_S:
                 log.warning("intake %s: %s %s refused by redis, kept for the next round: %s",
@@ -191,7 +173,7 @@ class Ingest:
         try:
             self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
             return
-        except redis.exceptions.ResponseError as exc:
+        except (redis.exceptions.ResponseError, Refused) as exc:
             if "job id exists" not in str(exc):
                 raise
         try:
@@ -199,16 +181,16 @@ class Ingest:
             log.info("intake %s: job %s exists already (applied twice)", intake, job_id)
             return
         except records.BadRecord:
-            quarantine.quarantine_key(self.r, keys.job(job_id))
+            self.store.quarantine(keys.job(job_id))
         self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
 
     def _bad(self, intake: str, why: str) -> None:
         log.warning("intake %s: unusable entry dropped: %s", intake, why)
-        self.r.hincrby(keys.BAD_RECORDS, BAD_KIND, 1)
+        self.store.count_bad(BAD_KIND)
 
     def _cancel(self, intake: str, job_id: str) -> None:
         """The operator may cancel any job; a producer seat only those it submitted."""
-        owner = keys.text(self.r.hget(keys.job(job_id), "submitted_by") or b"")
+        owner = self.store.submitted_by(job_id)
         if intake != acl.OPERATOR_INTAKE and owner != intake:
             log.warning("intake %s: cancel of %s refused (submitted by %r)", intake, job_id,
                         owner or None)
@@ -217,48 +199,6 @@ class Ingest:
             self.store.cancel(job_id)
         except NotFound:
             log.info("intake %s: cancel of unknown job %s", intake, job_id)
-
-
-class Doorbell:
-    """Wakes the master's loop the moment an entry lands in any intake: the loop sleeps on
-    `fleet:wake` (BLPOP), which producers may not write. A thread with its own blocking read."""
-
-    def __init__(self, client: redis.Redis, block_ms: int = 1000) -> None:
-        self.r = client
-        self.block_ms = block_ms
-
-    def start(self, stop: threading.Event) -> threading.Thread:
-        thread = threading.Thread(target=self._run, args=(stop,), name="intake-doorbell",
-                                  daemon=True)
-        thread.start()
-        return thread
-
-    def _run(self, stop: threading.Event) -> None:
-        seen: dict[str, str] = {}  # intake key -> the newest entry id rung for
-        skip: set[str] = set()  # keys that are no stream (the master's round reports them)
-        while not stop.is_set():
-            try:
-                streams: dict[Any, Any] = {k: seen.get(k, "0-0") for k in map(keys.intake, names(self.r))
-                                           if k not in skip}
-                try:
-                    found: Any = self.r.xread(streams, count=BATCH, block=self.block_ms)
-                except redis.exceptions.ResponseError:  # WRONGTYPE: find which, go on without
-                    pipe = self.r.pipeline(transaction=False)
-                    for key in streams:
-                        pipe.type(key)
-                    skip |= {k for k, t in zip(streams, pipe.execute(), strict=True)
-                             if keys.text(t) not in ("stream", "none")}
-                    continue
-                if found:
-                    for stream, entries in found:
-                        seen[keys.text(stream)] = keys.text(entries[-1][0])
-                    pipe = self.r.pipeline(transaction=False)
-                    pipe.lpush(keys.WAKE, "1")
-                    pipe.ltrim(keys.WAKE, 0, 0)
-                    pipe.execute()
-            except redis.exceptions.RedisError as exc:  # an outage: the master's loop says so
-                log.debug("doorbell: %s", exc)
-                stop.wait(1.0)
 
 
 def _submitted_at(entry_id: str, now: float) -> float:
@@ -271,6 +211,3 @@ def _submitted_at(entry_id: str, now: float) -> float:
     return at if now - 3600 <= at <= now else now
 
 
-def _next_id(entry_id: str) -> str:
-    ms, _, seq = entry_id.partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"

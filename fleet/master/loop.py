@@ -1,6 +1,6 @@
 """The master: takes pending jobs, places them, reserves, publishes; reconciles what fails.
 
-Each round is fetch → decide → apply (STYLE.md): read node reports and pending jobs from Redis,
+Each round is fetch → decide → apply (STYLE.md): read node reports and pending jobs from the store,
 call the pure scheduler in `fleet.placement`, then reserve each decision atomically and only
 then publish the Celery task to the chosen node's queue (late binding: a queue holds only what
 its node has room for). `now` is passed in so tests control time.
@@ -14,10 +14,10 @@ waiting jobs (`fleet explain`, ~35 µs each to compose) are recomputed and writt
 a second (for the first `EXPLAIN_WINDOW` in line) unless the queue is short. The lease is renewed,
 and reserved-but-unclaimed jobs are looked for, on timers rather than every round.
 
-Failure handling lives here too: a node whose lease lapsed (or that came back as a new
-incarnation) has every attempt it held ended as NODE_LOST, which sends the job back to pending
-as a new attempt; a reserved job nobody claimed (the master died between reserve and publish,
-or the message was lost) is published again, a duplicate being harmless thanks to claim fencing.
+The store is any `fleet.store.protocol.Store`: Redis (`RedisStore`, what `fleet master` runs) or
+the in-memory twin (`MemoryStore`, for unit tests of this round). Holding the lease and the loop
+around rounds are fleet.master.lead's; failure handling (lost nodes, unclaimed jobs) is
+fleet.master.reconcile's.
 """
 
 from __future__ import annotations
@@ -26,116 +26,70 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
 from celery import Celery
 from celery.result import denied_join_result
 
-from fleet.store import keys, quarantine, records, registry
 from fleet.broker import RUN_TASK, task_id, task_payload
-from fleet.master.intake import Doorbell, Ingest
-from fleet.store.jobstore import JobStore, Outcome
-from fleet.master.lease import Lease
+from fleet.master.intake import Ingest
+from fleet.master.lead import Leader
+from fleet.master.reconcile import Publish, RoundReport, republish_unclaimed, requeue_lost
 from fleet.placement import NodeView, PolicyState, Request
 from fleet.placement.nodes import CPUS, MEMORY
 from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
-from fleet.master.repair import Repairer
 from fleet.settings import Settings
-from fleet.states import EndReason, JobState
+from fleet.states import JobState
+from fleet.store import keys, quarantine, records
+from fleet.store.protocol import Store
+from fleet.store.redis_store import RedisStore
+
+__all__ = ["Master", "RoundReport", "PENDING_WINDOW"]
 
 log = logging.getLogger("fleet.master")
 
 UNCLAIMED_AFTER_S = 30.0  # a reserved job not claimed by then is published again
 RECONCILE_EVERY_S = 1.0  # how often to look for such jobs
-LEASE_RENEW_S = 1.0  # the lease (settings.master_lease_ttl) is renewed at most this often
 PENDING_WINDOW = 32  # pending jobs read per round: the head of the line (more if it is stuck)
 EXPLAIN_WINDOW = 1000  # pending jobs read by a round that gives reasons
 CPU_EPS = 1e-6
 EXPLAIN_EVERY_S = 1.0  # waiting reasons recomputed at most this often...
 EXPLAIN_ALWAYS_UP_TO = 16  # ...unless this few jobs wait
-ERROR_LOG_EVERY_S = 10.0  # a round that fails logs its traceback at most this often
 
 
-@dataclass
-class RoundReport:
-    placed: list[tuple[str, str]] = field(default_factory=list)  # (job, node)
-    waiting: dict[str, str] = field(default_factory=dict)
-    requeued: list[tuple[str, str]] = field(default_factory=list)  # (job, dead node)
-    republished: list[str] = field(default_factory=list)
+class Master(Leader):
+    """Places pending jobs on a store: `Master(settings, store, publish)`, or, as `fleet
+    master` runs it, `Master(settings, redis_client, celery_app)`."""
 
-
-class Master:
     def __init__(
-        self, settings: Settings, client: redis.Redis, app: Celery, *, master_id: str | None = None
+        self, settings: Settings, store: Store | redis.Redis, app: Celery | Publish | None = None,
+        *, master_id: str | None = None,
     ) -> None:
+        super().__init__()
         self.settings = settings
-        self.r = client
-        self.app = app
-        self.store = JobStore(client)
-        self.intake = Ingest(client, self.store, settings)  # producers' requests, validated
+        self.store: Store = RedisStore(store) if isinstance(store, redis.Redis) else store
+        self.publish: Publish = celery_publisher(app) if isinstance(app, Celery) else \
+            app or _nowhere
+        self.intake = Ingest(self.store, settings)  # producers' requests, validated
         self.id = master_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lease = Lease(client, keys.MASTER_LEASE, self.id, settings.master_lease_ttl,
-                           seen_key=keys.MASTER_SEEN)
+        self.lease = self.store.lease(self.id, settings.master_lease_ttl)
         self.policy_state = PolicyState(rng=np.random.default_rng())
-        self._leading = False
-        self._connected_since: float | None = None
         self._waiting_written: dict[str, str] = {}
-        self._renewed_at = -math.inf
         self._reconciled_at = -math.inf
         self._explained_at = -math.inf
-        # Pending jobs as read once from Redis (what decides placement never changes while a
-        # job is pending); entries leave when the job leaves the pending set or we reserve it.
+        # Pending jobs as read once from the store (what decides placement never changes while
+        # a job is pending); entries leave when the job leaves the pending set or we reserve it.
         self._pending: dict[str, tuple[PendingJob, float]] = {}
-        self.repair = Repairer(client, self.store, settings)  # what was written over
+        self.repair = self.store.repairs(settings)  # what was written over
         self._guarded_at = -math.inf
-        self._error_logged_at = -math.inf
 
-    # -- the loop ----------------------------------------------------------------------------
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Lead or stand by until `stop` is set; Redis outages are waited out, not fatal."""
-        Doorbell(self.r).start(stop)  # an intake entry wakes the loop below at once
-        while not stop.is_set():
-            try:
-                self.step(time.time())
-                self._wait(stop, interval)
-            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError) as exc:
-                log.warning("redis unreachable (%s); retrying", exc)
-                self._leading = False
-                self._connected_since = None
-                stop.wait(1.0)
-            except Exception as exc:  # a bug, or a record no check foresaw: this round only
-                self._round_failed(exc)
-                stop.wait(min(1.0, interval))
-        if self._leading:
-            self.lease.release()
-
-    def _wait(self, stop: threading.Event, interval: float) -> None:
-        """Until poked (a job arrived or ended) or `interval` passed."""
-        try:
-            self.r.blpop([keys.WAKE], timeout=interval)
-        except redis.exceptions.ResponseError:  # written over: the leader moves it aside
-            stop.wait(interval)
-
-    def _round_failed(self, exc: Exception) -> None:
-        """Log (the traceback at most every ERROR_LOG_EVERY_S) and count a failed round; the
-        next round starts afresh, from what Redis holds."""
+    def forget_round(self) -> None:
         self._pending.clear()
-        now = time.monotonic()
-        if now - self._error_logged_at >= ERROR_LOG_EVERY_S:
-            self._error_logged_at = now
-            log.exception("a master round failed; continuing")
-        else:
-            log.warning("a master round failed: %s: %s", type(exc).__name__, str(exc)[:200])
-        try:
-            self.r.incr(keys.MASTER_ERRORS)
-        except redis.exceptions.RedisError:
-            pass  # counted next time, if the key is moved aside meanwhile
 
     def step(self, now: float) -> RoundReport | None:
         """One round if we lead; None when another master holds the lease."""
@@ -151,7 +105,8 @@ class Master:
             self._connected_since = now
             self._pending.clear()  # another master may have placed them meanwhile
             self._waiting_written.clear()
-            self._republish_unclaimed(now, older_than=now, report=report)  # a takeover
+            republish_unclaimed(self.store, self.publish, now, older_than=now,
+                                report=report)  # a takeover
             self._reconciled_at = now
         if not 0 <= now - self._guarded_at < RECONCILE_EVERY_S:
             self._guarded_at = now
@@ -166,56 +121,24 @@ class Master:
         if now - (self._connected_since or now) >= self.settings.heartbeat_ttl:
             # Only after watching for one full TTL: leases that lapsed while Redis (or this
             # master) was away are not deaths; live nodes renew them within one heartbeat.
-            self._requeue_lost(states, now, report)
+            requeue_lost(self.store, self.repair, states, now, report)
         if now - self._reconciled_at >= RECONCILE_EVERY_S:
-            self._republish_unclaimed(now, older_than=now - UNCLAIMED_AFTER_S, report=report)
+            republish_unclaimed(self.store, self.publish, now,
+                                older_than=now - UNCLAIMED_AFTER_S, report=report)
             self.repair.check_allocations(states)
             self._reconciled_at = now
         self._schedule(states, head, size, explain, now, report)
-        quarantine.found.flush(self.r)
+        self.store.flush_notes()
         return report
 
-    def _hold_lease(self, now: float) -> bool:
-        """Renew the lease if it was renewed over LEASE_RENEW_S ago (it lasts several times
-        that); a master that stops renewing loses it to a standby within its TTL."""
-        if self._leading and 0 <= now - self._renewed_at < LEASE_RENEW_S:
-            return True
-        try:
-            held = self.lease.acquire()
-        except redis.exceptions.ResponseError:
-            held = False
-        if not held:
-            foreign = self.lease.foreign()
-            if foreign is not None:  # no master wrote it: it would keep every master out
-                quarantine.note("lease", keys.MASTER_LEASE, foreign)
-                quarantine.quarantine_key(self.r, keys.MASTER_LEASE)
-            return False
-        self._renewed_at = now
-        return True
-
     # -- decide + apply ----------------------------------------------------------------------
-    def _read(self, size: int, now: float) -> tuple[list[dict], list[str]]:
+    def _read(self, size: int, now: float) -> tuple[list[dict[str, Any]], list[str]]:
         """The nodes' states and the head of the line (`size` pending jobs; those not cached
-        are read in full and cached) in two round trips: the node names with the line, then
-        the nodes' records with the new jobs. A key of the wrong type reads as empty (the
-        guard moves it aside); a line member that cannot be placed leaves the line."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.smembers(keys.NODES)
-        pipe.zrange(keys.PENDING, 0, size - 1)
-        members, line = pipe.execute(raise_on_error=False)
-        members = [] if isinstance(members, Exception) else members
-        line = [] if isinstance(line, Exception) else line
-        nodes, head = registry.names(members), [keys.text(j) for j in line]
-        missing = [j for j in head if j not in self._pending]
-        pipe = self.r.pipeline(transaction=False)
-        registry.read_states(pipe, nodes)
-        for job_id in missing:
-            pipe.hgetall(keys.job(job_id))
-        raw = pipe.execute(raise_on_error=False)
-        jobs = raw[registry.READS_PER_NODE * len(nodes):]
-        read = {j: self.store.decode_read(j, r) for j, r in zip(missing, jobs, strict=True)}
+        are read in full and cached), in as few round trips as the store allows. A line member
+        that cannot be placed leaves the line."""
+        states, head, read = self.store.read_round(size, self._pending)
         self._refresh_pending(head, len(head) < size, read=self._placeable(read, now))
-        return registry.states_from(nodes, raw), head
+        return states, head
 
     def _placeable(self, read: dict[str, dict | str | None], now: float) -> list[dict]:
         """The records of `read` that are pending jobs; the rest leave the line (a pending
@@ -296,7 +219,7 @@ class Master:
             if attempt <= 0:
                 report.waiting[job.id] = f"placement on {node} refused: {why}"
                 continue
-            self._publish(job.id, attempt, node, incarnations[node])
+            self.publish(job.id, attempt, node, incarnations[node])
             report.placed.append((job.id, node))
         if explain:
             self._write_waiting(report.waiting)
@@ -334,13 +257,21 @@ class Master:
             if job["state"] == JobState.PENDING.value:
                 self._pending[job["id"]] = (_pending_job(job), job["not_before"] or 0.0)
 
-    def _publish(self, job_id: str, attempt: int, node: str, incarnation: str) -> None:
-        """Send the attempt's task to its node's queue. Denied a join, Celery does not
-        subscribe to the task's result channel (and unsubscribe when the result object is
-        dropped), two pub/sub commands per job for a result the master never reads; the
-        worker still stores it (Flower and `AsyncResult` read it)."""
+    def _write_waiting(self, waiting: dict[str, str]) -> None:
+        changed = {k: v for k, v in waiting.items() if self._waiting_written.get(k) != v}
+        self.store.set_waiting(changed)
+        self._waiting_written = dict(waiting)
+
+
+def celery_publisher(app: Celery) -> Publish:
+    """Send an attempt's task to its node's queue. Denied a join, Celery does not subscribe to
+    the task's result channel (and unsubscribe when the result object is dropped), two pub/sub
+    commands per job for a result the master never reads; the worker still stores it (Flower
+    and `AsyncResult` read it)."""
+
+    def publish(job_id: str, attempt: int, node: str, incarnation: str) -> None:
         with denied_join_result():
-            self.app.send_task(
+            app.send_task(
                 RUN_TASK,
                 kwargs={"payload": task_payload(job_id, attempt, node, incarnation)},
                 queue=keys.node_queue(node),
@@ -348,60 +279,11 @@ class Master:
                 shadow=job_id.rsplit("-", 1)[0],  # Flower lists the task under the job's name
             )
 
-    def _write_waiting(self, waiting: dict[str, str]) -> None:
-        changed = {k: v for k, v in waiting.items() if self._waiting_written.get(k) != v}
-        self.store.set_waiting(changed)
-        self._waiting_written = dict(waiting)
+    return publish
 
-    # -- reconcile ---------------------------------------------------------------------------
-    def _requeue_lost(self, states: list[dict], now: float, report: RoundReport) -> None:
-        """End every attempt held by a dead node, or by an older incarnation of a live one."""
-        lost = [(s["node"], job, a) for s in states
-                if s["report"] is not None or s["unreadable"] is None  # unreadable: not dead
-                for job, a in s["alloc"].items()
-                if s["report"] is None or a["incarnation"] != s["report"]["incarnation"]]
-        backed = self.repair.backed(lost, states)
-        for s in states:
-            node, live = s["node"], s["report"]
-            if live is None and s["unreadable"] is not None:
-                continue  # its lease holds; what it reports cannot be read (yet)
-            for job, alloc in s["alloc"].items():
-                if live is not None and alloc.get("incarnation") == live["incarnation"]:
-                    continue
-                if (node, job) not in backed:  # an entry its job's record does not back
-                    self.repair.entry(node, job)
-                    continue
-                try:
-                    applied, state = self.store.finish(
-                        job, int(alloc["attempt"]), node,
-                        Outcome(EndReason.NODE_LOST, error=f"node {node} lost"), now,
-                    )
-                except redis.exceptions.ResponseError as exc:  # its job record is not a hash
-                    quarantine.note("job", keys.job(job), exc)
-                    applied, state = False, "unreadable"
-                if not applied:  # a stale entry the job has moved past: drop it
-                    self.r.hdel(keys.node_alloc(node), job)
-                report.requeued.append((job, node))
-                log.warning("node %s lost: job %s -> %s", node, job, state)
-            if live is None and not s["bad_alloc"]:
-                registry.forget(self.r, node)
 
-    def _republish_unclaimed(self, now: float, older_than: float, report: RoundReport) -> None:
-        try:
-            placing = self.store.placing(older_than)
-        except redis.exceptions.ResponseError:  # not a zset: the guard moves it aside
-            return
-        for job_id in placing:
-            try:
-                job = self.store.get(job_id)
-            except records.BadRecord:
-                job = None
-            if not job or job["state"] != JobState.PLACED.value:
-                self.r.zrem(keys.PLACING, job_id)
-                continue
-            self._publish(job_id, job["attempt"], job["node"], job["incarnation"])
-            self.r.zadd(keys.PLACING, {job_id: now})
-            report.republished.append(job_id)
+def _nowhere(job_id: str, attempt: int, node: str, incarnation: str) -> None:
+    """A master given no publisher (a test of its round) sends nothing."""
 
 
 def _pending_job(job: dict) -> PendingJob:

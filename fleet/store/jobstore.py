@@ -13,25 +13,18 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
 
-from fleet.store import keys, quarantine, records
 from fleet.spec import JobSpec
 from fleet.states import EndReason, JobState
+from fleet.store import keys, quarantine, records
+from fleet.store.scripts import Script
 
 METRICS_CAP = 10_000  # progress reports kept per job
 MAX_INFRA_RETRIES = 10  # attempts lost to infrastructure before a job is declared FAILED
 RETRY_BACKOFF_S = 2.0  # first delay after a counted failure; doubles each time
-
-
-@cache
-def _script_source(name: str) -> str:
-    lua = resources.files("fleet.store") / "lua"
-    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
 def request_of(spec: JobSpec) -> dict[str, int]:
@@ -69,7 +62,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._scripts = {
-            name: client.register_script(_script_source(name))
+            name: Script(client, name)
             for name in ("submit", "reject", "reserve", "claim", "progress", "finish", "cancel",
                          "checkpoint", "drop_pending", "repair_alloc")
         }
@@ -91,8 +84,10 @@ class JobStore:
             "not_before": "0",
         }
         self._scripts["submit"](
-            keys=[keys.job(job_id), keys.JOBS, keys.PENDING, keys.SEQUENCE, keys.EVENTS, keys.WAKE],
-            args=[job_id, _now(now), spec.priority, json.dumps(fields)],
+            keys={"job": keys.job(job_id), "jobs": keys.JOBS, "pending": keys.PENDING,
+                  "seq": keys.SEQUENCE, "events": keys.EVENTS, "wake": keys.WAKE},
+            args={"job_id": job_id, "now": _now(now), "priority": spec.priority,
+                  "fields": json.dumps(fields)},
         )
         return job_id
 
@@ -100,8 +95,9 @@ class JobStore:
         """Record a refused request as a FAILED job (REJECTED, `error`), so whoever waits on
         it learns why; False (nothing written) when the job id exists already."""
         return bool(self._scripts["reject"](
-            keys=[keys.job(job_id), keys.JOBS, keys.EVENTS],
-            args=[job_id, _now(now), error[:500], submitted_by, job_id.rsplit("-", 1)[0]],
+            keys={"job": keys.job(job_id), "jobs": keys.JOBS, "events": keys.EVENTS},
+            args={"job_id": job_id, "now": _now(now), "error": error[:500],
+                  "submitted_by": submitted_by, "name": job_id.rsplit("-", 1)[0]},
         ))
 
     def reserve(
@@ -109,12 +105,12 @@ class JobStore:
     ) -> tuple[int, str]:
         """Attempt number (> 0) when reserved, else (0, why not)."""
         n, why = self._scripts["reserve"](
-            keys=[
-                keys.job(job_id), keys.node(node), keys.node_alloc(node), keys.node_drain(node),
-                keys.PENDING, keys.job_attempts(job_id), keys.EVENTS, keys.PLACING,
-            ],
-            args=[job_id, node, incarnation, _now(now), json.dumps(placement),
-                  _chosen_score(placement, node)],
+            keys={"job": keys.job(job_id), "report": keys.node(node),
+                  "alloc": keys.node_alloc(node), "drain": keys.node_drain(node),
+                  "pending": keys.PENDING, "attempts": keys.job_attempts(job_id),
+                  "events": keys.EVENTS, "placing": keys.PLACING},
+            args={"job_id": job_id, "node": node, "incarnation": incarnation, "now": _now(now),
+                  "placement": json.dumps(placement), "score": chosen_score(placement, node)},
         )
         return int(n), keys.text(why)
 
@@ -127,8 +123,10 @@ class JobStore:
     ) -> tuple[bool, str, dict[str, Any] | None]:
         """Claim the attempt; on success the job's spec comes back in the same round trip."""
         answer = self._scripts["claim"](
-            keys=[keys.job(job_id), keys.job_attempts(job_id), keys.EVENTS, keys.PLACING],
-            args=[job_id, attempt, node, incarnation, _now(None)],
+            keys={"job": keys.job(job_id), "attempts": keys.job_attempts(job_id),
+                  "events": keys.EVENTS, "placing": keys.PLACING},
+            args={"job_id": job_id, "attempt": attempt, "node": node,
+                  "incarnation": incarnation, "now": _now(None)},
         )
         ok, why = bool(answer[0]), keys.text(answer[1])
         if not ok:
@@ -151,10 +149,11 @@ class JobStore:
         """Several reports (oldest first) in one step; False as for `progress`."""
         return bool(
             self._scripts["progress"](
-                keys=[keys.job(job_id), keys.job_metrics(job_id), keys.job_attempts(job_id),
-                      keys.EVENTS],
-                args=[job_id, attempt, _now(None), kind, METRICS_CAP,
-                      *(json.dumps(r) for r in reports)],
+                keys={"job": keys.job(job_id), "metrics": keys.job_metrics(job_id),
+                      "attempts": keys.job_attempts(job_id), "events": keys.EVENTS},
+                args={"job_id": job_id, "attempt": attempt, "now": _now(None), "kind": kind,
+                      "cap": METRICS_CAP},
+                rest=[json.dumps(r) for r in reports],
             )
         )
 
@@ -166,17 +165,16 @@ class JobStore:
         Returns (applied, resulting job state)."""
         counted = "0" if outcome.reason.infrastructure else "1"
         ok, state = self._scripts["finish"](
-            keys=[
-                keys.job(job_id), keys.job_attempts(job_id), keys.node_alloc(node), keys.PENDING,
-                keys.EVENTS, keys.WAKE, keys.PLACING, keys.job_cancel(job_id),
-                keys.job_metrics(job_id),
-            ],
-            args=[
-                job_id, attempt, outcome.outcome, outcome.reason.value, outcome.error,
-                json.dumps(dict(outcome.result or {})), counted, _now(now), RETRY_BACKOFF_S,
-                json.dumps(dict(outcome.extra or {})), METRICS_CAP,
-                *(json.dumps(r) for r in progress),
-            ],
+            keys={"job": keys.job(job_id), "attempts": keys.job_attempts(job_id),
+                  "alloc": keys.node_alloc(node), "pending": keys.PENDING,
+                  "events": keys.EVENTS, "wake": keys.WAKE, "placing": keys.PLACING,
+                  "cancel": keys.job_cancel(job_id), "metrics": keys.job_metrics(job_id)},
+            args={"job_id": job_id, "attempt": attempt, "outcome": outcome.outcome,
+                  "reason": outcome.reason.value, "error": outcome.error,
+                  "result": json.dumps(dict(outcome.result or {})), "counted": counted,
+                  "now": _now(now), "backoff_s": RETRY_BACKOFF_S,
+                  "extra": json.dumps(dict(outcome.extra or {})), "cap": METRICS_CAP},
+            rest=[json.dumps(r) for r in progress],
         )
         return bool(ok), keys.text(state)
 
@@ -189,8 +187,10 @@ class JobStore:
         `node`/`incarnation`."""
         record = json.dumps({"attempt": attempt, "step": step, "dir": name})
         ok, why = self._scripts["checkpoint"](
-            keys=[keys.job(job_id), keys.job_attempts(job_id)],
-            args=[job_id, attempt, node, incarnation, record, step, _now(now)],
+            keys={"job": keys.job(job_id), "attempts": keys.job_attempts(job_id)},
+            args={"job_id": job_id, "attempt": attempt, "node": node,
+                  "incarnation": incarnation, "checkpoint": record, "step": step,
+                  "now": _now(now)},
         )
         return bool(ok), keys.text(why)
 
@@ -212,12 +212,12 @@ class JobStore:
         for _ in range(5):  # a placed job may move between our read and the script: re-read
             node = keys.text(self.r.hget(keys.job(job_id), "node") or b"")
             ok, state = self._scripts["cancel"](
-                keys=[
-                    keys.job(job_id), keys.PENDING, keys.node_alloc(node or "-"),
-                    keys.job_attempts(job_id), keys.EVENTS, keys.WAKE, keys.PLACING,
-                    keys.job_cancel(job_id),
-                ],
-                args=[job_id, _now(None), node],
+                keys={"job": keys.job(job_id), "pending": keys.PENDING,
+                      "alloc": keys.node_alloc(node or "-"),
+                      "attempts": keys.job_attempts(job_id), "events": keys.EVENTS,
+                      "wake": keys.WAKE, "placing": keys.PLACING,
+                      "cancel": keys.job_cancel(job_id)},
+                args={"job_id": job_id, "now": _now(None), "node": node},
             )
             state = keys.text(state)
             if state != "moved":
@@ -242,16 +242,18 @@ class JobStore:
         """Take a member the master cannot place out of the line; a PENDING job whose record is
         malformed (`why` says how) ends FAILED, reason REJECTED. Returns what was done."""
         return keys.text(self._scripts["drop_pending"](
-            keys=[keys.job(job_id), keys.PENDING, keys.EVENTS, keys.WAKE],
-            args=[job_id, _now(now), why[:500]],
+            keys={"job": keys.job(job_id), "pending": keys.PENDING, "events": keys.EVENTS,
+                  "wake": keys.WAKE},
+            args={"job_id": job_id, "now": _now(now), "why": why[:500]},
         ))
 
     def repair_alloc(self, node: str, job_id: str) -> str:
         """Rewrite `job_id`'s entry on `node` from the job's record, or drop it when the job
         holds no reservation there (fleet/store/lua/repair_alloc.lua). Returns what was done."""
         return keys.text(self._scripts["repair_alloc"](
-            keys=[keys.node_alloc(node), keys.job(job_id), keys.node(node)],
-            args=[job_id, node],
+            keys={"alloc": keys.node_alloc(node), "job": keys.job(job_id),
+                  "report": keys.node(node)},
+            args={"job_id": job_id, "node": node},
         ))
 
     # -- reads -------------------------------------------------------------------------------
@@ -368,7 +370,8 @@ def pending_score(priority: int, seq: int) -> float:
     return (1000 - priority) * 1e12 + seq
 
 
-def _chosen_score(placement: Mapping, node: str) -> str:
+def chosen_score(placement: Mapping, node: str) -> str:
+    """The score placement gave `node` (for the placed event), "" when it gave none."""
     for candidate in placement.get("candidates") or []:
         if candidate.get("node") == node and candidate.get("score") is not None:
             return repr(float(candidate["score"]))

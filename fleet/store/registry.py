@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import redis
 
 from fleet.store import keys, quarantine, records
+from fleet.store.scripts import Script
 
 HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
 
@@ -44,20 +44,23 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
     sample = {"time": report.get("time", time.time()), "usage": report.get("usage", {}),
               "reserved": report.get("reserved", {})}
     ok, holder, *continued = _script(client)(
-        keys=[keys.node(node), keys.NODES, keys.node_history(node)],
-        args=[node, report["incarnation"], json.dumps(capacity), json.dumps(report),
-              int(ttl * 1000), json.dumps(sample), HISTORY_CAP],
+        keys={"report": keys.node(node), "nodes": keys.NODES,
+              "history": keys.node_history(node)},
+        args={"node": node, "incarnation": report["incarnation"],
+              "capacity": json.dumps(capacity), "report": json.dumps(report),
+              "ttl_ms": int(ttl * 1000), "sample": json.dumps(sample),
+              "history_cap": HISTORY_CAP},
     )
     if not ok:
         raise NodeIdTaken(node, keys.text(holder))
     return bool(continued and continued[0])
 
 
-def _script(client: redis.Redis) -> Any:
+def _script(client: redis.Redis) -> Script:
+    """heartbeat.lua registered on `client` (once: a node heartbeats every second)."""
     script = getattr(client, "_fleet_heartbeat", None)
     if script is None:
-        source = (resources.files("fleet.store") / "lua" / "heartbeat.lua").read_text()
-        script = client.register_script(source)
+        script = Script(client, "heartbeat", prelude=False)
         client._fleet_heartbeat = script  # type: ignore[attr-defined]
     return script
 

@@ -1,47 +1,48 @@
 -- End an attempt: release its reservation, then either end the job (exactly once) or send it
 -- back to pending as a new attempt. Fenced: only the current attempt may end it. The attempt's
 -- last progress reports, when its supervisor had not sent them yet, come with it.
--- KEYS: job, attempts, node alloc, pending, events, wake, placing, cancel flag, metrics
--- ARGV: job_id, attempt, outcome (SUCCEEDED|FAILED|FAILURE|CANCELLED), reason, error,
---       result(json), counted(0|1), now, backoff_s, attempt_extra(json), metrics cap,
---       progress report(json)...
-local j = hmget(KEYS[1], 'state', 'attempt', 'retries', 'infra_retries',
+--- KEYS job attempts alloc pending events wake placing cancel metrics
+--- ARGV job_id attempt outcome reason error result counted now backoff_s extra cap ...
+-- alloc: the node's; cancel: the job's cancel flag; outcome: SUCCEEDED|FAILED|FAILURE|CANCELLED;
+-- result, extra (merged into the attempt record): JSON; counted: 0|1; cap: reports kept in
+-- metrics; the extra values are the last progress reports (JSON), oldest first
+local j = hmget(K.job, 'state', 'attempt', 'retries', 'infra_retries',
   'max_retries', 'max_infra_retries', 'priority', 'seq')
-if j[2] ~= ARGV[2] then return {0, 'superseded'} end
+if j[2] ~= A.attempt then return {0, 'superseded'} end
 if j[1] == 'PENDING' or TERMINAL[j[1]] then return {0, 'job is ' .. tostring(j[1])} end
-local now = ARGV[8]
-if j[1] == 'RUNNING' then record_progress(KEYS[1], KEYS[9], 12, now, ARGV[11]) end
-release(KEYS[3], ARGV[1], ARGV[2])
-redis.pcall('ZREM', KEYS[7], ARGV[1])
-local rec = cjson.decode(ARGV[10])
-rec.ended_at = tonumber(now); rec.end_reason = ARGV[4]; rec.counted = (ARGV[7] == '1')
-if ARGV[5] ~= '' then rec.error = ARGV[5] end
-update_attempt(KEYS[2], ARGV[2], rec)
+local now = A.now
+if j[1] == 'RUNNING' then record_progress(K.job, K.metrics, REST, now, A.cap) end
+release(K.alloc, A.job_id, A.attempt)
+redis.pcall('ZREM', K.placing, A.job_id)
+local rec = cjson.decode(A.extra)
+rec.ended_at = tonumber(now); rec.end_reason = A.reason; rec.counted = (A.counted == '1')
+if A.error ~= '' then rec.error = A.error end
+update_attempt(K.attempts, A.attempt, rec)
 
-local final = ARGV[3]
+local final = A.outcome
 if final == 'FAILURE' then
   local retries, infra = tonumber(j[3]) or 0, tonumber(j[4]) or 0
-  if ARGV[7] == '1' then retries = retries + 1 else infra = infra + 1 end
-  redis.call('HSET', KEYS[1], 'retries', retries, 'infra_retries', infra)
-  if redis.call('EXISTS', KEYS[8]) == 1 then
+  if A.counted == '1' then retries = retries + 1 else infra = infra + 1 end
+  redis.call('HSET', K.job, 'retries', retries, 'infra_retries', infra)
+  if redis.call('EXISTS', K.cancel) == 1 then
     final = 'CANCELLED'
   elseif retries > (tonumber(j[5]) or 0) or infra > (tonumber(j[6]) or 0) then
     final = 'FAILED'
   else
     local delay = 0
-    if ARGV[7] == '1' then delay = tonumber(ARGV[9]) * 2 ^ (retries - 1) end
-    redis.call('HSET', KEYS[1], 'state', 'PENDING', 'node', '', 'incarnation', '',
+    if A.counted == '1' then delay = tonumber(A.backoff_s) * 2 ^ (retries - 1) end
+    redis.call('HSET', K.job, 'state', 'PENDING', 'node', '', 'incarnation', '',
       'updated_at', now, 'not_before', tonumber(now) + delay,
-      'waiting', 'retrying after ' .. ARGV[4])
-    redis.pcall('ZADD', KEYS[4], (1000 - (tonumber(j[7]) or 0)) * 1e12 + (tonumber(j[8]) or 0), ARGV[1])
-    event(KEYS[5], 'retrying', ARGV[1], now, 'attempt', ARGV[2], 'reason', ARGV[4])
-    wake(KEYS[6])
+      'waiting', 'retrying after ' .. A.reason)
+    redis.pcall('ZADD', K.pending, (1000 - (tonumber(j[7]) or 0)) * 1e12 + (tonumber(j[8]) or 0), A.job_id)
+    event(K.events, 'retrying', A.job_id, now, 'attempt', A.attempt, 'reason', A.reason)
+    wake(K.wake)
     return {1, 'PENDING'}
   end
 end
-redis.call('HSET', KEYS[1], 'state', final, 'finished_at', now, 'updated_at', now,
-  'reason', ARGV[4], 'error', ARGV[5], 'result', ARGV[6])
-redis.call('DEL', KEYS[8])
-event(KEYS[5], 'finished', ARGV[1], now, 'state', final, 'reason', ARGV[4])
-wake(KEYS[6])
+redis.call('HSET', K.job, 'state', final, 'finished_at', now, 'updated_at', now,
+  'reason', A.reason, 'error', A.error, 'result', A.result)
+redis.call('DEL', K.cancel)
+event(K.events, 'finished', A.job_id, now, 'state', final, 'reason', A.reason)
+wake(K.wake)
 return {1, final}

@@ -1,4 +1,5 @@
--- Shared by every fleet script (prepended when loaded). KEYS/ARGV are the script's own.
+-- Shared by every fleet script (prepended when loaded). KEYS/ARGV are the script's own: after
+-- this prelude, fleet.store.scripts names them (K.<key>, A.<arg>, REST) as the script declares.
 -- Records are read defensively: whatever was written over a key (another type, bad JSON), a
 -- step of a job's life still runs; an unreadable record counts as absent or as "not ours".
 

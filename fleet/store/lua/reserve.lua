@@ -1,14 +1,15 @@
 -- Reserve a pending job on a node, or refuse: never over-commits, whatever runs concurrently.
--- KEYS: job, node report, node alloc, node drain, pending, attempts, events, placing
--- ARGV: job_id, node_id, incarnation, now, placement(json), score
+--- KEYS job report alloc drain pending attempts events placing
+--- ARGV job_id node incarnation now placement score
+-- report, alloc, drain: the node's; placement: JSON of the decision
 -- A record nobody can read refuses the reservation: an allocation entry that is not a
 -- well-formed reservation could hide what the node holds (the master repairs it), and a
 -- negative amount would make the node look emptier than it is.
-local j = hmget(KEYS[1], 'state', 'request')
+local j = hmget(K.job, 'state', 'request')
 if j[1] ~= 'PENDING' then return {0, 'job is ' .. tostring(j[1])} end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {0, 'node is draining'} end
-local node = hmget(KEYS[2], 'incarnation', 'capacity')
-if node[1] ~= ARGV[3] then return {0, 'node is gone'} end
+if redis.call('EXISTS', K.drain) == 1 then return {0, 'node is draining'} end
+local node = hmget(K.report, 'incarnation', 'capacity')
+if node[1] ~= A.incarnation then return {0, 'node is gone'} end
 local cap, req = decode(node[2]), decode(j[2])
 if not cap then return {0, 'node capacity unreadable'} end
 if not req then return {0, 'job request unreadable'} end
@@ -19,10 +20,10 @@ for r, _ in pairs(used) do
     return {0, 'job request unreadable'}
   end
 end
-if redis.call('TYPE', KEYS[3]).ok ~= 'hash' and redis.call('EXISTS', KEYS[3]) == 1 then
+if redis.call('TYPE', K.alloc).ok ~= 'hash' and redis.call('EXISTS', K.alloc) == 1 then
   return {0, 'node allocations unreadable'}
 end
-for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
+for _, raw in ipairs(redis.call('HVALS', K.alloc)) do
   local a = decode(raw)
   if not a then return {0, 'node allocations unreadable'} end
   for r, _ in pairs(used) do
@@ -36,13 +37,13 @@ for r, _ in pairs(used) do
   if type(have) ~= 'number' then return {0, 'node capacity unreadable'} end
   if used[r] + (req[r] or 0) > have then return {0, 'no room for ' .. r} end
 end
-local n = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[3], ARGV[1], cjson.encode({attempt = n, incarnation = ARGV[3],
+local n = redis.call('HINCRBY', K.job, 'attempt', 1)
+redis.call('HSET', K.alloc, A.job_id, cjson.encode({attempt = n, incarnation = A.incarnation,
   cpus_m = req.cpus_m, memory = req.memory, gpus = req.gpus}))
-redis.pcall('ZREM', KEYS[5], ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'PLACED', 'node', ARGV[2], 'incarnation', ARGV[3],
-  'placed_at', ARGV[4], 'updated_at', ARGV[4], 'placement', ARGV[5], 'waiting', '')
-update_attempt(KEYS[6], n, {node = ARGV[2], incarnation = ARGV[3], placed_at = tonumber(ARGV[4])})
-redis.pcall('ZADD', KEYS[8], ARGV[4], ARGV[1])
-event(KEYS[7], 'placed', ARGV[1], ARGV[4], 'node', ARGV[2], 'attempt', n, 'score', ARGV[6])
+redis.pcall('ZREM', K.pending, A.job_id)
+redis.call('HSET', K.job, 'state', 'PLACED', 'node', A.node, 'incarnation', A.incarnation,
+  'placed_at', A.now, 'updated_at', A.now, 'placement', A.placement, 'waiting', '')
+update_attempt(K.attempts, n, {node = A.node, incarnation = A.incarnation, placed_at = tonumber(A.now)})
+redis.pcall('ZADD', K.placing, A.now, A.job_id)
+event(K.events, 'placed', A.job_id, A.now, 'node', A.node, 'attempt', n, 'score', A.score)
 return {n, 'ok'}

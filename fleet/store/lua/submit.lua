@@ -1,13 +1,15 @@
 -- Accept a job: record + pending entry + event, in one step (an acknowledged submission is durable).
--- KEYS: job, jobs, pending, seq, events, wake   ARGV: job_id, now, priority, fields(json)
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('job id exists: ' .. ARGV[1]) end
-local seq = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'seq', seq, 'state', 'PENDING', 'attempt', 0,
-  'retries', 0, 'infra_retries', 0, 'submitted_at', ARGV[2], 'updated_at', ARGV[2],
-  'priority', ARGV[3])
-for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], (1000 - tonumber(ARGV[3])) * 1e12 + seq, ARGV[1])
-event(KEYS[5], 'submitted', ARGV[1], ARGV[2])
-wake(KEYS[6])
+--- KEYS job jobs pending seq events wake
+--- ARGV job_id now priority fields
+-- fields: JSON object of the record's other fields
+if redis.call('EXISTS', K.job) == 1 then return redis.error_reply('job id exists: ' .. A.job_id) end
+local seq = redis.call('INCR', K.seq)
+redis.call('HSET', K.job, 'id', A.job_id, 'seq', seq, 'state', 'PENDING', 'attempt', 0,
+  'retries', 0, 'infra_retries', 0, 'submitted_at', A.now, 'updated_at', A.now,
+  'priority', A.priority)
+for k, v in pairs(cjson.decode(A.fields)) do redis.call('HSET', K.job, k, v) end
+redis.call('ZADD', K.jobs, A.now, A.job_id)
+redis.call('ZADD', K.pending, (1000 - tonumber(A.priority)) * 1e12 + seq, A.job_id)
+event(K.events, 'submitted', A.job_id, A.now)
+wake(K.wake)
 return seq

@@ -19,10 +19,10 @@ import logging
 
 import redis
 
-from fleet.store import keys, quarantine, records
-from fleet.store.jobstore import JobStore, pending_score
 from fleet.settings import Settings
 from fleet.states import JobState
+from fleet.store import keys, quarantine, records
+from fleet.store.jobstore import JobStore, pending_score
 
 log = logging.getLogger("fleet.master")
 
