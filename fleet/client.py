@@ -42,7 +42,6 @@ from fleet.errors import (
     WaitTimedOut,
 )
 from fleet.master import intake
-from fleet.observe.events import follow_events, last_event_id, read_events
 from fleet.observe.logs import JobLogs, LogLine
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
@@ -57,6 +56,7 @@ NODES_FRESH_S = 1.0
 CANCEL_WAIT_S = 5.0  # how long `cancel` waits for the master to apply it
 NOT_ACCEPTED = "not yet accepted by the master"
 INTAKE_SCAN = 1000  # newest entries of the intake `status` looks through for a job
+FOLLOW_BLOCK_MS = 1000  # how long one read of `events(follow=True)` waits for a new event
 ACTIVE_RECENT = 50  # finished jobs `fleet top` shows beside the pending and running ones
 
 
@@ -315,7 +315,7 @@ class Client:
 
     def node_histories(self) -> dict[str, list[dict[str, Any]]]:
         """Each known node's recorded load samples, oldest first: `fleet plot --fleet`."""
-        return {n: registry.history(self.r, n) for n in registry.known_nodes(self.r)}
+        return {n: self.store.history(n) for n in self.store.known_nodes()}
 
     def log_attempt(self, job_id: str) -> int:
         """The job's current attempt (0 before its first placement): attempts 1 to it may have
@@ -332,7 +332,7 @@ class Client:
         yield from self._logs(job_id).follow(attempt)
 
     def _logs(self, job_id: str) -> JobLogs:
-        return JobLogs(self.r, self.settings.artifacts_dir, job_id)
+        return JobLogs(self.store, self.settings.artifacts_dir, job_id)
 
     def events(
         self, job: str | None = None, *, limit: int | None = None, follow: bool = False,
@@ -340,12 +340,15 @@ class Client:
         """Lifecycle events, oldest first: the past ones (the last `limit`; of `job` only when
         given), then with `follow` each new one as it is appended, until the caller stops.
         The newest id is read first: an event appended meanwhile comes once, as a new one."""
-        since = last_event_id(self.r)
-        for event in read_events(self.r, job=job, limit=limit):
+        since = self.store.last_event_id()
+        for event in self.store.events(job, limit):
             if _stream_id_le(event["id"], since):
                 yield event
-        if follow:
-            yield from follow_events(self.r, job=job, since=since)
+        while follow:
+            for event in self.store.events_after(since, block_ms=FOLLOW_BLOCK_MS):
+                since = event["id"]
+                if job is None or event.get("job") == job:
+                    yield event
 
 
 def _stream_id_le(a: str, b: str) -> bool:
