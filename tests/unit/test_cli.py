@@ -1,8 +1,9 @@
 """The `fleet` commands, run with typer's CliRunner over a Client the test builds.
 
 Every command takes its Client from `fleet.cli.context.client_factory`; the `fleet` fixture
-swaps it for the Client of a small harness (`Harness`: a store, one node report, a master round
-on demand). The harness is chosen in one place, `make_harness`.
+swaps in a Client over a store (`Harness`: one node report, master rounds on demand). The same
+test body runs on the in-memory store (no server) and on Redis (its own server, marked
+integration, as tests/unit/test_store_round.py does).
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import redis
 from typer.testing import CliRunner, Result
 
 from fleet.cli import context
 from fleet.cli.main import app
 from fleet.client import NOT_ACCEPTED, Client
+from fleet.drivers.redis_server import new_server
 from fleet.errors import NotFound
+from fleet.master.loop import Master
 from fleet.settings import Settings
+from fleet.store import keys
+from fleet.store.memory import MemoryStore
+from fleet.store.protocol import Store
+from fleet.store.redis_store import RedisStore
 
 SPEC = """\
 name: t
@@ -31,62 +38,53 @@ resources:
   memory: 256Mi
 """
 GIB = 2**30
-pytestmark = pytest.mark.integration  # the Redis harness: a real server per test (0.3 s)
 
 
-class RedisHarness:
-    """A private Redis server (started as tests/integration/conftest.py starts it), node
-    reports written as a worker's heartbeat writes them, rounds of a Master in this process."""
+class Harness:
+    """A store with a Client over it, node reports as a worker's heartbeat writes them, and a
+    master whose rounds run when the test says (it publishes nowhere: no worker runs)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        from fleet.drivers.redis_server import new_server
-
-        self.server = new_server(tmp_path / "redis", binary=Settings().redis_server).start()
-        self.settings = Settings(home=tmp_path / "home", redis_url=self.server.url)
-        self.client = Client(self.settings)
-        self._master: Any = None
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.client = Client(settings, store=store)
+        self.master = Master(settings, store)
 
     def node(self, name: str, cpus: float = 2.0, memory: int = 2 * GIB) -> None:
-        from fleet.store import registry
-
         report = {"node": name, "incarnation": "i", "capacity": {"cpus": cpus, "memory": memory},
                   "usage": {"cpus": 0.0, "memory": 0}}
-        registry.heartbeat(self.client.r, report, ttl=600)
+        self.store.heartbeat(report, ttl=600)
 
     def round(self) -> None:
         """One master round: the intake's requests applied, pending jobs placed."""
-        if self._master is None:
-            from fleet.broker import make_app
-            from fleet.master.loop import Master
-
-            self._master = Master(self.settings, self.server.client(),
-                                  make_app(self.settings, self.server.url))
-        self._master.step(time.time())
+        self.master.step(time.time())
 
     def output(self, job_id: str, attempt: int, lines: list[str]) -> None:
         """Lines of an attempt's output, as the node's supervisor appends them."""
-        from fleet.store import keys
-
-        self.client.r.rpush(keys.job_logs(job_id, attempt), *lines)
-
-    def close(self) -> None:
-        self.server.stop()
-
-
-Harness = RedisHarness
+        if isinstance(self.store, MemoryStore):
+            self.store.append_log(job_id, attempt, *lines)
+        else:
+            assert isinstance(self.store, RedisStore)
+            self.store.r.rpush(keys.job_logs(job_id, attempt), *lines)
 
 
-def make_harness(tmp_path: Path) -> Harness:
-    return RedisHarness(tmp_path)
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server = new_server(tmp_path / "redis", binary=Settings().redis_server).start()
+    try:
+        yield RedisStore(redis.Redis.from_url(server.url))
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    harness = make_harness(tmp_path)
+def fleet(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    harness = Harness(store, Settings(home=tmp_path / "home"))
     monkeypatch.setattr(context, "client_factory", lambda: harness.client)
     harness.node("node-1")
-    yield harness
-    harness.close()
+    return harness
 
 
 @pytest.fixture
@@ -206,3 +204,11 @@ def test_an_unknown_job_is_not_found(fleet: Harness) -> None:
     for command in ("status", "explain", "cancel", "logs"):
         done = cli(command, "no-such-job")
         assert isinstance(done.exception, NotFound), (command, done.output)
+
+
+def test_plot_of_the_fleet_draws_the_nodes_recorded_load(fleet: Harness, tmp_path: Path) -> None:
+    fleet.node("node-1")  # a second sample
+    out = tmp_path / "fleet.png"
+    done = cli("plot", "--fleet", "-o", str(out))
+    assert done.exit_code == 0 and done.stdout.startswith("wrote ")
+    assert out.stat().st_size > 0
