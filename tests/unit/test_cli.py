@@ -22,7 +22,7 @@ from fleet.cli import context
 from fleet.cli.main import app
 from fleet.client import NOT_ACCEPTED, Client
 from fleet.drivers.redis_server import new_server
-from fleet.errors import NotFound
+from fleet.errors import NotFound, RedisUnavailable
 from fleet.master.loop import Master
 from fleet.settings import Settings
 from fleet.store import keys
@@ -212,3 +212,17 @@ def test_plot_of_the_fleet_draws_the_nodes_recorded_load(fleet: Harness, tmp_pat
     done = cli("plot", "--fleet", "-o", str(out))
     assert done.exit_code == 0 and done.stdout.startswith("wrote ")
     assert out.stat().st_size > 0
+
+
+def test_a_read_command_does_not_fail_for_the_masters_keys(
+        fleet: Harness, spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = submitted(spec)
+
+    def unreadable() -> dict[str, object]:
+        raise RedisUnavailable("redis unreachable")
+
+    monkeypatch.setattr(fleet.store, "master_status", unreadable)
+    done = cli("status", job_id, "--json")
+    assert done.exit_code == 0 and done.stderr == ""  # no warning either way
+    assert json.loads(done.stdout)["master"] == {"up": None, "leader": None, "down_for": None,
+                                                 "last_seen": None}
