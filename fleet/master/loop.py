@@ -140,7 +140,9 @@ class Master(Leader):
         self._refresh_pending(head, len(head) < size, read=self._placeable(read, now))
         return states, head
 
-    def _placeable(self, read: dict[str, dict | str | None], now: float) -> list[dict]:
+    def _placeable(
+        self, read: dict[str, dict[str, Any] | str | None], now: float,
+    ) -> list[dict[str, Any]]:
         """The records of `read` that are pending jobs; the rest leave the line (a pending
         job whose record is malformed ends FAILED, saying why)."""
         jobs = []
@@ -161,7 +163,7 @@ class Master(Leader):
         return jobs
 
     def _schedule(
-        self, states: list[dict], head: list[str], size: int, explain: bool, now: float,
+        self, states: list[dict[str, Any]], head: list[str], size: int, explain: bool, now: float,
         report: RoundReport,
     ) -> None:
         # A node with an unreadable allocation is not placed on until it is repaired: what it
@@ -242,7 +244,9 @@ class Master(Leader):
                 backing_off[job_id] = "backing off before a retry"
         return pending, backing_off
 
-    def _refresh_pending(self, ids: list[str], whole: bool, read: list[dict] | None = None) -> None:
+    def _refresh_pending(
+        self, ids: list[str], whole: bool, read: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Read the jobs of `ids` not known yet (one round trip), unless the caller `read` them.
         Forget the ones that left the line: all not in `ids` when it is the whole line, else
         (a longer line was read before) only once the cache outgrows what a round reads."""
@@ -286,7 +290,7 @@ def _nowhere(job_id: str, attempt: int, node: str, incarnation: str) -> None:
     """A master given no publisher (a test of its round) sends nothing."""
 
 
-def _pending_job(job: dict) -> PendingJob:
+def _pending_job(job: dict[str, Any]) -> PendingJob:
     """Raises ValueError (or records.BadRecord) for a record no placement can use."""
     spec = job["spec"]
     if spec.get("policy") is not None and spec["policy"] not in POLICIES:
@@ -311,7 +315,7 @@ def _has_room(nodes: NodeView) -> bool:
 NO_NODES = "no live nodes"
 
 
-def _not_taking_work(states: list[dict]) -> str:
+def _not_taking_work(states: list[dict[str, Any]]) -> str:
     """Live nodes placement leaves out, and why: the reason a job waits when none is left."""
     why = []
     for s in states:
@@ -327,7 +331,7 @@ def _not_taking_work(states: list[dict]) -> str:
     return "; ".join(why)
 
 
-def _request_from_alloc(alloc: dict) -> Request:
+def _request_from_alloc(alloc: dict[str, Any]) -> Request:
     return Request(
         cpus=alloc.get("cpus_m", 0) / 1000, memory=alloc.get("memory", 0), gpus=alloc.get("gpus", 0)
     )

@@ -101,7 +101,8 @@ class JobStore:
         ))
 
     def reserve(
-        self, job_id: str, node: str, incarnation: str, placement: Mapping, now: float | None = None
+        self, job_id: str, node: str, incarnation: str, placement: Mapping[str, Any],
+        now: float | None = None,
     ) -> tuple[int, str]:
         """Attempt number (> 0) when reserved, else (0, why not)."""
         n, why = self._scripts["reserve"](
@@ -139,12 +140,14 @@ class JobStore:
             return ok, exc.args[0], None
         return ok, why, spec
 
-    def progress(self, job_id: str, attempt: int, report: Mapping, kind: str = "progress") -> bool:
+    def progress(
+        self, job_id: str, attempt: int, report: Mapping[str, Any], kind: str = "progress",
+    ) -> bool:
         """False when the attempt is no longer current: its process must stop."""
         return self.progress_many(job_id, attempt, [report], kind)
 
     def progress_many(
-        self, job_id: str, attempt: int, reports: Sequence[Mapping], kind: str = "progress"
+        self, job_id: str, attempt: int, reports: Sequence[Mapping[str, Any]], kind: str = "progress"
     ) -> bool:
         """Several reports (oldest first) in one step; False as for `progress`."""
         return bool(
@@ -159,7 +162,7 @@ class JobStore:
 
     def finish(
         self, job_id: str, attempt: int, node: str, outcome: Outcome, now: float | None = None,
-        progress: Sequence[Mapping] = (),
+        progress: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[bool, str]:
         """End an attempt, recording its last `progress` reports first (if it was running).
         Returns (applied, resulting job state)."""
@@ -370,7 +373,7 @@ def pending_score(priority: int, seq: int) -> float:
     return (1000 - priority) * 1e12 + seq
 
 
-def chosen_score(placement: Mapping, node: str) -> str:
+def chosen_score(placement: Mapping[str, Any], node: str) -> str:
     """The score placement gave `node` (for the placed event), "" when it gave none."""
     for candidate in placement.get("candidates") or []:
         if candidate.get("node") == node and candidate.get("score") is not None:
@@ -378,7 +381,7 @@ def chosen_score(placement: Mapping, node: str) -> str:
     return ""
 
 
-def decode_job(raw: Mapping[bytes | str, bytes | str], job_id: str | None = None) -> dict[str, Any]:
+def decode_job(raw: Mapping[Any, Any], job_id: str | None = None) -> dict[str, Any]:
     """A job hash as plain Python: JSON fields parsed, numbers as numbers. Raises
     records.BadRecord (naming the field) when it is malformed, or names another job than
     `job_id` (the id its key was built from)."""

@@ -51,10 +51,6 @@ class Lease:
     def release(self) -> None:
         self._release(keys=[self.key], args=[self.holder])
 
-    def holder_now(self) -> str | None:
-        value = self.r.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
-
     def foreign(self) -> str | None:
         """Why the lease key was not written by a master (another type, a value no master id
         could be, no TTL or a longer one than masters give), else None: a lease no master
@@ -70,7 +66,7 @@ class Lease:
         try:
             records.lease_holder(value)
         except records.BadRecord as exc:
-            return exc.args[0]
+            return str(exc.args[0])
         if isinstance(pttl, int) and (pttl == -1 or pttl > 2 * self.ttl_ms):
             return f"a TTL of {pttl} ms, not a master's {self.ttl_ms}"
         return None

@@ -23,7 +23,7 @@ from fleet import acl
 from fleet.settings import Settings
 from fleet.store import registry
 from fleet.store.memory_jobs import MemoryJobs
-from fleet.store.protocol import Entry, Lease, Repairs
+from fleet.store.protocol import Entry, Lease, RawEntry, Repairs
 
 HOLDING = ("PLACED", "RUNNING")  # states that hold a reservation
 
@@ -122,7 +122,7 @@ class MemoryStore(MemoryJobs):
             kept.append(json.dumps(sample))
             del kept[:-registry.HISTORY_CAP]
             self._wake()
-        return holder == report["incarnation"]
+        return bool(holder == report["incarnation"])
 
     def node_states(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -210,7 +210,7 @@ class MemoryStore(MemoryJobs):
         with self._lock:
             return any(i == entry_id for i, _ in self.intakes.get(name, []))
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[Entry] | Exception]:
+    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
         with self._lock:
             return [list(self.intakes.get(name, [])[:count]) for name in names]
 

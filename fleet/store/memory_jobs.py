@@ -109,6 +109,9 @@ class MemoryData:
         """(incarnation, capacity JSON) of the node's live report; Nones when it has none."""
         raise NotImplementedError
 
+    def is_draining(self, node: str) -> bool:
+        raise NotImplementedError
+
 
 class MemoryJobs(MemoryData):
     """The job steps and reads of `fleet.store.protocol`."""

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 #: A stream entry as the store answers it: (entry id "ms-seq", fields).
 Entry = tuple[str, dict[str, str]]
+#: An entry as it was written, for the master to validate as untrusted input (Redis: bytes,
+#: so that sizes are measured and text decoded by the check itself).
+RawEntry = tuple[str, Mapping[Any, Any]]
 
 
 class Refused(Exception):
@@ -168,8 +171,9 @@ class Intakes(Protocol):
 
     def intake_holds(self, name: str, entry_id: str) -> bool: ...
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[Entry] | Exception]:
-        """The oldest `count` entries of each intake (an Exception for an unreadable one)."""
+    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
+        """The oldest `count` entries of each intake, as written (an Exception for an
+        unreadable one)."""
         ...
 
     def intake_trim(self, name: str, through: str) -> None:

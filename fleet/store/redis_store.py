@@ -19,7 +19,7 @@ from fleet.settings import Settings
 from fleet.store import keys, quarantine, records, registry
 from fleet.store.jobstore import JobStore
 from fleet.store.lease import Lease
-from fleet.store.protocol import Entry, Repairs
+from fleet.store.protocol import Entry, RawEntry, Repairs
 from fleet.store.repair import Repairer
 
 log = logging.getLogger("fleet.intake")
@@ -127,11 +127,11 @@ class RedisStore(JobStore):
     def intake_holds(self, name: str, entry_id: str) -> bool:
         return bool(self.r.xrange(keys.intake(name), entry_id, entry_id))
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[Entry] | Exception]:
+    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
         pipe = self.r.pipeline(transaction=False)
         for name in names:
             pipe.xrange(keys.intake(name), count=count)
-        return [found if isinstance(found, Exception) else [_entry(i, f) for i, f in found]
+        return [found if isinstance(found, Exception) else [(keys.text(i), f) for i, f in found]
                 for found in pipe.execute(raise_on_error=False)]
 
     def intake_trim(self, name: str, through: str) -> None:

@@ -16,6 +16,7 @@ what is not; this is what the master then does about it, each round or once a se
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 
@@ -46,7 +47,8 @@ class Repairer:
         self.settings = settings
         self._unreadable_since: dict[str, float] = {}  # node -> when its report first was
 
-    def backed(self, entries: list[tuple[str, str, dict]], states: list[dict]) -> set:
+    def backed(self, entries: list[tuple[str, str, dict[str, Any]]],
+               states: list[dict[str, Any]]) -> set[tuple[str, str]]:
         """The (node, job) of `entries` whose job's record says that attempt holds that node
         from an incarnation other than the node's live one: only those are lost with it. An
         entry written over (another attempt, node or incarnation than the record's) must not
@@ -130,7 +132,7 @@ class Repairer:
             pipe.execute(raise_on_error=False)
         log.warning("rebuilt the pending and placing indexes from %d job records", len(ids))
 
-    def nodes(self, states: list[dict], now: float) -> None:
+    def nodes(self, states: list[dict[str, Any]], now: float) -> None:
         """Repair malformed allocation entries from the job records, rebuild an allocation hash
         of the wrong type, and move aside a report unreadable for longer than a lease (a live
         node rewrites its own within a heartbeat)."""
@@ -181,7 +183,7 @@ class Repairer:
                 if on == node and state in HOLDING:
                     self.entry(node, job_id)
 
-    def check_allocations(self, states: list[dict]) -> None:
+    def check_allocations(self, states: list[dict[str, Any]]) -> None:
         """Drop (or rewrite) allocation entries their job's record does not back: a job that does
         not exist, has ended, or holds another attempt or node. One round trip."""
         entries = [(s["node"], job, a) for s in states if s["report"] is not None

@@ -43,7 +43,7 @@ def _names(body: str, which: str, script: str) -> list[str]:
     found = re.findall(rf"^--- {which}\b(.*)$", body, flags=re.MULTILINE)
     if len(found) != 1:
         raise ValueError(f"{script}.lua: expected one '--- {which}' line, found {len(found)}")
-    names = found[0].split()
+    names: list[str] = found[0].split()
     for n in names:
         if n != "..." and not _NAME.match(n):
             raise ValueError(f"{script}.lua: {n!r} is not a Lua name")
