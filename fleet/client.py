@@ -225,12 +225,18 @@ class Client:
         return job_view(job, self.store.attempts(job_id))
 
     def jobs(self, limit: int | None = 200) -> list[dict[str, Any]]:
+        """The `limit` newest jobs the master has accepted (all when None), newest first, in
+        `status`'s shape without attempts: `fleet jobs`. Unreadable records are left out."""
         return [job_view(j) for j in self.store.get_many(self.store.job_ids(limit))]
 
     def nodes(self) -> list[dict[str, Any]]:
+        """The live nodes' last reports, with `reserved` summed from their allocations and
+        `draining`: `fleet nodes`, `fleet top`. A node whose lease lapsed is left out."""
         return [s["report"] for s in self.store.node_states() if s["report"]]
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """The job's progress reports (step, metrics) from the `start`-th, oldest first, across
+        attempts: `fleet plot` draws them, `submit --wait` prints the new ones off a terminal."""
         return self.store.metrics(job_id, start)
 
     def master_status(self) -> dict[str, Any]:
