@@ -364,7 +364,6 @@ def _stream_id_le(a: str, b: str) -> bool:
     return (int(ma), int(sa or 0)) <= (int(mb), int(sb or 0))
 
 
-
 def _safe_url(url: str) -> str:
     """The URL without its password, fit to print."""
     from urllib.parse import urlsplit, urlunsplit
