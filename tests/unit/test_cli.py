@@ -226,3 +226,38 @@ def test_a_read_command_does_not_fail_for_the_masters_keys(
     assert done.exit_code == 0 and done.stderr == ""  # no warning either way
     assert json.loads(done.stdout)["master"] == {"up": None, "leader": None, "down_for": None,
                                                  "last_seen": None}
+
+
+@pytest.mark.parametrize(("raised", "line"), [
+    (redis.exceptions.AuthenticationError("bad password"),
+     "error: redis refused our credentials: bad password"),
+    (redis.exceptions.ResponseError("WRONGTYPE"), "error: redis: WRONGTYPE"),
+])
+def test_a_redis_failure_outside_the_client_is_one_line_and_exit_3(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        raised: Exception, line: str) -> None:
+    """A driver's or the master's own connection raises redis's errors; main prints them as
+    before, though the CLI imports no redis."""
+    from fleet.cli.main import main
+
+    def failing() -> Client:
+        raise raised
+
+    monkeypatch.setattr(context, "client_factory", failing)
+    monkeypatch.setattr("sys.argv", ["fleet", "nodes"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 3
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.cli.main import main
+
+    def failing() -> Client:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(context, "client_factory", failing)
+    monkeypatch.setattr("sys.argv", ["fleet", "nodes"])
+    with pytest.raises(KeyError):
+        main()
