@@ -261,3 +261,27 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["fleet", "nodes"])
     with pytest.raises(KeyError):
         main()
+
+
+def test_top_redraws_until_sigterm(fleet: Harness) -> None:
+    import os
+    import signal
+
+    before = signal.signal(signal.SIGTERM, lambda *_: None)  # a signal sent early kills nothing
+    finished = threading.Event()
+
+    def terminate() -> None:  # until `top` has installed its own handler and stopped
+        while not finished.wait(0.3):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    try:
+        done = cli("top", "--interval", "0.1")
+    finally:
+        finished.set()
+        killer.join()
+        signal.signal(signal.SIGTERM, before)
+    assert done.exit_code == 0, done.output
+    assert "warning: no master holds the lease" in done.stdout  # in the frame, not on stderr
+    assert "node-1" in done.stdout and "jobs: no jobs" in done.stdout
