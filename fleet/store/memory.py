@@ -2,12 +2,13 @@
 
 `MemoryStore` conforms to `fleet.store.protocol.Store` and keeps its invariants (see there): the
 master's real round, a Client and the CLI run over it with no server. The job steps are in
-`fleet.store.memory_jobs`; node reports, intakes and the master's lease are here. A node's
-report expires like its Redis key, on `clock` (a test may pass its own).
+`fleet.store.memory_jobs`, the records and their reads in `fleet.store.memory_data`; node
+reports, intakes and the master's lease are here. A node's report expires like its Redis key,
+on `clock` (a test may pass its own).
 
     store = MemoryStore()
-    client = Client(store=store)
-    master = Master(settings, store, publish=sent.append)
+    client = Client(settings, store=store)
+    master = Master(settings, store, lambda *attempt: sent.append(attempt))  # what it publishes
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 
 from fleet import acl
 from fleet.settings import Settings
-from fleet.store import registry
+from fleet.store import records, registry
 from fleet.store.memory_jobs import MemoryJobs
-from fleet.store.protocol import Entry, Lease, RawEntry, Repairs
+from fleet.store.protocol import Entry, Lease, RawEntry, Repairs, Store
 
 HOLDING = ("PLACED", "RUNNING")  # states that hold a reservation
 
@@ -64,14 +65,14 @@ class MemoryStore(MemoryJobs):
 
     # -- reads beside the job steps' -------------------------------------------------------
     def events(self, job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             found = [_event(i, f) for i, f in self.event_log
                      if job is None or f.get("job") == job]
         return found if limit is None else found[-limit:] if limit else []
 
     def events_after(self, since: str, block_ms: int = 0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + block_ms / 1000
-        with self._lock:
+        with self.lock:
             while True:
                 after = [_event(i, f) for i, f in self.event_log if _id(i) > _id(since)]
                 left = deadline - time.monotonic()
@@ -80,12 +81,12 @@ class MemoryStore(MemoryJobs):
                 self._woken.wait(left)
 
     def last_event_id(self) -> str:
-        with self._lock:
+        with self.lock:
             return self.event_log[-1][0] if self.event_log else "0-0"
 
     def append_log(self, job_id: str, attempt: int, *lines: str) -> None:
         """What a supervisor's output capture writes (for tests of log readers)."""
-        with self._lock:
+        with self.lock:
             self.logs.setdefault((job_id, attempt), []).extend(lines)
 
     # -- nodes -------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class MemoryStore(MemoryJobs):
                     "gpus": int(cap.get("gpus", 0))}
         sample = {"time": report["time"], "usage": report.get("usage", {}),
                   "reserved": report.get("reserved", {})}
-        with self._lock:
+        with self.lock:
             live = self._live(node)
             holder = live.incarnation if live else None
             if live is not None and holder != report["incarnation"]:
@@ -125,7 +126,7 @@ class MemoryStore(MemoryJobs):
         return bool(holder == report["incarnation"])
 
     def node_states(self) -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             nodes = self.known_nodes()
             raw: list[Any] = []
             for node in nodes:
@@ -138,23 +139,23 @@ class MemoryStore(MemoryJobs):
         return [s["report"] for s in self.node_states() if s["report"] is not None]
 
     def known_nodes(self) -> list[str]:
-        with self._lock:
+        with self.lock:
             return registry.names(self.node_names)
 
     def allocations(self, node: str) -> dict[str, dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             held = dict(self.alloc.get(node, {}))
         return registry.decode_allocations(node, held)[0]
 
     def set_drain(self, node: str, on: bool = True) -> None:
-        with self._lock:
+        with self.lock:
             (self.drained.add if on else self.drained.discard)(node)
 
     def is_draining(self, node: str) -> bool:
         return node in self.drained
 
     def deregister(self, node: str, incarnation: str) -> None:
-        with self._lock:
+        with self.lock:
             live = self._live(node)
             if live is not None and live.incarnation not in ("", incarnation):
                 return
@@ -163,19 +164,17 @@ class MemoryStore(MemoryJobs):
             self.node_names.discard(node)
 
     def forget(self, node: str) -> None:
-        with self._lock:
+        with self.lock:
             self.node_names.discard(node)
             self.drained.discard(node)
             self.alloc.pop(node, None)
 
     def drop_alloc(self, node: str, job_id: str) -> None:
-        with self._lock:
+        with self.lock:
             self.alloc.get(node, {}).pop(job_id, None)
 
     def history(self, node: str) -> list[dict[str, Any]]:
-        from fleet.store import records
-
-        with self._lock:
+        with self.lock:
             raw = list(self.histories.get(node, []))
         return [records.history_sample(v) for v in raw]
 
@@ -191,7 +190,7 @@ class MemoryStore(MemoryJobs):
         return len(self.intakes.get(name, []))
 
     def intake_append(self, name: str, fields: Mapping[str, str], cap: int) -> str:
-        with self._lock:
+        with self.lock:
             ms = int(time.time() * 1000)
             last_ms, last_seq = self._entry_at
             self._entry_at = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
@@ -203,24 +202,24 @@ class MemoryStore(MemoryJobs):
         return entry_id
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
-        with self._lock:
+        with self.lock:
             return list(reversed(self.intakes.get(name, [])[-count:]))
 
     def intake_holds(self, name: str, entry_id: str) -> bool:
-        with self._lock:
+        with self.lock:
             return any(i == entry_id for i, _ in self.intakes.get(name, []))
 
     def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
-        with self._lock:
+        with self.lock:
             return [list(self.intakes.get(name, [])[:count]) for name in names]
 
     def intake_trim(self, name: str, through: str) -> None:
-        with self._lock:
+        with self.lock:
             self.intakes[name] = [e for e in self.intakes.get(name, [])
                                   if _id(e[0]) > _id(through)]
 
     def count_bad(self, kind: str) -> None:
-        with self._lock:
+        with self.lock:
             self.master.bad[kind] = self.master.bad.get(kind, 0) + 1
 
     # -- the master's ------------------------------------------------------------------------
@@ -228,7 +227,7 @@ class MemoryStore(MemoryJobs):
         return _MemoryLease(self, holder, ttl)
 
     def master_status(self) -> dict[str, Any]:
-        with self._lock:
+        with self.lock:
             m = self.master
             up = m.holder is not None and m.expires > self.clock()
             down_for = None if up or m.seen is None else max(0.0, time.time() - m.seen)
@@ -246,15 +245,15 @@ class MemoryStore(MemoryJobs):
         return self.node_states(), head, read
 
     def mark_placing(self, job_id: str, now: float) -> None:
-        with self._lock:
+        with self.lock:
             self.placing_since[job_id] = now
 
     def unmark_placing(self, job_id: str) -> None:
-        with self._lock:
+        with self.lock:
             self.placing_since.pop(job_id, None)
 
     def wait_wake(self, timeout: float) -> None:
-        with self._lock:
+        with self.lock:
             if self.wakes == 0:
                 self._woken.wait(timeout)
             self.wakes = 0
@@ -263,7 +262,7 @@ class MemoryStore(MemoryJobs):
         """Nothing to start: an intake entry wakes the master as it is appended."""
 
     def round_failed(self) -> None:
-        with self._lock:
+        with self.lock:
             self.master.errors += 1
 
     def quarantine(self, key: str) -> None:
@@ -278,7 +277,7 @@ class _MemoryLease:
         self.store, self.holder, self.ttl = store, holder, ttl
 
     def acquire(self) -> bool:
-        with self.store._lock:
+        with self.store.lock:
             m, now = self.store.master, self.store.clock()
             if m.holder not in (None, self.holder) and m.expires > now:
                 return False
@@ -286,7 +285,7 @@ class _MemoryLease:
             return True
 
     def release(self) -> None:
-        with self.store._lock:
+        with self.store.lock:
             if self.store.master.holder == self.holder:
                 self.store.master.holder = None
 
@@ -318,7 +317,7 @@ class _Repairs:
         node, from an incarnation other than the node's live one."""
         live = {s["node"]: s["report"]["incarnation"] for s in states if s["report"] is not None}
         backed = set()
-        with self.store._lock:
+        with self.store.lock:
             for node, job_id, a in entries:
                 job = self.store.jobs.get(job_id, {})
                 if (job.get("state") in HOLDING and job.get("node") == node
@@ -344,3 +343,8 @@ def _event(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
             except ValueError:
                 pass
     return event
+
+
+def _conforms(store: MemoryStore) -> Store:
+    """mypy checks here that MemoryStore answers every call of the protocol."""
+    return store

@@ -3,16 +3,13 @@
 Each step holds one lock for its whole length (so it is atomic, as a Lua script is) and keeps
 the scripts' rules line for line: fenced by attempt number (and node incarnation), never
 over-committing a node, one terminal state per job, the pending order by priority then submit
-order. Records are kept as the strings Redis would hold and decoded by the same
-`fleet.store.records` functions, so reads answer in the Redis store's shapes.
+order. The records and their reads are fleet.store.memory_data's.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fleet.errors import NotFound
@@ -21,107 +18,29 @@ from fleet.states import JobState
 from fleet.store import records
 from fleet.store.jobstore import (
     MAX_INFRA_RETRIES,
-    METRICS_CAP,
     RETRY_BACKOFF_S,
     Outcome,
     chosen_score,
-    decode_job,
     new_job_id,
     pending_score,
     request_of,
 )
+from fleet.store.memory_data import MemoryReads, as_int, is_amount, json_object, number_text, stamp
 from fleet.store.protocol import Refused
 
 TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
-EVENTS_CAP = 100_000  # as the scripts' XADD MAXLEN
 RESOURCES = ("cpus_m", "memory", "gpus")  # the allocation entry's amounts, as reserve.lua's
 
 
-def _num(value: float) -> str:
-    """A number as the scripts store it: integral ones without a fraction."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class MemoryData:
-    """The records, as Redis would hold them, and the helpers the scripts' prelude gives."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._woken = threading.Condition(self._lock)
-        self.jobs: dict[str, dict[str, str]] = {}  # job id -> its hash
-        self.job_index: dict[str, float] = {}  # keys.JOBS
-        self.pending: dict[str, float] = {}  # keys.PENDING: job id -> order score
-        self.placing_since: dict[str, float] = {}  # keys.PLACING
-        self.seq = 0
-        self.attempt_records: dict[str, dict[str, str]] = {}  # job id -> attempt n -> JSON
-        self.metric_lists: dict[str, list[str]] = {}
-        self.cancel_flags: dict[str, str] = {}
-        self.logs: dict[tuple[str, int], list[str]] = {}
-        self.event_log: list[tuple[str, dict[str, str]]] = []
-        self._event_seq = 0
-        self._event_ms = 0
-        self.alloc: dict[str, dict[str, str]] = {}  # node -> job id -> JSON reservation
-        self.wakes = 0
-
-    # -- the prelude's helpers (called with the lock held) -------------------------------------
-    def _event(self, name: str, job: str, now: str, **fields: object) -> None:
-        self._event_seq += 1  # ids grow like a stream's, whatever the clock does
-        self._event_ms = max(self._event_ms, int(time.time() * 1000))
-        entry = {"event": name, "job": job, "time": now, **{k: str(v) for k, v in fields.items()}}
-        self.event_log.append((f"{self._event_ms}-{self._event_seq}", entry))
-        del self.event_log[:-EVENTS_CAP]
-        self._woken.notify_all()
-
-    def _wake(self) -> None:
-        self.wakes += 1
-        self._woken.notify_all()
-
-    def _update_attempt(self, job: str, n: int | str, fields: Mapping[str, Any]) -> None:
-        attempts = self.attempt_records.setdefault(job, {})
-        rec = json.loads(attempts.get(str(n), "{}"))
-        rec["attempt"] = int(n)
-        rec.update(fields)
-        attempts[str(n)] = json.dumps(rec)
-
-    def _release(self, node: str, job: str, attempt: str) -> None:
-        """Drop `job`'s reservation on `node`, only when that attempt holds it."""
-        held = self.alloc.get(node, {})
-        raw = held.get(job)
-        if raw is None:
-            return
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            entry = None
-        if not isinstance(entry, dict) or str(entry.get("attempt")) == str(attempt):
-            del held[job]
-
-    def _record_progress(self, job: str, reports: Sequence[Mapping[str, Any]], now: str) -> None:
-        if not reports:
-            return
-        texts = [json.dumps(dict(r)) for r in reports]
-        self.jobs[job].update(progress=texts[-1], updated_at=now)
-        kept = self.metric_lists.setdefault(job, [])
-        kept.extend(texts)
-        del kept[:-METRICS_CAP]
-
-    def _node_holder(self, node: str) -> tuple[str | None, str | None]:
-        """(incarnation, capacity JSON) of the node's live report; Nones when it has none."""
-        raise NotImplementedError
-
-    def is_draining(self, node: str) -> bool:
-        raise NotImplementedError
-
-
-class MemoryJobs(MemoryData):
+class MemoryJobs(MemoryReads):
     """The job steps and reads of `fleet.store.protocol`."""
 
     # -- steps -------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, *, job_id: str | None = None, now: float | None = None,
                submitted_by: str = "") -> str:
         job_id = job_id or new_job_id(spec.name)
-        at = _now(now)
-        with self._lock:
+        at = stamp(now)
+        with self.lock:
             if job_id in self.jobs:
                 raise Refused(f"job id exists: {job_id}")
             self.seq += 1
@@ -141,8 +60,8 @@ class MemoryJobs(MemoryData):
 
     def reject(self, job_id: str, error: str, *, submitted_by: str,
                now: float | None = None) -> bool:
-        at = _now(now)
-        with self._lock:
+        at = stamp(now)
+        with self.lock:
             if job_id in self.jobs:
                 return False
             self.jobs[job_id] = {
@@ -157,8 +76,8 @@ class MemoryJobs(MemoryData):
 
     def reserve(self, job_id: str, node: str, incarnation: str, placement: Mapping[str, Any],
                 now: float | None = None) -> tuple[int, str]:
-        at = _now(now)
-        with self._lock:
+        at = stamp(now)
+        with self.lock:
             job = self.jobs.get(job_id, {})
             if job.get("state") != JobState.PENDING.value:
                 return 0, f"job is {job.get('state', 'nil')}"
@@ -167,15 +86,15 @@ class MemoryJobs(MemoryData):
             holder, capacity = self._node_holder(node)
             if holder != incarnation:
                 return 0, "node is gone"
-            cap, req = _object(capacity), _object(job.get("request"))
+            cap, req = json_object(capacity), json_object(job.get("request"))
             if cap is None:
                 return 0, "node capacity unreadable"
-            if req is None or any(not _amount(req.get(r, 0)) for r in RESOURCES):
+            if req is None or any(not is_amount(req.get(r, 0)) for r in RESOURCES):
                 return 0, "job request unreadable"
             used = dict.fromkeys(RESOURCES, 0.0)
             for raw in self.alloc.get(node, {}).values():
-                entry = _object(raw)
-                if entry is None or any(not _amount(entry.get(r, 0)) for r in RESOURCES):
+                entry = json_object(raw)
+                if entry is None or any(not is_amount(entry.get(r, 0)) for r in RESOURCES):
                     return 0, "node allocations unreadable"
                 for r in RESOURCES:
                     used[r] += entry.get(r, 0)
@@ -205,8 +124,8 @@ class MemoryJobs(MemoryData):
 
     def claim_spec(self, job_id: str, attempt: int, node: str,
                    incarnation: str) -> tuple[bool, str, dict[str, Any] | None]:
-        at = _now(None)
-        with self._lock:
+        at = stamp(None)
+        with self.lock:
             job = self.jobs.get(job_id, {})
             if (job.get("attempt"), job.get("node"), job.get("incarnation")) != (
                     str(attempt), node, incarnation):
@@ -229,8 +148,8 @@ class MemoryJobs(MemoryData):
 
     def progress_many(self, job_id: str, attempt: int, reports: Sequence[Mapping[str, Any]],
                       kind: str = "progress") -> bool:
-        at = _now(None)
-        with self._lock:
+        at = stamp(None)
+        with self.lock:
             job = self.jobs.get(job_id, {})
             if job.get("attempt") != str(attempt) or job.get("state") != JobState.RUNNING.value:
                 return False
@@ -245,9 +164,9 @@ class MemoryJobs(MemoryData):
     def finish(self, job_id: str, attempt: int, node: str, outcome: Outcome,
                now: float | None = None,
                progress: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, str]:
-        at = _now(now)
+        at = stamp(now)
         counted = not outcome.reason.infrastructure
-        with self._lock:
+        with self.lock:
             job = self.jobs.get(job_id, {})
             if job.get("attempt") != str(attempt):
                 return False, "superseded"
@@ -265,21 +184,21 @@ class MemoryJobs(MemoryData):
             self._update_attempt(job_id, attempt, rec)
             final = outcome.outcome
             if final == "FAILURE":
-                retries = _int(job.get("retries")) + counted
-                infra = _int(job.get("infra_retries")) + (not counted)
+                retries = as_int(job.get("retries")) + counted
+                infra = as_int(job.get("infra_retries")) + (not counted)
                 job.update(retries=str(retries), infra_retries=str(infra))
                 if job_id in self.cancel_flags:
                     final = JobState.CANCELLED.value
-                elif (retries > _int(job.get("max_retries"))
-                      or infra > _int(job.get("max_infra_retries"))):
+                elif (retries > as_int(job.get("max_retries"))
+                      or infra > as_int(job.get("max_infra_retries"))):
                     final = JobState.FAILED.value
                 else:
                     delay = RETRY_BACKOFF_S * 2 ** (retries - 1) if counted else 0
                     job.update(state=JobState.PENDING.value, node="", incarnation="",
-                               updated_at=at, not_before=_num(float(at) + delay),
+                               updated_at=at, not_before=number_text(float(at) + delay),
                                waiting=f"retrying after {outcome.reason.value}")
-                    self.pending[job_id] = pending_score(_int(job.get("priority")),
-                                                         _int(job.get("seq")))
+                    self.pending[job_id] = pending_score(as_int(job.get("priority")),
+                                                         as_int(job.get("seq")))
                     self._event("retrying", job_id, at, attempt=attempt,
                                 reason=outcome.reason.value)
                     self._wake()
@@ -294,7 +213,7 @@ class MemoryJobs(MemoryData):
     def commit_checkpoint(self, job_id: str, attempt: int, node: str, incarnation: str,
                           step: int, name: str, now: float | None = None) -> tuple[bool, str]:
         record = json.dumps({"attempt": attempt, "step": step, "dir": name})
-        with self._lock:
+        with self.lock:
             job = self.jobs.get(job_id, {})
             if (job.get("attempt"), job.get("node"), job.get("incarnation")) != (
                     str(attempt), node, incarnation):
@@ -303,13 +222,13 @@ class MemoryJobs(MemoryData):
                 return False, f"job is {job.get('state', 'nil')}"
             if job.get("checkpoint") and job["checkpoint"] != record:
                 job["checkpoint_prev"] = job["checkpoint"]
-            job.update(checkpoint=record, updated_at=_now(now))
+            job.update(checkpoint=record, updated_at=stamp(now))
             self._update_attempt(job_id, attempt, {"committed_step": step})
         return True, "ok"
 
     def cancel(self, job_id: str) -> str:
-        at = _now(None)
-        with self._lock:
+        at = stamp(None)
+        with self.lock:
             job = self.jobs.get(job_id)
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
@@ -333,14 +252,14 @@ class MemoryJobs(MemoryData):
         return JobState.CANCELLED.value
 
     def set_waiting(self, reasons: Mapping[str, str]) -> None:
-        with self._lock:
+        with self.lock:
             for job_id, reason in reasons.items():
                 if job_id in self.jobs:
                     self.jobs[job_id]["waiting"] = reason
 
     def drop_pending(self, job_id: str, why: str, now: float | None = None) -> str:
-        at = _now(now)
-        with self._lock:
+        at = stamp(now)
+        with self.lock:
             self.pending.pop(job_id, None)
             job = self.jobs.get(job_id)
             if job is None or job.get("state") != JobState.PENDING.value or not why:
@@ -354,103 +273,14 @@ class MemoryJobs(MemoryData):
     def repair_alloc(self, node: str, job_id: str) -> str:
         """Rewrite `job_id`'s entry on `node` from its record, or drop it (repair_alloc.lua);
         the memory store never holds a malformed one, but a test may plant one."""
-        with self._lock:
+        with self.lock:
             job = self.jobs.get(job_id, {})
             held = self.alloc.setdefault(node, {})
             if job.get("state") not in ("PLACED", "RUNNING") or job.get("node") != node:
                 held.pop(job_id, None)
                 return "dropped"
-            req = _object(job.get("request")) or {}
-            held[job_id] = json.dumps({"attempt": max(_int(job.get("attempt")), 1),
+            req = json_object(job.get("request")) or {}
+            held[job_id] = json.dumps({"attempt": max(as_int(job.get("attempt")), 1),
                                        "incarnation": job.get("incarnation") or "-",
                                        **{r: int(req.get(r, 0)) for r in RESOURCES}})
         return "rewritten"
-
-    # -- reads -------------------------------------------------------------------------------
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            raw = dict(self.jobs.get(job_id, {}))
-        return decode_job(raw, job_id) if raw else None
-
-    def get_many(self, job_ids: Iterable[str]) -> list[dict[str, Any]]:
-        ids = list(job_ids)
-        return [job for job in self.read_many(ids).values() if isinstance(job, dict)]
-
-    def read_many(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any] | str | None]:
-        out: dict[str, dict[str, Any] | str | None] = {}
-        for job_id in job_ids:
-            try:
-                out[job_id] = self.get(job_id)
-            except records.BadRecord as exc:
-                out[job_id] = str(exc)
-        return out
-
-    def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            raw = list(self.attempt_records.get(job_id, {}).values())
-        return sorted((records.attempt_record(v) for v in raw), key=lambda a: a["attempt"])
-
-    def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
-        with self._lock:
-            raw = list(self.metric_lists.get(job_id, [])[start:])
-        return [records.metric_entry(v) for v in raw]
-
-    def committed_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            job = self.jobs.get(job_id, {})
-            found = [_object(job.get(f)) for f in ("checkpoint", "checkpoint_prev")]
-        return [c for c in found if c is not None]
-
-    def pending_ids(self, start: int = 0, limit: int | None = None) -> list[str]:
-        with self._lock:
-            line = sorted(self.pending, key=lambda j: (self.pending[j], j))
-        return line[start:] if limit is None else line[start:start + limit]
-
-    def placing(self, older_than: float) -> list[str]:
-        with self._lock:
-            return sorted((j for j, t in self.placing_since.items() if t <= older_than),
-                          key=lambda j: (self.placing_since[j], j))
-
-    def job_ids(self, limit: int | None = None) -> list[str]:
-        with self._lock:
-            ids = sorted(self.job_index, key=lambda j: (self.job_index[j], j), reverse=True)
-        return ids if limit is None else ids[:limit]
-
-    def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self.cancel_flags
-
-    def submitted_by(self, job_id: str) -> str:
-        return self.jobs.get(job_id, {}).get("submitted_by", "")
-
-    def job_state(self, job_id: str) -> tuple[str, bool]:
-        with self._lock:
-            return self.jobs.get(job_id, {}).get("state", ""), job_id in self.cancel_flags
-
-    def log_lines(self, job_id: str, attempt: int, start: int = 0) -> list[str]:
-        with self._lock:
-            return list(self.logs.get((job_id, attempt), [])[start:])
-
-
-def _now(now: float | None) -> str:
-    return repr(time.time() if now is None else now)
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(float(value or 0))
-    except ValueError:
-        return 0
-
-
-def _object(raw: str | None) -> dict[str, Any] | None:
-    """A JSON object, or None when `raw` is missing or not one (the prelude's `decode`)."""
-    try:
-        value = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _amount(value: object) -> bool:
-    """A usable amount of a resource: a number, not negative, not NaN."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0

@@ -19,7 +19,7 @@ from fleet.settings import Settings
 from fleet.store import keys, quarantine, records, registry
 from fleet.store.jobstore import JobStore
 from fleet.store.lease import Lease
-from fleet.store.protocol import Entry, RawEntry, Repairs
+from fleet.store.protocol import Entry, RawEntry, Repairs, Store
 from fleet.store.repair import Repairer
 
 log = logging.getLogger("fleet.intake")
@@ -267,3 +267,8 @@ class Doorbell:
             except redis.exceptions.RedisError as exc:  # an outage: the master's loop says so
                 log.debug("doorbell: %s", exc)
                 stop.wait(1.0)
+
+
+def _conforms(store: RedisStore) -> Store:
+    """mypy checks here that RedisStore answers every call of the protocol."""
+    return store

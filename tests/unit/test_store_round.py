@@ -110,6 +110,31 @@ def test_a_master_round_places_and_the_attempt_runs_to_its_end(
         "submitted", "placed", "finished"]
 
 
+def test_the_client_reads_what_the_round_wrote(store: Store, settings: Settings) -> None:
+    store.heartbeat(node_report("n1", "i1"), ttl=60)
+    client = Client(settings, store=store)
+    assert client.master_status()["up"] is False
+    job = client.submit(NOOP)
+    master = Master(settings, store, Published())
+    master.step(time.time())
+    assert client.master_status()["up"] is True
+    assert client.master_status()["leader"] == master.id
+    assert [n["node"] for n in client.nodes()] == ["n1"]
+    assert client.nodes()[0]["reserved"]["cpus"] == 1.0
+    assert store.claim(job, 1, "n1", "i1") == (True, "ok")
+    assert store.progress_many(job, 1, [{"step": 1, "metrics": {"loss": 1.0}},
+                                        {"step": 2, "metrics": {"loss": 0.5}}])
+    assert [m["step"] for m in client.metrics(job)] == [1, 2]
+    assert [m["step"] for m in client.metrics(job, start=1)] == [2]
+    assert [j["id"] for j in client.jobs()] == [job]
+    assert [e["event"] for e in store.events(limit=2)] == ["placed", "started"]
+    since = store.last_event_id()
+    assert store.events_after(since) == []
+    store.finish(job, 1, "n1", Outcome(EndReason.SUCCEEDED))
+    assert [(e["event"], e["state"]) for e in store.events_after(since)] == [
+        ("finished", "SUCCEEDED")]
+
+
 def test_a_running_job_is_cancelled_through_its_supervisor(
         store: Store, settings: Settings) -> None:
     store.heartbeat(node_report("n1", "i1", cpus=2), ttl=60)
