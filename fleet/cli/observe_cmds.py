@@ -1,4 +1,4 @@
-"""Commands that watch the fleet: logs, plot, top, events, monitor (Flower), exporter."""
+"""Commands that observe the fleet: logs, plot, top, events, monitor (Flower), exporter."""
 
 from __future__ import annotations
 
