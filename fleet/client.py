@@ -25,7 +25,7 @@ import functools
 import inspect
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from fleet.errors import (
     WaitTimedOut,
 )
 from fleet.master import intake
+from fleet.observe.logs import JobLogs, LogLine
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
@@ -49,11 +50,14 @@ from fleet.states import TERMINAL_NAMES
 from fleet.store.jobstore import new_job_id
 from fleet.store.protocol import Store
 from fleet.store.redis_store import RedisStore
+from fleet.views import job_view
 
 NODES_FRESH_S = 1.0
 CANCEL_WAIT_S = 5.0  # how long `cancel` waits for the master to apply it
 NOT_ACCEPTED = "not yet accepted by the master"
 INTAKE_SCAN = 1000  # newest entries of the intake `status` looks through for a job
+FOLLOW_BLOCK_MS = 1000  # how long one read of `events(follow=True)` waits for a new event
+ACTIVE_RECENT = 50  # finished jobs `fleet top` shows beside the pending and running ones
 
 
 def connect(url: str) -> redis.Redis:
@@ -90,6 +94,17 @@ def redis_errors() -> Iterator[None]:
         raise FleetError(f"redis: {exc}") from None
 
 
+def escaped_store_error(exc: BaseException) -> str | None:
+    """The one line the CLI prints (exit 3) for a Redis failure raised outside a Client's
+    methods (a driver's or the master's own connection); None for any other exception, a bug
+    that keeps its traceback. The CLI thus handles Redis's errors without importing Redis."""
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return f"redis refused our credentials: {exc}"
+    if isinstance(exc, redis.exceptions.RedisError):
+        return f"redis: {exc}"
+    return None
+
+
 def _raising_fleet_errors(cls: type) -> type:
     """Wrap every public method (generators included) in `redis_errors`."""
     for name, method in list(vars(cls).items()):
@@ -97,12 +112,12 @@ def _raising_fleet_errors(cls: type) -> type:
             continue
         if inspect.isgeneratorfunction(method):
             @functools.wraps(method)
-            def wrapped(*args: Any, _method: Callable = method, **kwargs: Any) -> Any:
+            def wrapped(*args: Any, _method: Callable[..., Any] = method, **kwargs: Any) -> Any:
                 with redis_errors():
                     yield from _method(*args, **kwargs)
         else:
             @functools.wraps(method)
-            def wrapped(*args: Any, _method: Callable = method, **kwargs: Any) -> Any:
+            def wrapped(*args: Any, _method: Callable[..., Any] = method, **kwargs: Any) -> Any:
                 with redis_errors():
                     return _method(*args, **kwargs)
         setattr(cls, name, wrapped)
@@ -129,7 +144,12 @@ class Client:
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
 
     # -- submit ------------------------------------------------------------------------------
-    def spec_from(self, source: JobSpec | Mapping | str | Path, overrides=()) -> JobSpec:
+    def spec_from(
+        self, source: JobSpec | Mapping[str, Any] | str | Path, overrides: Sequence[str] = (),
+    ) -> JobSpec:
+        """`source` as a checked JobSpec: a spec as is, a mapping or a file (YAML or JSON)
+        validated with `overrides` applied, under this fleet's limits. SpecError names the
+        field at fault."""
         if isinstance(source, JobSpec):
             return source
         if isinstance(source, Mapping):
@@ -139,7 +159,8 @@ class Client:
         return load_spec(source, overrides, **self._limits())
 
     def submit(
-        self, source: JobSpec | Mapping | str | Path, *, overrides=(), job_id: str | None = None
+        self, source: JobSpec | Mapping[str, Any] | str | Path, *, overrides: Sequence[str] = (),
+        job_id: str | None = None,
     ) -> str:
         """Validate, check it can fit some node, then append it to the intake. Returns the job
         id at once; the master accepts it within milliseconds (or rejects it: FAILED)."""
@@ -204,12 +225,18 @@ class Client:
         return job_view(job, self.store.attempts(job_id))
 
     def jobs(self, limit: int | None = 200) -> list[dict[str, Any]]:
+        """The `limit` newest jobs the master has accepted (all when None), newest first, in
+        `status`'s shape without attempts: `fleet jobs`. Unreadable records are left out."""
         return [job_view(j) for j in self.store.get_many(self.store.job_ids(limit))]
 
     def nodes(self) -> list[dict[str, Any]]:
+        """The live nodes' last reports, with `reserved` summed from their allocations and
+        `draining`: `fleet nodes`, `fleet top`. A node whose lease lapsed is left out."""
         return [s["report"] for s in self.store.node_states() if s["report"]]
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """The job's progress reports (step, metrics) from the `start`-th, oldest first, across
+        attempts: `fleet plot` draws them, `submit --wait` prints the new ones off a terminal."""
         return self.store.metrics(job_id, start)
 
     def master_status(self) -> dict[str, Any]:
@@ -282,40 +309,59 @@ class Client:
                 return status
         raise AssertionError("unreachable")
 
+    # -- observe: what `fleet top`, `plot`, `logs` and `events` read -------------------------
+    def active_jobs(self, recent: int = ACTIVE_RECENT) -> list[dict[str, Any]]:
+        """The pending jobs (in line order), the running ones, then the `recent` newest others,
+        each once: what `fleet top` draws, without reading every job the fleet remembers."""
+        newest = self.store.job_ids(recent)
+        pending = self.store.pending_ids()
+        running = [j["job"] for n in self.nodes() for j in n.get("jobs") or []]
+        ids = list(dict.fromkeys([*pending, *running, *newest]))
+        return [job_view(j) for j in self.store.get_many(ids)]
 
-def job_view(job: Mapping[str, Any], attempts: list[dict] | None = None) -> dict[str, Any]:
-    """The stable JSON shape of a job (documented in docs/json.md; scripts parse it)."""
-    spec = job.get("spec") or {}
-    view = {
-        "id": job["id"],
-        "name": job.get("name"),
-        "state": job.get("state"),
-        "terminal": job.get("terminal", False),
-        "node": job.get("node") or None,
-        "attempt": job.get("attempt", 0),
-        "retries": job.get("retries", 0),
-        "infra_retries": job.get("infra_retries", 0),
-        "priority": job.get("priority", 0),
-        "resources": spec.get("resources"),
-        "entrypoint": spec.get("entrypoint"),
-        "framework": spec.get("framework"),
-        "params": spec.get("params"),
-        "submitted_at": job.get("submitted_at"),
-        "started_at": job.get("started_at"),
-        "finished_at": job.get("finished_at"),
-        "updated_at": job.get("updated_at"),
-        "reason": job.get("reason") or None,
-        "error": job.get("error") or None,
-        "waiting": job.get("waiting") or None,
-        "progress": job.get("progress"),
-        "result": job.get("result"),
-        "placement": job.get("placement"),
-    }
-    if attempts is not None:
-        fields = ("attempt", "node", "incarnation", "placed_at", "started_at", "ended_at",
-                  "end_reason", "error", "counted", "resumed_from_step", "peak_memory")
-        view["attempts"] = [{**{f: None for f in fields}, **a} for a in attempts]
-    return view
+    def node_histories(self) -> dict[str, list[dict[str, Any]]]:
+        """Each known node's recorded load samples, oldest first: `fleet plot --fleet`."""
+        return {n: self.store.history(n) for n in self.store.known_nodes()}
+
+    def log_attempt(self, job_id: str) -> int:
+        """The job's current attempt (0 before its first placement): attempts 1 to it may have
+        logs. NotFound for an unknown job."""
+        return self._logs(job_id).job_attempt()[0]
+
+    def log_lines(self, job_id: str, attempt: int) -> list[str]:
+        """Every output line kept of one attempt (the artifact file when Redis dropped some)."""
+        return self._logs(job_id).lines(attempt)
+
+    def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[LogLine]:
+        """Output lines as they arrive, of `attempt` or (None) of each attempt as the job moves
+        on, until the job has ended and its last lines are read."""
+        yield from self._logs(job_id).follow(attempt)
+
+    def _logs(self, job_id: str) -> JobLogs:
+        return JobLogs(self.store, self.settings.artifacts_dir, job_id)
+
+    def events(
+        self, job: str | None = None, *, limit: int | None = None, follow: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Lifecycle events, oldest first: the past ones (the last `limit`; of `job` only when
+        given), then with `follow` each new one as it is appended, until the caller stops.
+        The newest id is read first: an event appended meanwhile comes once, as a new one."""
+        since = self.store.last_event_id()
+        for event in self.store.events(job, limit):
+            if _stream_id_le(event["id"], since):
+                yield event
+        while follow:
+            for event in self.store.events_after(since, block_ms=FOLLOW_BLOCK_MS):
+                since = event["id"]
+                if job is None or event.get("job") == job:
+                    yield event
+
+
+def _stream_id_le(a: str, b: str) -> bool:
+    """Stream ids compare as (ms, seq) pairs."""
+    ma, _, sa = a.partition("-")
+    mb, _, sb = b.partition("-")
+    return (int(ma), int(sa or 0)) <= (int(mb), int(sb or 0))
 
 
 def _safe_url(url: str) -> str:

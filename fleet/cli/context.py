@@ -1,15 +1,25 @@
-"""What every command shares: the settings (read once, at the edge) and a client."""
+"""What every command shares: the settings (read once, at the edge) and a client.
+
+Commands read the fleet through `fleet.client.Client` only, and get it from `client()`: one
+factory, `client_factory`, that a test replaces with a Client over the in-memory store (see
+tests/unit/test_cli.py), so that a command runs without Redis.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from fleet.errors import FleetError
 from fleet.settings import Settings
+
+if TYPE_CHECKING:  # imported when called: `fleet --help` stays fast
+    from fleet.client import Client
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,10 +30,20 @@ def settings() -> Settings:
     return Settings()
 
 
-def client():  # -> fleet.client.Client, imported lazily to keep `fleet --help` fast
+def connect_client() -> Client:
+    """A Client of the fleet the settings name (its Redis): what commands use outside tests."""
     from fleet.client import Client
 
     return Client(settings())
+
+
+client_factory: Callable[[], Client] = connect_client
+
+
+def client() -> Client:
+    """The Client a command reads and writes the fleet through, from `client_factory` (looked
+    up at each call, so that a test's replacement reaches every command)."""
+    return client_factory()
 
 
 def no_master_line(status: dict[str, Any]) -> str | None:
@@ -36,15 +56,13 @@ def no_master_line(status: dict[str, Any]) -> str | None:
     return f"no master has held the lease for {status['down_for']:.0f} s {start}"
 
 
-def warn_if_no_master(c: Any) -> dict[str, Any]:
+def warn_if_no_master(c: Client) -> dict[str, Any]:
     """Say on stderr when no master leads (placement has stopped); the master status, for
-    `--json` outputs that carry it. A read command must not fail for it: any Redis error
-    reading the master's keys leaves the warning out."""
-    import redis
-
+    `--json` outputs that carry it. A read command must not fail for it: any error reading
+    the master's keys (the Client raises only FleetError) leaves the warning out."""
     try:
         status = c.master_status()
-    except redis.exceptions.RedisError:
+    except FleetError:
         return {"up": None, "leader": None, "down_for": None, "last_seen": None}
     line = no_master_line(status)
     if line is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fleet.cli.context import console, settings
+from fleet.cli.context import client, console, settings
 from fleet.cli.render import JobProgress, state_text, why_line
 from fleet.errors import FleetError
 
@@ -27,14 +27,13 @@ def examples_dir() -> Path:
 
 
 def run_demo(*, workers: int, keep: bool, epochs: int | None) -> int:
-    from fleet.client import Client
+    from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
-    from fleet.drivers.local import LocalDriver
     from fleet.settings import read_state
     from fleet.units import parse_memory
 
     s = settings()
-    driver = LocalDriver(s)
+    driver = get_driver("local", s)
     started = False
     if read_state(s) is None:
         console.print(f"starting an embedded fleet: {workers} nodes × 1 CPU, {NODE_MEMORY} ...")
@@ -43,11 +42,11 @@ def run_demo(*, workers: int, keep: bool, epochs: int | None) -> int:
         console.print(f"Flower: {up.flower_url} (user {up.flower_user}, password in "
                       f"{up.flower_password_file})", highlight=False)
     try:
-        client = Client(s)
+        c = client()
         overrides = [f"params.epochs={epochs}"] if epochs else []
-        ids = [client.submit(examples_dir() / name, overrides=overrides) for name in EXAMPLES]
+        ids = [c.submit(examples_dir() / name, overrides=overrides) for name in EXAMPLES]
         console.print(f"submitted {', '.join(ids)}", highlight=False)
-        final = JobProgress(client).follow(ids)
+        final = JobProgress(c).follow(ids)
         table = Table("job", "state", "node", "test accuracy")
         for job_id in ids:
             f = final[job_id]

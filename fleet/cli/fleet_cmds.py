@@ -96,14 +96,10 @@ def master() -> None:
     """Run a master (leader, or standby while another holds the lease)."""
     import logging
 
-    from fleet.broker import make_app
-    from fleet.client import connect
-    from fleet.master.loop import Master
+    from fleet.services import build_master
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    s = settings()
-    url = s.resolved_redis_url()
-    m = Master(s, connect(url), make_app(s, url))
+    m = build_master(settings())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fleet.cli import fleet_cmds, job_cmds, node_cmds, watch_cmds
+from fleet.cli import fleet_cmds, job_cmds, node_cmds, observe_cmds
 
 app = typer.Typer(
     name="fleet",
@@ -18,7 +18,7 @@ app = typer.Typer(
 fleet_cmds.register(app)
 job_cmds.register(app)
 node_cmds.register(app)
-watch_cmds.register(app)
+observe_cmds.register(app)
 
 
 @app.command("sim")
@@ -42,10 +42,8 @@ def sim_command(
 def main() -> None:
     """Usage errors are click's (usage line, exit 2); a FleetError or a Redis failure is one line
     on stderr and a non-zero exit; anything else is a bug and keeps its traceback."""
-    import redis
-
     from fleet.cli.context import err_console
-    from fleet.errors import FleetError
+    from fleet.errors import ConnectionFailed, FleetError
 
     def fail(message: str, code: int) -> None:
         err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
@@ -55,7 +53,10 @@ def main() -> None:
         app()
     except FleetError as exc:
         fail(str(exc), exc.exit_code)
-    except redis.exceptions.AuthenticationError as exc:
-        fail(f"redis refused our credentials: {exc}", 3)
-    except redis.exceptions.RedisError as exc:
-        fail(f"redis: {exc}", 3)
+    except Exception as exc:  # a driver's or the master's own Redis connection failing
+        from fleet.client import escaped_store_error  # here: `fleet --help` stays fast
+
+        message = escaped_store_error(exc)
+        if message is None:
+            raise
+        fail(message, ConnectionFailed.exit_code)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fleet.units import format_cpus, format_memory
+
+if TYPE_CHECKING:
+    from fleet.client import Client
 
 STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
                "PLACED": "cyan", "PENDING": "magenta"}
@@ -54,7 +57,7 @@ def why_line(placement: Mapping[str, Any] | None) -> str:
 class JobProgress:
     """One progress bar per job (epoch, loss, accuracy), until every job is terminal."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.progress = Progress(
             TextColumn("[bold]{task.fields[name]}"), BarColumn(bar_width=12),
@@ -62,11 +65,11 @@ class JobProgress:
         )
         self.tasks: dict[str, TaskID] = {}
 
-    def follow(self, job_ids: Sequence[str], interval: float = 0.5) -> dict[str, dict]:
+    def follow(self, job_ids: Sequence[str], interval: float = 0.5) -> dict[str, dict[str, Any]]:
         """Bars on a terminal; elsewhere (CI, a pipe) one line per change of state or epoch."""
         if not self.progress.console.is_terminal:
             return self._follow_lines(job_ids, interval)
-        final: dict[str, dict] = {}
+        final: dict[str, dict[str, Any]] = {}
         with self.progress:
             for job_id in job_ids:
                 self.tasks[job_id] = self.progress.add_task(
@@ -83,8 +86,8 @@ class JobProgress:
                 time.sleep(interval)
         return final
 
-    def _follow_lines(self, job_ids: Sequence[str], interval: float) -> dict[str, dict]:
-        final: dict[str, dict] = {}
+    def _follow_lines(self, job_ids: Sequence[str], interval: float) -> dict[str, dict[str, Any]]:
+        final: dict[str, dict[str, Any]] = {}
         states: dict[str, str] = {}
         reports: dict[str, int] = {}
         say = self.progress.console.print

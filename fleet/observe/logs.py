@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import redis
-
-from fleet.store import keys
 from fleet.errors import NotFound
+
+if TYPE_CHECKING:
+    from fleet.store.protocol import JobReads
 
 LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (workers/attempt/supervisor.py)
 
@@ -74,24 +75,24 @@ def _split_note(text: str) -> tuple[str, str]:
 
 
 class JobLogs:
-    """Reads one job's attempt logs. The connection and the artifact root are passed in."""
+    """Reads one job's attempt logs. The store (Redis's or its in-memory twin: the job's record
+    and its kept lines) and the artifact root are passed in."""
 
-    def __init__(self, client: redis.Redis, artifacts: Path, job_id: str) -> None:
-        self.r = client
+    def __init__(self, store: JobReads, artifacts: Path, job_id: str) -> None:
+        self.store = store
         self.artifacts = artifacts
         self.job_id = job_id
 
     def job_attempt(self) -> tuple[int, bool]:
         """(current attempt number, job is terminal). NotFound for an unknown job."""
-        state, attempt = self.r.hmget(keys.job(self.job_id), "state", "attempt")
-        if state is None:
+        job = self.store.get(self.job_id)
+        if job is None:
             raise NotFound(f"no job {self.job_id!r}")
-        return int(attempt or 0), keys.text(state) in ("SUCCEEDED", "FAILED", "CANCELLED")
+        return int(job.get("attempt") or 0), bool(job.get("terminal"))
 
     def lines(self, attempt: int) -> list[str]:
         """Every line kept for `attempt` (the stored file when Redis dropped some)."""
-        key = keys.job_logs(self.job_id, attempt)
-        kept = [keys.text(v) for v in self.r.lrange(key, 0, -1)]
+        kept = self.store.log_lines(self.job_id, attempt)
         path = log_file(self.artifacts, self.job_id, attempt)
         if (not kept or len(kept) >= LOG_LINES_CAP) and path.is_file():
             return read_stored(path).splitlines()
@@ -114,10 +115,10 @@ class JobLogs:
             wanted = [attempt] if attempt is not None else list(range(1, current + 1))
             for n in wanted:
                 start = seen.get(n, 0)
-                new = self.r.lrange(keys.job_logs(self.job_id, n), start, -1)
+                new = self.store.log_lines(self.job_id, n, start)
                 seen[n] = start + len(new)
-                for raw in new:
-                    yield LogLine(n, keys.text(raw))
+                for text in new:
+                    yield LogLine(n, text)
             if terminal or (attempt is not None and current > attempt):
                 return  # the attempt followed is over: no line can come after this read
             sleep(interval)

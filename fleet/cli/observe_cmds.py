@@ -1,4 +1,4 @@
-"""Commands that watch the fleet: logs, plot, top, events, monitor (Flower), exporter."""
+"""Commands that observe the fleet: logs, plot, top, events, monitor (Flower), exporter."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from fleet.cli.context import client, console, print_json, settings, wait_for_stop
+from fleet.errors import FleetError
+
+if TYPE_CHECKING:
+    from fleet.client import Client
 
 
 def register(app: typer.Typer) -> None:
@@ -29,18 +33,16 @@ def logs(
 ) -> None:
     """A job's output (stdout and stderr), per attempt; -f follows it until the job ends."""
     from fleet.errors import NotFound
-    from fleet.observe.logs import JobLogs
 
     c = client()
-    reader = JobLogs(c.r, c.settings.artifacts_dir, job)
-    current, _ = reader.job_attempt()
+    current = c.log_attempt(job)
     if attempt is not None and attempt > max(current, 1):
         raise NotFound(f"job {job} has no attempt {attempt} (it is at attempt {current})")
     several = attempt is None and current > 1
     out = sys.stdout
     if follow:
         shown = None
-        for line in reader.follow(attempt):
+        for line in c.follow_logs(job, attempt):
             if several and line.attempt != shown:
                 out.write(f"--- attempt {line.attempt} ---\n")
                 shown = line.attempt
@@ -50,7 +52,7 @@ def logs(
     for n in [attempt] if attempt is not None else range(1, current + 1):
         if several:
             out.write(f"--- attempt {n} ---\n")
-        for text in reader.lines(n):
+        for text in c.log_lines(job, n):
             out.write(text + "\n")
 
 
@@ -61,16 +63,13 @@ def plot(
 ) -> None:
     """Draw a job's loss/accuracy curves across attempts (resumes marked), or node load."""
     from fleet.observe import plot as plots
-    from fleet.store import registry
-    from fleet.errors import FleetError
 
     c = client()
     if fleet_:
         if job is not None:
             raise FleetError("give a job id or --fleet, not both")
         path = output or Path("fleet.png")
-        histories = {n: registry.history(c.r, n) for n in registry.known_nodes(c.r)}
-        plots.draw_fleet(plots.node_series(histories), path)
+        plots.draw_fleet(plots.node_series(c.node_histories()), path)
     else:
         if job is None:
             raise FleetError("name a job to plot (`fleet plot JOB`), or use --fleet")
@@ -81,25 +80,15 @@ def plot(
     console.print(f"wrote {path}", highlight=False)
 
 
-def _top_jobs(c: Any) -> list[dict]:
-    """What `fleet top` shows: pending and running jobs, plus the most recent ones."""
-    from fleet.client import job_view
-
-    recent = c.store.job_ids(50)
-    pending = c.store.pending_ids()
-    running = [j["job"] for n in c.nodes() for j in n.get("jobs") or []]
-    ids = list(dict.fromkeys([*pending, *running, *recent]))
-    return [job_view(j) for j in c.store.get_many(ids)]
-
-
 def top(
     once: bool = typer.Option(False, "--once", help="print one frame and exit"),
     interval: float = typer.Option(1.0, "--interval", "-i", min=0.1, help="seconds per refresh"),
 ) -> None:
     """Live view: nodes with capacity/reserved/used bars and running jobs, the pending queue."""
+    from rich.console import Group
     from rich.live import Live
 
-    from fleet.cli.context import no_master_line, warn_if_no_master
+    from fleet.cli.context import warn_if_no_master
     from fleet.cli.top import view
 
     c = client()
@@ -108,28 +97,28 @@ def top(
 
         # off a terminal (a pipe, a log), lines are not cut to 80 columns: ids stay whole
         out = console if console.is_terminal else Console(width=200)
-        out.print(view(c.nodes(), _top_jobs(c)))
+        out.print(view(c.nodes(), c.active_jobs()))
         warn_if_no_master(c)
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
-    def frame() -> Any:
-        return view(c.nodes(), _top_jobs(c), warning=_no_master(c, no_master_line))
+    def frame() -> Group:
+        return view(c.nodes(), c.active_jobs(), warning=_no_master(c))
 
     with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
         while not stop.wait(interval):
             live.update(frame(), refresh=True)
 
 
-def _no_master(c: Any, line: Any) -> str | None:
+def _no_master(c: Client) -> str | None:
     """The no-master warning for a frame of `fleet top` (drawn in it: stderr would tear the
-    live display)."""
-    import redis
+    live display); None too when the master's keys cannot be read (the frame still draws)."""
+    from fleet.cli.context import no_master_line
 
     try:
-        return line(c.master_status())
-    except redis.exceptions.RedisError:
+        return no_master_line(c.master_status())
+    except FleetError:
         return None
 
 
@@ -142,29 +131,12 @@ def events(
     """Lifecycle events, one line each: submitted, placed, started, resumed, retrying, finished."""
     import json
 
-    from fleet.observe.events import event_line, follow_events, last_event_id, read_events
+    from fleet.observe.events import event_line
 
-    c = client()
-
-    def emit(event: dict) -> None:
+    for event in client().events(job, limit=limit, follow=follow):
         text = json.dumps(event, sort_keys=True) if json_out else event_line(event)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-
-    since = last_event_id(c.r)  # taken first: an event appended while we print is not missed
-    for event in read_events(c.r, job=job, limit=limit):
-        if _id_le(event["id"], since):
-            emit(event)
-    if follow:
-        for event in follow_events(c.r, job=job, since=since):
-            emit(event)
-
-
-def _id_le(a: str, b: str) -> bool:
-    """Stream ids compare as (ms, seq) pairs."""
-    ma, _, sa = a.partition("-")
-    mb, _, sb = b.partition("-")
-    return (int(ma), int(sa or 0)) <= (int(mb), int(sb or 0))
 
 
 def monitor(
@@ -172,7 +144,6 @@ def monitor(
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Flower's URL (tasks under the job's name, their node and progress) and how to log in."""
-    from fleet.errors import FleetError
     from fleet.settings import read_state
 
     state = read_state(settings()) or {}
@@ -202,12 +173,10 @@ def exporter(
     address: str = typer.Option("127.0.0.1", "--address", help="address to bind"),
 ) -> None:
     """Serve the fleet's Prometheus metrics at http://ADDRESS:PORT/metrics until stopped."""
-    from fleet.errors import FleetError
-    from fleet.observe.metrics import serve
+    from fleet.services import serve_metrics
 
-    c = client()
     try:
-        server, _thread = serve(c.r, port, address)
+        server, _thread = serve_metrics(settings(), port, address)
     except OSError as exc:
         raise FleetError(f"cannot serve metrics on {address}:{port}: {exc.strerror}") from None
     bound = server.server_address[1]
