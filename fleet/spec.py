@@ -37,10 +37,10 @@ from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet
     split_entrypoint,
 )
 from fleet.errors import SpecError
+from fleet.placement.policies import POLICIES
 from fleet.units import parse_memory
 
 SCHEMA_VERSION = 1
-POLICY_NAMES = ("spread", "pack", "balanced", "p2c", "random", "round_robin", "seed")
 MAX_PARAMS_BYTES = 64 * 1024
 MAX_SPEC_BYTES = 1024 * 1024  # a job file or a spec mapping, read or walked before parsing
 MAX_DEPTH = 32  # nesting of mappings and lists anywhere in a spec
@@ -155,8 +155,8 @@ class JobSpec(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, policy: str | None) -> str | None:
-        if policy is not None and policy not in POLICY_NAMES:
-            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        if policy is not None and policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         return policy
 
     def payload(self) -> dict[str, Any]:
