@@ -14,10 +14,10 @@ from typing import Any
 
 import redis
 
+from fleet.states import EndReason
 from fleet.store import keys, quarantine, records
 
 INT_FIELDS = ("attempt", "step")
-LOST_REASONS = ("NODE_LOST", "WORKER_LOST")
 
 
 def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
@@ -89,10 +89,18 @@ def event_line(event: Mapping[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     stamp += f".{int((event['time'] % 1) * 1000):03d}"
     name = event.get("event", "?")
-    if name == "retrying" and event.get("reason") in LOST_REASONS:
+    if name == "retrying" and _lost(event.get("reason")):
         name = "retrying (node lost)"
     extra = " ".join(
         f"{k}={v}" for k, v in event.items() if k not in ("id", "time", "event", "job")
     )
     return f"{stamp} {event.get('job', '-')} {name}" + (f" {extra}" if extra else "")
+
+
+def _lost(reason: object) -> bool:
+    """Whether a retry's reason is the infrastructure's fault (a node or supervisor gone)."""
+    try:
+        return EndReason(reason).infrastructure
+    except ValueError:
+        return False
 
