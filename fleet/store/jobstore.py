@@ -364,7 +364,7 @@ def _members(index: str, read: Any) -> list[str]:
 
 
 def pending_score(priority: int, seq: int) -> float:
-    """A pending job's place in line, as submit.lua and finish.lua compute it."""
+    """A pending job's place in line, as `pending_score` in lua/prelude.lua computes it."""
     return (1000 - priority) * 1e12 + seq
 
 

@@ -33,7 +33,7 @@ if final == 'FAILURE' then
     redis.call('HSET', KEYS[1], 'state', 'PENDING', 'node', '', 'incarnation', '',
       'updated_at', now, 'not_before', tonumber(now) + delay,
       'waiting', 'retrying after ' .. ARGV[4])
-    redis.pcall('ZADD', KEYS[4], (1000 - (tonumber(j[7]) or 0)) * 1e12 + (tonumber(j[8]) or 0), ARGV[1])
+    redis.pcall('ZADD', KEYS[4], pending_score(j[7], j[8]), ARGV[1])
     event(KEYS[5], 'retrying', ARGV[1], now, 'attempt', ARGV[2], 'reason', ARGV[4])
     wake(KEYS[6])
     return {1, 'PENDING'}

@@ -7,7 +7,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'seq', seq, 'state', 'PENDING', 'atte
   'priority', ARGV[3])
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], (1000 - tonumber(ARGV[3])) * 1e12 + seq, ARGV[1])
+redis.call('ZADD', KEYS[3], pending_score(ARGV[3], seq), ARGV[1])
 event(KEYS[5], 'submitted', ARGV[1], ARGV[2])
 wake(KEYS[6])
 return seq
