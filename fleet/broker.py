@@ -19,7 +19,7 @@ from celery import Celery
 from fleet.settings import Settings
 
 RUN_TASK = "fleet.run"  # the one task: run attempt N of a job on this node
-SCHEMA_VERSION = 1  # of the task's JSON arguments
+TASK_VERSION = 1  # of the task's JSON arguments
 
 
 def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
@@ -77,7 +77,7 @@ def tls_options(url: str) -> dict | None:
 def task_payload(job_id: str, attempt: int, node: str, incarnation: str) -> dict:
     """The task's only argument: ids, never code or pickles. Versioned, new fields get defaults."""
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": TASK_VERSION,
         "job_id": job_id,
         "attempt": attempt,
         "node": node,

@@ -40,7 +40,7 @@ from fleet.errors import SpecError
 from fleet.placement.policies import POLICIES
 from fleet.units import parse_memory
 
-SCHEMA_VERSION = 1
+SPEC_VERSION = 1  # of a job spec (its `schema_version` field)
 MAX_PARAMS_BYTES = 64 * 1024
 MAX_SPEC_BYTES = 1024 * 1024  # a job file or a spec mapping, read or walked before parsing
 MAX_DEPTH = 32  # nesting of mappings and lists anywhere in a spec
@@ -95,7 +95,7 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Integer = SCHEMA_VERSION
+    schema_version: Integer = SPEC_VERSION
     name: Annotated[str, Field(min_length=1, max_length=63), AfterValidator(check_name)]
     entrypoint: str = Field(max_length=200)
     framework: Literal["torch", "tensorflow", "none"] = "none"
@@ -111,8 +111,8 @@ class JobSpec(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _known_version(cls, version: int) -> int:
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported version {version}; this fleet reads {SCHEMA_VERSION}")
+        if version != SPEC_VERSION:
+            raise ValueError(f"unsupported version {version}; this fleet reads {SPEC_VERSION}")
         return version
 
     @field_validator("entrypoint")

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery, Task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleet.broker import RUN_TASK, SCHEMA_VERSION
+from fleet.broker import RUN_TASK, TASK_VERSION
 from fleet.entrypoints import is_job_id
 from workers.consumer import dead_letter_record
 from workers.attempt.supervisor import Supervisor
@@ -46,7 +46,7 @@ def register(app: Celery, supervisor: Supervisor) -> None:
                 task=RUN_TASK, task_id=self.request.id,
                 body=json.dumps(payload, default=str).encode()[:4096])
             return {"discarded": reason}
-        if order.schema_version > SCHEMA_VERSION:
+        if order.schema_version > TASK_VERSION:
             return {"discarded": f"unknown schema_version {order.schema_version}"}
 
         def on_progress(report: dict) -> None:
