@@ -16,7 +16,7 @@ def text(value: object) -> str:
 
 # -- jobs -----------------------------------------------------------------------------------
 JOBS = f"{PREFIX}:jobs"  # zset: job id -> submit time (every job ever accepted)
-PENDING = f"{PREFIX}:pending"  # zset: job id -> order score (priority, then submit order)
+PENDING = f"{PREFIX}:pending"  # zset: job id -> place in line (pending_score of priority, seq)
 PLACING = f"{PREFIX}:placing"  # zset: job id -> reserve time, until the worker claims it
 SEQUENCE = f"{PREFIX}:seq"  # counter: submit order, for FIFO inside one priority
 WAKE = f"{PREFIX}:wake"  # list: pokes that wake the master at once (capacity freed, job in)
