@@ -17,13 +17,14 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery
 
 from fleet.settings import Settings
+from fleet.statefile import redis_url as resolve_redis_url
 
 RUN_TASK = "fleet.run"  # the one task: run attempt N of a job on this node
 TASK_VERSION = 1  # of the task's JSON arguments
 
 
 def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
-    url = redis_url or settings.resolved_redis_url()
+    url = redis_url or resolve_redis_url(settings)
     visibility = settings.broker_visibility_timeout
     transport: dict[str, int] = {"visibility_timeout": visibility}
     if visibility < 600:  # kombu sweeps every ~100 s by default: keep pace with a short timeout

@@ -46,6 +46,7 @@ from fleet.errors import (
 from fleet.store.jobstore import JobStore, new_job_id
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
+from fleet.statefile import redis_url as resolve_redis_url
 from fleet.spec import JobSpec, load_spec, parse_spec
 from fleet.states import TERMINAL_NAMES
 
@@ -118,7 +119,7 @@ class Client:
         client: redis.Redis | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.r = client or connect(redis_url or self.settings.resolved_redis_url())
+        self.r = client or connect(redis_url or resolve_redis_url(self.settings))
         self.store = JobStore(self.r)
         self.intake = acl.intake_of(self.r.connection_pool.connection_kwargs.get("username"))
         self._intake_key = keys.intake(self.intake)

@@ -30,7 +30,7 @@ def run_demo(*, workers: int, keep: bool, epochs: int | None) -> int:
     from fleet.client import Client
     from fleet.drivers.base import NodeShape
     from fleet.drivers.local import LocalDriver
-    from fleet.settings import read_state
+    from fleet.statefile import read_state
     from fleet.units import parse_memory
 
     s = settings()

@@ -36,7 +36,7 @@ def up(
     from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
-    from fleet.settings import read_state
+    from fleet.statefile import read_state
     from fleet.units import parse_memory
 
     if cpus <= 0:
@@ -99,10 +99,11 @@ def master() -> None:
     from fleet.broker import make_app
     from fleet.client import connect
     from fleet.master.loop import Master
+    from fleet.statefile import redis_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     s = settings()
-    url = s.resolved_redis_url()
+    url = redis_url(s)
     m = Master(s, connect(url), make_app(s, url))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

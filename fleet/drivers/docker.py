@@ -41,7 +41,8 @@ from fleet.drivers.secret_files import URL_FILE_ENV, flower_config, write_secret
 from fleet.errors import FleetError
 from fleet.drivers.redis_server import free_port, wait_for_redis
 from fleet.scaling import cores_for, node_index, plan_scale
-from fleet.settings import SECRET_ENV, Settings, read_state, write_state
+from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import read_state, write_state
 from fleet.units import format_cpus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -38,7 +38,8 @@ from fleet.errors import FleetError
 from fleet.private import private_dir
 from fleet.drivers.redis_server import RedisServer, free_port, new_server
 from fleet.scaling import cores_for, node_index, plan_scale
-from fleet.settings import Settings, read_state, write_state
+from fleet.settings import Settings
+from fleet.statefile import read_state, write_state
 from fleet.units import format_cpus
 
 STOP_GRACE_S = 15.0

@@ -22,7 +22,8 @@ from fleet.store import registry
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.docker import REPO, engine, sdk
 from fleet.errors import FleetError
-from fleet.settings import Settings, read_secret_file, read_state, write_state
+from fleet.settings import Settings
+from fleet.statefile import read_secret_file, read_state, redis_url, write_state
 
 COMPOSE_FILE = REPO / "compose.yaml"
 
@@ -83,7 +84,7 @@ class SwarmDriver:
 
     def wait_for_nodes(self, count: int, timeout: float) -> None:
         """Until exactly `count` of the service's tasks heartbeat (by container id)."""
-        client = redis.Redis.from_url(self.settings.resolved_redis_url())
+        client = redis.Redis.from_url(redis_url(self.settings))
         deadline = time.monotonic() + timeout
         live: list[dict[str, Any]] = []
         while True:

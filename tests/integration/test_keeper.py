@@ -17,7 +17,8 @@ import redis
 
 from fleet.store import keys
 from fleet.client import Client
-from fleet.settings import SECRET_ENV, Settings, read_state
+from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import read_state
 from tests.integration.procscan import read_proc
 from tests.integration.support import eventually
 

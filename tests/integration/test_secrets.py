@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from fleet.client import Client
-from fleet.settings import SECRET_ENV, Settings, read_state
+from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import read_state
 from tests.integration import procscan
 from tests.integration.support import REPO, eventually
 
