@@ -55,7 +55,9 @@ class Outcome:
     extra: Mapping[str, Any] | None = None  # merged into the attempt record (peak memory, ...)
 
     @property
-    def outcome(self) -> str:
+    def finish_as(self) -> str:
+        """What finish.lua is asked to make of the job: a terminal state, or "FAILURE" (this
+        attempt failed: retry while retries remain, else FAILED)."""
         if self.reason is EndReason.SUCCEEDED:
             return JobState.SUCCEEDED.value
         if self.reason is EndReason.CANCELLED:
@@ -172,7 +174,7 @@ class JobStore:
                 keys.job_metrics(job_id),
             ],
             args=[
-                job_id, attempt, outcome.outcome, outcome.reason.value, outcome.error,
+                job_id, attempt, outcome.finish_as, outcome.reason.value, outcome.error,
                 json.dumps(dict(outcome.result or {})), counted, _now(now), RETRY_BACKOFF_S,
                 json.dumps(dict(outcome.extra or {})), METRICS_CAP,
                 *(json.dumps(r) for r in progress),
