@@ -162,14 +162,14 @@ class Client:
                              f"taken: is a master running? (`fleet status`)")
         entry_id = self.r.xadd(self._intake_key, fields,  # type: ignore[arg-type]
                                maxlen=intake.INTAKE_CAP, approximate=True)
-        return keys.text(entry_id)
+        return keys.decode(entry_id)
 
     def _requested(self, job_id: str) -> dict[str, Any] | None:
         """A submission still in this credential's intake (the master has not taken it yet),
         as a job record: PENDING, not yet accepted."""
         newest: Any = self.r.xrevrange(self._intake_key, count=INTAKE_SCAN)
         for entry_id, raw in newest:
-            fields = {keys.text(k): keys.text(v) for k, v in raw.items()}
+            fields = {keys.decode(k): keys.decode(v) for k, v in raw.items()}
             if fields.get("job_id") != job_id or fields.get("op") != "submit":
                 continue
             try:
@@ -177,7 +177,7 @@ class Client:
             except ValueError:
                 spec = {}
             spec = spec if isinstance(spec, dict) else {}
-            at = int(keys.text(entry_id).split("-")[0]) / 1000
+            at = int(keys.decode(entry_id).split("-")[0]) / 1000
             return {"id": job_id, "name": spec.get("name"), "state": "PENDING", "spec": spec,
                     "submitted_at": at, "updated_at": at, "waiting": NOT_ACCEPTED}
         return None
@@ -235,7 +235,7 @@ class Client:
             last_seen = None
         clock = now[0] + now[1] / 1e6
         down_for = None if up or last_seen is None else max(0.0, clock - last_seen)
-        return {"up": up, "leader": keys.text(leader)[:200] if up else None,
+        return {"up": up, "leader": keys.decode(leader)[:200] if up else None,
                 "down_for": down_for, "last_seen": last_seen}
 
     def cancel(self, job_id: str, wait: float = CANCEL_WAIT_S) -> str:
@@ -266,7 +266,7 @@ class Client:
         pipe.hget(keys.job(job_id), "state")
         pipe.exists(keys.job_cancel(job_id))
         state, flagged = pipe.execute()
-        state = keys.text(state or b"")
+        state = keys.decode(state or b"")
         if state in TERMINAL_NAMES or not flagged:
             return state
         return "CANCELLING"

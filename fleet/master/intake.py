@@ -70,7 +70,7 @@ def names(client: redis.Redis) -> list[str]:
     """Every intake to read: the built-in ones and those an operator added to keys.INTAKES."""
     found = list(acl.INTAKES)
     for raw in client.smembers(keys.INTAKES):
-        name = keys.text(raw)
+        name = keys.decode(raw)
         try:
             check_name(name)
         except ValueError:
@@ -92,12 +92,12 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
     """Validate an entry as untrusted input: sizes first, then JSON, then the spec."""
     if len(fields) > MAX_FIELDS or any(len(k) > MAX_FIELD_NAME for k in fields):
         raise BadEntry(f"more than {MAX_FIELDS} fields or a field name over {MAX_FIELD_NAME}")
-    raw = {keys.text(k): v for k, v in fields.items()}
+    raw = {keys.decode(k): v for k, v in fields.items()}
     job_id = raw.get("job_id", b"")
-    if len(job_id) > 80 or not is_job_id(keys.text(job_id)):
-        raise BadEntry(f"job_id: not a job id ({keys.text(job_id[:40])!r})")
-    job_id = keys.text(job_id)
-    op = keys.text(raw.get("op", b""))
+    if len(job_id) > 80 or not is_job_id(keys.decode(job_id)):
+        raise BadEntry(f"job_id: not a job id ({keys.decode(job_id[:40])!r})")
+    job_id = keys.decode(job_id)
+    op = keys.decode(raw.get("op", b""))
     if op not in OPS:
         raise BadEntry(f"op: expected one of {', '.join(OPS)}, got {op[:20]!r}", job_id)
     if op == "cancel":
@@ -143,12 +143,12 @@ class Ingest:
                 continue
             done = []
             for entry_id, fields in entries:  # in order: a request waits for those before it
-                if not self.apply(name, fields, _submitted_at(keys.text(entry_id), now),
-                                  entry=f"{name}/{keys.text(entry_id)}"):
+                if not self.apply(name, fields, _submitted_at(keys.decode(entry_id), now),
+                                  entry=f"{name}/{keys.decode(entry_id)}"):
                     break
                 done.append(entry_id)
             if done:  # applied: gone from the intake (every entry up to the last one done)
-                self.r.xtrim(keys.intake(name), minid=_next_id(keys.text(done[-1])),
+                self.r.xtrim(keys.intake(name), minid=_next_id(keys.decode(done[-1])),
                              approximate=False)
                 taken += len(done)
         return taken
@@ -208,7 +208,7 @@ class Ingest:
 
     def _cancel(self, intake: str, job_id: str) -> None:
         """The operator may cancel any job; a producer seat only those it submitted."""
-        owner = keys.text(self.r.hget(keys.job(job_id), "submitted_by") or b"")
+        owner = keys.decode(self.r.hget(keys.job(job_id), "submitted_by") or b"")
         if intake != acl.OPERATOR_INTAKE and owner != intake:
             log.warning("intake %s: cancel of %s refused (submitted by %r)", intake, job_id,
                         owner or None)
@@ -247,11 +247,11 @@ class Doorbell:
                     for key in streams:
                         pipe.type(key)
                     skip |= {k for k, t in zip(streams, pipe.execute(), strict=True)
-                             if keys.text(t) not in ("stream", "none")}
+                             if keys.decode(t) not in ("stream", "none")}
                     continue
                 if found:
                     for stream, entries in found:
-                        seen[keys.text(stream)] = keys.text(entries[-1][0])
+                        seen[keys.decode(stream)] = keys.decode(entries[-1][0])
                     pipe = self.r.pipeline(transaction=False)
                     pipe.lpush(keys.WAKE, "1")
                     pipe.ltrim(keys.WAKE, 0, 0)

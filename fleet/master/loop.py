@@ -205,7 +205,7 @@ class Master:
         members, line = pipe.execute(raise_on_error=False)
         members = [] if isinstance(members, Exception) else members
         line = [] if isinstance(line, Exception) else line
-        nodes, head = registry.names(members), [keys.text(j) for j in line]
+        nodes, head = registry.names(members), [keys.decode(j) for j in line]
         missing = [j for j in head if j not in self._pending]
         pipe = self.r.pipeline(transaction=False)
         registry.read_states(pipe, nodes)

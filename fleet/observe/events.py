@@ -22,9 +22,9 @@ INT_FIELDS = ("attempt", "step")
 
 def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     """A stream entry as the documented JSON object: {id, time, event, job, ...fields}."""
-    event: dict[str, Any] = {"id": keys.text(entry_id)}
+    event: dict[str, Any] = {"id": keys.decode(entry_id)}
     for k, v in fields.items():
-        event[keys.text(k)] = keys.text(v)
+        event[keys.decode(k)] = keys.decode(v)
     try:
         event["time"] = records.number("event", "time", event.get("time") or 0.0, 0.0, 1e11,
                                        text_ok=True)
@@ -72,7 +72,7 @@ def follow_events(
         found: Any = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
         for _stream, entries in found or []:
             for entry_id, fields in entries:
-                last = keys.text(entry_id)
+                last = keys.decode(entry_id)
                 event = decode_event(entry_id, fields)
                 if job is None or event.get("job") == job:
                     yield event
@@ -81,7 +81,7 @@ def follow_events(
 def last_event_id(client: redis.Redis) -> str:
     """The id of the newest event ("0-0" when none): follow from here to miss nothing."""
     newest: Any = client.xrevrange(keys.EVENTS, count=1)
-    return keys.text(newest[0][0]) if newest else "0-0"
+    return keys.decode(newest[0][0]) if newest else "0-0"
 
 
 def event_line(event: Mapping[str, Any]) -> str:

@@ -92,12 +92,12 @@ class JobLogs:
         state, attempt = self.r.hmget(keys.job(self.job_id), "state", "attempt")
         if state is None:
             raise NotFound(f"no job {self.job_id!r}")
-        return int(attempt or 0), keys.text(state) in ("SUCCEEDED", "FAILED", "CANCELLED")
+        return int(attempt or 0), keys.decode(state) in ("SUCCEEDED", "FAILED", "CANCELLED")
 
     def lines(self, attempt: int) -> list[str]:
         """Every line kept for `attempt` (the stored file when Redis dropped some)."""
         key = keys.job_logs(self.job_id, attempt)
-        kept = [keys.text(v) for v in self.r.lrange(key, 0, -1)]
+        kept = [keys.decode(v) for v in self.r.lrange(key, 0, -1)]
         path = log_file(self.artifacts, self.job_id, attempt)
         if (not kept or len(kept) >= LOG_LINES_CAP) and path.is_file():
             return read_stored(path).splitlines()
@@ -123,7 +123,7 @@ class JobLogs:
                 new = self.r.lrange(keys.job_logs(self.job_id, n), start, -1)
                 seen[n] = start + len(new)
                 for raw in new:
-                    yield LogLine(n, keys.text(raw))
+                    yield LogLine(n, keys.decode(raw))
             if terminal or (attempt is not None and current > attempt):
                 return  # the attempt followed is over: no line can come after this read
             sleep(interval)

@@ -118,7 +118,7 @@ class JobStore:
             args=[job_id, node, incarnation, _now(now), json.dumps(placement),
                   _chosen_score(placement, node)],
         )
-        return int(n), keys.text(why)
+        return int(n), keys.decode(why)
 
     def claim(self, job_id: str, attempt: int, node: str, incarnation: str) -> tuple[bool, str]:
         ok, why, _ = self.claim_spec(job_id, attempt, node, incarnation)
@@ -132,7 +132,7 @@ class JobStore:
             keys=[keys.job(job_id), keys.job_attempts(job_id), keys.EVENTS, keys.PLACING],
             args=[job_id, attempt, node, incarnation, _now(None)],
         )
-        ok, why = bool(answer[0]), keys.text(answer[1])
+        ok, why = bool(answer[0]), keys.decode(answer[1])
         if not ok:
             return ok, why, None
         try:  # claimed: a spec nobody can read must end the attempt, not the worker
@@ -180,7 +180,7 @@ class JobStore:
                 *(json.dumps(r) for r in progress),
             ],
         )
-        return bool(ok), keys.text(state)
+        return bool(ok), keys.decode(state)
 
     def commit_checkpoint(
         self, job_id: str, attempt: int, node: str, incarnation: str, step: int, name: str,
@@ -194,7 +194,7 @@ class JobStore:
             keys=[keys.job(job_id), keys.job_attempts(job_id)],
             args=[job_id, attempt, node, incarnation, record, step, _now(now)],
         )
-        return bool(ok), keys.text(why)
+        return bool(ok), keys.decode(why)
 
     def committed_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         """The job's committed checkpoints, newest first ({"attempt", "step", "dir"}); a
@@ -212,7 +212,7 @@ class JobStore:
     def cancel(self, job_id: str) -> str:
         """The state the job is in (or heads to) after the request."""
         for _ in range(5):  # a placed job may move between our read and the script: re-read
-            node = keys.text(self.r.hget(keys.job(job_id), "node") or b"")
+            node = keys.decode(self.r.hget(keys.job(job_id), "node") or b"")
             ok, state = self._scripts["cancel"](
                 keys=[
                     keys.job(job_id), keys.PENDING, keys.node_alloc(node or "-"),
@@ -221,7 +221,7 @@ class JobStore:
                 ],
                 args=[job_id, _now(None), node],
             )
-            state = keys.text(state)
+            state = keys.decode(state)
             if state != "moved":
                 if not ok and state == "no such job":
                     from fleet.errors import NotFound
@@ -243,7 +243,7 @@ class JobStore:
     def drop_pending(self, job_id: str, why: str, now: float | None = None) -> str:
         """Take a member the master cannot place out of the line; a PENDING job whose record is
         malformed (`why` says how) ends FAILED, reason REJECTED. Returns what was done."""
-        return keys.text(self._scripts["drop_pending"](
+        return keys.decode(self._scripts["drop_pending"](
             keys=[keys.job(job_id), keys.PENDING, keys.EVENTS, keys.WAKE],
             args=[job_id, _now(now), why[:500]],
         ))
@@ -251,7 +251,7 @@ class JobStore:
     def repair_alloc(self, node: str, job_id: str) -> str:
         """Rewrite `job_id`'s entry on `node` from the job's record, or drop it when the job
         holds no reservation there (fleet/store/lua/repair_alloc.lua). Returns what was done."""
-        return keys.text(self._scripts["repair_alloc"](
+        return keys.decode(self._scripts["repair_alloc"](
             keys=[keys.node_alloc(node), keys.job(job_id), keys.node(node)],
             args=[job_id, node],
         ))
@@ -316,7 +316,7 @@ class JobStore:
             try:
                 out.append(records.attempt_record(value))
             except records.BadRecord as exc:
-                quarantine.note("attempt", f"{key}/{keys.text(field)[:100]}", exc.args[0])
+                quarantine.note("attempt", f"{key}/{keys.decode(field)[:100]}", exc.args[0])
         return sorted(out, key=lambda a: a["attempt"])
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
@@ -359,7 +359,7 @@ def _members(index: str, read: Any) -> list[str]:
     """The members an index read answers; none when the index is of another type (the master
     moves it aside and rebuilds it)."""
     try:
-        return [keys.text(v) for v in read()]
+        return [keys.decode(v) for v in read()]
     except redis.exceptions.ResponseError as exc:
         quarantine.note("index", index, exc)
         return []

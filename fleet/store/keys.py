@@ -9,7 +9,7 @@ from __future__ import annotations
 PREFIX = "fleet"
 
 
-def text(value: object) -> str:
+def decode(value: object) -> str:
     """A key, member or field as Redis returned it (bytes, unless the client decodes) as str."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -111,7 +111,7 @@ JOB_SCAN = f"{PREFIX}:job:*"  # SCAN pattern of job records (and their sub-keys)
 
 def job_id_of(key: bytes | str) -> str | None:
     """The job id of a job record's key (`job(id)`), None for any other key (its sub-keys too)."""
-    name = text(key)
+    name = decode(key)
     head = f"{PREFIX}:job:"
     rest = name[len(head):] if name.startswith(head) else ""
     return rest if rest and ":" not in rest else None

@@ -49,7 +49,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
               int(ttl * 1000), json.dumps(sample), HISTORY_CAP],
     )
     if not ok:
-        raise NodeIdTaken(node, keys.text(holder))
+        raise NodeIdTaken(node, keys.decode(holder))
     return bool(continued and continued[0])
 
 
@@ -82,7 +82,7 @@ def decode_allocations(node: str, raw: Any) -> tuple[dict[str, dict[str, Any]], 
     good: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
     for k, v in raw.items():
-        job = keys.text(k)
+        job = keys.decode(k)
         try:
             good[job] = records.alloc_entry(v)
         except records.BadRecord as exc:
@@ -112,7 +112,7 @@ def names(members: Iterable[bytes | str]) -> list[str]:
     records.MAX_ID characters, is skipped)."""
     out = []
     for member in members:
-        name = keys.text(member)
+        name = keys.decode(member)
         if 0 < len(name) <= records.MAX_ID:
             out.append(name)
         else:
@@ -214,7 +214,7 @@ def deregister(client: redis.Redis, node: str, incarnation: str) -> None:
         holder = client.hget(keys.node(node), "incarnation")
     except redis.exceptions.ResponseError:  # not a hash: not another incarnation's either
         holder = None
-    if keys.text(holder or b"") not in ("", incarnation):
+    if keys.decode(holder or b"") not in ("", incarnation):
         return
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node(node), keys.node_drain(node))
