@@ -22,8 +22,8 @@ from fleet.units import format_cpus, format_memory, parse_memory
 
 RESOURCES = ("cpus", "memory", "gpus", "gpu_memory")
 CPUS, MEMORY, GPUS, GPU_MEMORY = range(4)
-#: The columns that reservations add to (and that load is measured on).
-ALLOCATED = 3
+#: How many leading columns reservations add to (and load is measured on): CPUs, memory, GPUs.
+ALLOCATED_COLUMNS = 3
 #: Slack for sums of fractional CPUs (0.1 + 0.2 > 0.3); memory is whole bytes.
 EPS = np.array([1e-9, 0.5, 1e-9, 0.5])
 
@@ -157,7 +157,7 @@ class NodeView:
         """1 / capacity on the allocated columns, 0 where a node has none: fractions of nothing are 0."""
         inv = self._static.get("inv")
         if inv is None:
-            cap = self.capacity[:, :ALLOCATED]
+            cap = self.capacity[:, :ALLOCATED_COLUMNS]
             inv = np.divide(1.0, cap, out=np.zeros_like(cap), where=cap > 0)
             self._static["inv"] = inv
         return inv
@@ -188,7 +188,7 @@ class NodeView:
     def with_reserved(self, index: int, request: Request) -> NodeView:
         """A copy with `request` reserved on node `index` (usage is what was measured: unchanged)."""
         reserved = self.reserved.copy()
-        reserved[index, :ALLOCATED] += request.vector()[:ALLOCATED]
+        reserved[index, :ALLOCATED_COLUMNS] += request.vector()[:ALLOCATED_COLUMNS]
         return NodeView(self.names, self.capacity, reserved, self.usage, self.labels, self._static)
 
 

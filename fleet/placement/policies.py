@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fleet.placement.nodes import (
-    ALLOCATED,
+    ALLOCATED_COLUMNS,
     EPS,
     GPUS,
     RESOURCES,
@@ -71,10 +71,10 @@ class Policy:
 
 def _after(nodes: NodeView, req: Request, blend_usage: bool) -> np.ndarray:
     """(n, 3) fractions of each node's CPUs, memory and GPUs in use once `req` is placed there."""
-    used = nodes.reserved[:, :ALLOCATED]
+    used = nodes.reserved[:, :ALLOCATED_COLUMNS]
     if blend_usage:
-        used = RESERVED_WEIGHT * used + USAGE_WEIGHT * nodes.usage[:, :ALLOCATED]
-    return (used + req.vector()[:ALLOCATED]) * nodes.inverse_capacity()
+        used = RESERVED_WEIGHT * used + USAGE_WEIGHT * nodes.usage[:, :ALLOCATED_COLUMNS]
+    return (used + req.vector()[:ALLOCATED_COLUMNS]) * nodes.inverse_capacity()
 
 
 def _counts(nodes: NodeView) -> np.ndarray:

@@ -37,7 +37,7 @@ from time import perf_counter
 import numpy as np
 
 from fleet.placement.nodes import (
-    ALLOCATED,
+    ALLOCATED_COLUMNS,
     EPS,
     NodeView,
     Request,
@@ -48,7 +48,7 @@ from fleet.placement.nodes import (
 )
 from fleet.placement.policies import Decision, PolicyState, choose, get_policy
 
-_EPS3 = EPS[:ALLOCATED]
+_EPS3 = EPS[:ALLOCATED_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,10 @@ def schedule_round(
             view = view.with_reserved(i, req)
             max_free = view.free().max(axis=0)
             end = math.inf if job.est_duration is None else now + job.est_duration
-            releases.setdefault(i, []).append((end, need[:ALLOCATED]))
+            releases.setdefault(i, []).append((end, need[:ALLOCATED_COLUMNS]))
             for held in holds:
                 if held.index == i and not end <= held.start:
-                    held.spare = np.maximum(held.spare - need[:ALLOCATED], 0.0)
+                    held.spare = np.maximum(held.spare - need[:ALLOCATED_COLUMNS], 0.0)
             result.placements.append((job, decision))
             continue
         waited = now - job.submitted_at
@@ -174,7 +174,7 @@ def _releases(view: NodeView, running: Sequence[RunningJob]) -> dict[int, list]:
         i = view.index(job.node)
         if i is not None:
             end = math.inf if job.est_end is None else job.est_end
-            out.setdefault(i, []).append((end, job.request.vector()[:ALLOCATED]))
+            out.setdefault(i, []).append((end, job.request.vector()[:ALLOCATED_COLUMNS]))
     return out
 
 
@@ -185,7 +185,7 @@ def _blocked_by(holds: list[Hold], job: PendingJob, need: np.ndarray, now: float
     for hold in holds:
         if math.isfinite(hold.start) and end <= hold.start:
             continue  # ends before the held job could start: backfill
-        if (need[:ALLOCATED] <= hold.spare + _EPS3).all():
+        if (need[:ALLOCATED_COLUMNS] <= hold.spare + _EPS3).all():
             continue  # fits beside the held job
         blocked[hold.index] = f"held for {hold.job}, waiting {hold.waited:.0f}s"
     return blocked
@@ -193,8 +193,8 @@ def _blocked_by(holds: list[Hold], job: PendingJob, need: np.ndarray, now: float
 
 def _earliest(free: np.ndarray, need: np.ndarray, ends: list, now: float) -> tuple[float, np.ndarray]:
     """When `need` fits on a node with `free` now as its jobs end; what is free then."""
-    avail = free[:ALLOCATED].copy()
-    want = need[:ALLOCATED]
+    avail = free[:ALLOCATED_COLUMNS].copy()
+    want = need[:ALLOCATED_COLUMNS]
     if (avail + _EPS3 >= want).all():
         return now, avail
     for end, gives in sorted(ends, key=lambda e: e[0]):
@@ -217,7 +217,7 @@ def _hold(
         able &= selector
     taken = {h.index for h in holds}
     free = view.free()
-    want = np.where(need[:ALLOCATED] > 0, need[:ALLOCATED], np.inf)
+    want = np.where(need[:ALLOCATED_COLUMNS] > 0, need[:ALLOCATED_COLUMNS], np.inf)
     best: tuple | None = None
     for index in np.flatnonzero(able):
         i = int(index)
@@ -232,7 +232,7 @@ def _hold(
     if best is None:
         return None
     (start, _, i), avail = best
-    spare = np.maximum(avail - need[:ALLOCATED], 0.0)
+    spare = np.maximum(avail - need[:ALLOCATED_COLUMNS], 0.0)
     return Hold(job.id, view.names[i], i, start, spare, now - job.submitted_at)
 
 

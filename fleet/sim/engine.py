@@ -54,7 +54,7 @@ from fleet.placement import (
     never_fits,
     schedule_round,
 )
-from fleet.placement.nodes import ALLOCATED, CPUS, EPS, GPUS, MEMORY
+from fleet.placement.nodes import ALLOCATED_COLUMNS, CPUS, EPS, GPUS, MEMORY
 from fleet.sim.trace import Trace, parse_trace
 
 KILL_FRACTION = 0.1  # an over-committed job dies this far into its run
@@ -212,7 +212,7 @@ class _Sim:
     def _end(self, k: int, now: float) -> None:
         run = self.runs.pop(k)
         self.on_node[run.node].discard(k)
-        self.reserved[run.node, :ALLOCATED] -= self.needs[k][:ALLOCATED]
+        self.reserved[run.node, :ALLOCATED_COLUMNS] -= self.needs[k][:ALLOCATED_COLUMNS]
         self._use(k, run.node, -1.0, now)
         self._rerate(run.node, now)
 
@@ -274,8 +274,9 @@ class _Sim:
         cap, reserved, need = self.cap, self.reserved, self.needs[k]
         del self.pending[k]
         self.attempts[k] += 1
-        reserved[i, :ALLOCATED] += need[:ALLOCATED]
-        over = bool((reserved[i, :ALLOCATED] > cap[i, :ALLOCATED] + EPS[:ALLOCATED]).any())
+        a = ALLOCATED_COLUMNS
+        reserved[i, :a] += need[:a]
+        over = bool((reserved[i, :a] > cap[i, :a] + EPS[:a]).any())
         self.over_commits += over
         self._use(k, i, 1.0, now)
         self.tick += 1
@@ -350,8 +351,8 @@ def lower_bound(trace: Trace) -> tuple[float, float]:
     t0 = jobs[0].submit_at
     submit = np.array([j.submit_at for j in jobs]) - t0
     duration = np.array([j.duration for j in jobs])
-    work = np.array([j.request.vector()[:ALLOCATED] for j in jobs]) * duration[:, None]
-    capacity = trace.nodes.capacity[:, :ALLOCATED].sum(axis=0)
+    work = np.array([j.request.vector()[:ALLOCATED_COLUMNS] for j in jobs]) * duration[:, None]
+    capacity = trace.nodes.capacity[:, :ALLOCATED_COLUMNS].sum(axis=0)
     has = capacity > 0
     suffix = np.cumsum(work[::-1], axis=0)[::-1][:, has] / capacity[has]
     release = float((submit[:, None] + suffix).max()) if has.any() else 0.0
@@ -376,11 +377,11 @@ def _metrics(sim: _Sim) -> SimResult:
     t0 = jobs[0].submit_at if jobs else 0.0
     makespan = float(max(finished[k] for k in done) - t0) if done else 0.0
     bound, work_bound = lower_bound(trace)
-    capacity = trace.nodes.capacity[:, :ALLOCATED].sum(axis=0)
-    work = sum((jobs[k].request.vector()[:ALLOCATED] * jobs[k].duration for k in done), np.zeros(3))
+    capacity = trace.nodes.capacity[:, :ALLOCATED_COLUMNS].sum(axis=0)
+    work = sum((jobs[k].request.vector()[:ALLOCATED_COLUMNS] * jobs[k].duration for k in done), np.zeros(3))
     utilization = {
         RESOURCES[r]: round(float(work[r] / (capacity[r] * makespan)), 4)
-        for r in range(ALLOCATED)
+        for r in range(ALLOCATED_COLUMNS)
         if capacity[r] > 0 and makespan > 0
     }
     ms = np.array(times) * 1e3
