@@ -1,4 +1,4 @@
-"""How long one placement decision takes, at 100, 1,000 and 10,000 nodes (issue 3, item 4).
+"""How long one placement decision takes, at 100, 1,000 and 10,000 nodes.
 
     python scripts/bench_decision.py            # micro-benchmark of choose(), and the simulator
     python scripts/bench_decision.py -o bench/results/decision.json

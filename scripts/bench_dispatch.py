@@ -1,4 +1,4 @@
-"""Dispatch cost: no-op jobs through fleet versus raw Celery on the same Redis (issue 7).
+"""Dispatch cost: no-op jobs through fleet versus raw Celery on the same Redis.
 
     python scripts/bench_dispatch.py            # ~1-2 min here: saturation, latency, profiles
     python scripts/bench_dispatch.py --quick    # smoke run

@@ -1,4 +1,4 @@
-"""Training overhead: the example torch job through a real local fleet vs called directly (issue 7).
+"""Training overhead: the example torch job through a real local fleet vs called directly.
 
     python scripts/bench_overhead.py                  # ~60 s job, 8 alternating rounds (~17 min)
     python scripts/bench_overhead.py --mode paired    # both at once, Redis + master on fleet's core

@@ -1,4 +1,4 @@
-"""Issue 3's live benchmark: one trace, on 4 uneven local nodes, once per placement policy and
+"""Placement policies live: one trace, on 4 uneven local nodes, once per placement policy and
 once on plain Celery with one shared queue.
 
     .venv/bin/python scripts/bench_placement.py --jobs 60 --time-scale 40 --seed 0

@@ -1,4 +1,4 @@
-"""Scale-up time: `fleet scale worker=N` from 0 to N heartbeating nodes (issue 7).
+"""Scale-up time: `fleet scale worker=N` from 0 to N heartbeating nodes.
 
     python scripts/bench_scale.py               # local driver, N=4, 3 repeats (~1-2 min)
     python scripts/bench_scale.py --quick

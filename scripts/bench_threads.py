@@ -1,4 +1,4 @@
-"""Thread alignment: a training step loop in a node limited to 1 CPU (issue 7).
+"""Thread alignment: a training step loop in a node limited to 1 CPU.
 
     python scripts/bench_threads.py             # torch and TensorFlow, ~5 min here
     python scripts/bench_threads.py --quick     # smoke run

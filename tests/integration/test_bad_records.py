@@ -40,7 +40,7 @@ def alive(fleet: Fleet, pid: int) -> bool:
 
 
 def test_a_negative_allocation_no_longer_kills_the_master(fleet: Fleet) -> None:
-    """The issue's one write: a ghost entry with negative amounts on a live node."""
+    """One forged write: a ghost entry with negative amounts on a live node."""
     master = fleet.master()
     fleet.node("node-1", cpus=1.0)
     incarnation = registry.live_reports(fleet.r)[0]["incarnation"]

@@ -123,7 +123,7 @@ def test_a_producer_may_submit_read_and_cancel_and_redis_refuses_every_other_wri
     with pytest.raises(FleetError, match="only that producer or the operator"):
         client.cancel(operators)
 
-    # Every direct write of the items 1 and 2, refused by Redis itself.
+    # Every direct write a producer could forge a job's life with, refused by Redis itself.
     alloc = keys.node_alloc("node-1")
     assert fleet.r.hexists(alloc, operators)
     forged = json.dumps({"attempt": 1, "incarnation": "x", "cpus_m": -4000,
