@@ -193,7 +193,7 @@ def make_trace(
     cpu_usage: tuple[float, float] = CPU_USAGE,
     memory_usage: tuple[float, float] = MEMORY_USAGE,
 ) -> dict:
-    """A trace dict (see fleet.sim.engine); the same arguments give the same trace.
+    """A trace dict (see fleet.sim.trace); the same arguments give the same trace.
 
     With GPUs and no `gpu_share`, the share of GPU jobs is the one that loads CPUs and GPUs
     alike, so that both are at `load`. `usage` (default: on, off with `shapes`) draws what each

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from fleet.errors import SpecError
 from fleet.placement import DEFAULT_POLICY, POLICIES
-from fleet.sim.engine import compare, lower_bound, simulate
+from fleet.sim.engine import compare, simulate
+from fleet.sim.metrics import lower_bound
 from fleet.sim.trace import parse_trace
 
 GI = 2**30
