@@ -18,12 +18,12 @@ from typing import Any
 
 import redis
 
-from fleet.store import registry
 from fleet.drivers.base import NodeShape, UpResult
-from fleet.drivers.docker import REPO, engine, sdk
+from fleet.drivers.docker_engine import REPO, engine, sdk
 from fleet.errors import FleetError
 from fleet.settings import Settings
 from fleet.statefile import read_secret_file, read_state, redis_url, write_state
+from fleet.store import registry
 
 COMPOSE_FILE = REPO / "compose.yaml"
 
