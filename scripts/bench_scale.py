@@ -32,7 +32,7 @@ from bench_common import REPO, RESULTS, Recorder, fleet_env, median  # noqa: E40
 TARGETS_S = {"local": 5.0, "docker": 15.0}
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fleet", *args], env=env, text=True,
                           capture_output=True, timeout=timeout, cwd=REPO)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import redis
 
-from fleet.store import keys
 from fleet.errors import NotFound
+from fleet.store import keys
 
 LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (the file keeps more)
 LOG_NAME = "output.log"

@@ -23,8 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fleet.store import keys, quarantine, records, registry
 from fleet.states import JobState
+from fleet.store import keys, quarantine, records, registry
 
 # Seconds: from a submit to the job's first reservation / first start.
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
