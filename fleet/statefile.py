@@ -63,3 +63,8 @@ def write_state(settings: Settings, state: dict[str, Any]) -> None:
     tmp.touch(mode=0o600)
     tmp.write_text(json.dumps(state, indent=2))
     tmp.replace(path)
+
+
+def remove_state(settings: Settings) -> None:
+    """Forget the fleet: after `fleet down`, `fleet submit` no longer finds a URL here."""
+    settings.state_file.unlink(missing_ok=True)

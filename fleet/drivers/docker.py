@@ -49,7 +49,7 @@ from fleet.drivers.secret_files import URL_FILE_ENV, flower_config, write_secret
 from fleet.errors import FleetError
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import SECRET_ENV, Settings
-from fleet.statefile import read_state, write_state
+from fleet.statefile import read_state, remove_state, write_state
 from fleet.store import registry
 from fleet.units import format_cpus
 
@@ -148,7 +148,7 @@ class DockerDriver:
         fid = state["fleet_id"]
         remove_fleet(self.docker, fid)
         shutil.rmtree(self._secrets_dir(fid), ignore_errors=True)
-        self.settings.state_file.unlink(missing_ok=True)
+        remove_state(self.settings)
 
     # -- scale -------------------------------------------------------------------------------
     def scale(self, target: int, *, wait: float | None = None) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.docker_engine import REPO, engine, sdk
 from fleet.errors import FleetError
 from fleet.settings import Settings
-from fleet.statefile import read_secret_file, read_state, redis_url, write_state
+from fleet.statefile import read_secret_file, read_state, redis_url, remove_state, write_state
 from fleet.store import registry
 
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -65,7 +65,7 @@ class SwarmDriver:
         subprocess.run(["docker", "stack", "rm", self.stack], capture_output=True, text=True)
         state = read_state(self.settings)
         if state and state.get("driver") == self.name:
-            self.settings.state_file.unlink(missing_ok=True)
+            remove_state(self.settings)
 
     def scale(self, target: int, *, wait: float | None = None) -> tuple[list[str], list[str]]:
         """Set the worker service's replicas. Returns the task slots added or removed
