@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from fleet.errors import NotFound
+from fleet.states import TERMINAL_NAMES
 from fleet.store import keys
 
 LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (the file keeps more)
@@ -92,7 +93,7 @@ class JobLogs:
         state, attempt = self.r.hmget(keys.job(self.job_id), "state", "attempt")
         if state is None:
             raise NotFound(f"no job {self.job_id!r}")
-        return int(attempt or 0), keys.decode(state) in ("SUCCEEDED", "FAILED", "CANCELLED")
+        return int(attempt or 0), keys.decode(state) in TERMINAL_NAMES
 
     def lines(self, attempt: int) -> list[str]:
         """Every line kept for `attempt` (the stored file when Redis dropped some)."""
