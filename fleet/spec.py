@@ -37,7 +37,6 @@ from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet
     split_entrypoint,
 )
 from fleet.errors import SpecError
-from fleet.placement.policies import POLICIES
 from fleet.units import parse_memory
 
 SPEC_VERSION = 1  # of a job spec (its `schema_version` field)
@@ -155,6 +154,10 @@ class JobSpec(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, policy: str | None) -> str | None:
+        # Imported here, not at the top: the spec stays a leaf (placement, or a module it
+        # imports, may import the spec without a cycle) and reading one needs no numpy.
+        from fleet.placement.policies import POLICIES
+
         if policy is not None and policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         return policy
