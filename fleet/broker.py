@@ -17,13 +17,14 @@ from urllib.parse import parse_qsl, urlsplit
 from celery import Celery
 
 from fleet.settings import Settings
+from fleet.statefile import redis_url as resolve_redis_url
 
 RUN_TASK = "fleet.run"  # the one task: run attempt N of a job on this node
-SCHEMA_VERSION = 1  # of the task's JSON arguments
+TASK_VERSION = 1  # of the task's JSON arguments
 
 
 def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
-    url = redis_url or settings.resolved_redis_url()
+    url = redis_url or resolve_redis_url(settings)
     visibility = settings.broker_visibility_timeout
     transport: dict[str, int] = {"visibility_timeout": visibility}
     if visibility < 600:  # kombu sweeps every ~100 s by default: keep pace with a short timeout
@@ -77,7 +78,7 @@ def tls_options(url: str) -> dict | None:
 def task_payload(job_id: str, attempt: int, node: str, incarnation: str) -> dict:
     """The task's only argument: ids, never code or pickles. Versioned, new fields get defaults."""
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": TASK_VERSION,
         "job_id": job_id,
         "attempt": attempt,
         "node": node,

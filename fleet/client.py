@@ -45,6 +45,7 @@ from fleet.master import intake
 from fleet.observe.logs import JobLogs, LogLine
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
+from fleet.statefile import redis_url as resolve_redis_url
 from fleet.spec import JobSpec, load_spec, parse_spec
 from fleet.states import TERMINAL_NAMES
 from fleet.store.jobstore import new_job_id
@@ -137,7 +138,7 @@ class Client:
         Redis at `client`, `redis_url` or the settings' URL."""
         self.settings = settings or Settings()
         if store is None:
-            store = RedisStore(client or connect(redis_url or self.settings.resolved_redis_url()))
+            store = RedisStore(client or connect(redis_url or resolve_redis_url(self.settings)))
         self.store: Store = store
         self.r = getattr(store, "r", None)  # the Redis connection, when the store has one
         self.intake = store.intake

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fleet.settings import Settings
+from fleet.statefile import redis_url
 
 if TYPE_CHECKING:
     from fleet.master.loop import Master
@@ -23,7 +24,7 @@ def build_master(settings: Settings) -> Master:
     from fleet.client import connect
     from fleet.master.loop import Master
 
-    url = settings.resolved_redis_url()
+    url = redis_url(settings)
     return Master(settings, connect(url), make_app(settings, url))
 
 
@@ -33,4 +34,4 @@ def serve_metrics(settings: Settings, port: int, address: str) -> tuple[Any, Any
     from fleet.client import connect
     from fleet.observe.metrics import serve
 
-    return serve(connect(settings.resolved_redis_url()), port, address)
+    return serve(connect(redis_url(settings)), port, address)

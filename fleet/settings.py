@@ -1,8 +1,8 @@
 """One typed settings object, read once at the edge (CLI, worker, master) and passed down.
 
 Every field comes from a `FLEET_*` environment variable or its default. No other module reads the
-environment. The Redis URL, when not given, comes from the state file that `fleet up` wrote, so
-that `fleet submit` finds the fleet it started without flags.
+environment. Reading settings touches no file: the state file and the secret URL file they
+point at are read and written by `fleet.statefile`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from fleet.errors import SpecError
-from fleet.private import private_dir
 
 DAY = 24 * 3600
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -131,24 +130,6 @@ class Settings(BaseSettings):
             env[f"FLEET_{name.upper()}"] = text
         return env
 
-    def resolved_redis_url(self) -> str:
-        """The URL given, else the one in FLEET_REDIS_URL_FILE (what a driver gives the processes
-        it starts, so no password sits in their environment), else the one `fleet up` recorded,
-        else a clear error."""
-        if self.redis_url:
-            return self.redis_url
-        if self.redis_url_file:
-            return read_secret_file(self.redis_url_file, "FLEET_REDIS_URL_FILE")
-        state = read_state(self)
-        if state and state.get("redis_url"):
-            return str(state["redis_url"])
-        from fleet.errors import FleetError
-
-        raise FleetError(
-            f"no fleet found: set FLEET_REDIS_URL or start one with `fleet up` "
-            f"(no state file at {self.state_file})"
-        )
-
 
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
@@ -159,34 +140,3 @@ def _one_line(text: str) -> str:
 # process never sees them (workers.attempt.supervisor strips them).
 SECRET_ENV = frozenset({"FLEET_REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
                         "FLOWER_BASIC_AUTH", "REDIS_PASSWORD", "REDISCLI_AUTH"})
-
-
-def read_secret_file(path: Path, variable: str) -> str:
-    """The first line of a secret file, or a one-line error naming the variable that named it."""
-    from fleet.errors import FleetError
-
-    try:
-        text = path.expanduser().read_text().strip()
-    except OSError as exc:
-        raise FleetError(f"{variable}: cannot read {path}: {exc.strerror}") from None
-    if not text:
-        raise FleetError(f"{variable}: {path} is empty; expected a redis:// or rediss:// URL")
-    return text.splitlines()[0].strip()
-
-
-def read_state(settings: Settings) -> dict | None:
-    """The state `fleet up` recorded, or None when there is none (or it is unreadable)."""
-    try:
-        return json.loads(settings.state_file.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_state(settings: Settings, state: dict) -> None:
-    """Written 0600 and atomically: it holds the Redis password inside the URL."""
-    path = settings.state_file
-    private_dir(path.parent, tighten=[path.parent])
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)

@@ -41,8 +41,7 @@ from fleet.errors import SpecError
 from fleet.resources import KINDS, Kind, Resources
 from fleet.units import parse_memory
 
-SCHEMA_VERSION = 1
-POLICY_NAMES = ("spread", "pack", "balanced", "p2c", "random", "round_robin", "seed")
+SPEC_VERSION = 1  # of a job spec (its `schema_version` field)
 MAX_PARAMS_BYTES = 64 * 1024
 MAX_SPEC_BYTES = 1024 * 1024  # a job file or a spec mapping, read or walked before parsing
 MAX_DEPTH = 32  # nesting of mappings and lists anywhere in a spec
@@ -135,7 +134,7 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Integer = SCHEMA_VERSION
+    schema_version: Integer = SPEC_VERSION
     name: Annotated[str, Field(min_length=1, max_length=63), AfterValidator(check_name)]
     entrypoint: str = Field(max_length=200)
     framework: Literal["torch", "tensorflow", "none"] = "none"
@@ -151,8 +150,8 @@ class JobSpec(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _known_version(cls, version: int) -> int:
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported version {version}; this fleet reads {SCHEMA_VERSION}")
+        if version != SPEC_VERSION:
+            raise ValueError(f"unsupported version {version}; this fleet reads {SPEC_VERSION}")
         return version
 
     @field_validator("entrypoint")
@@ -195,8 +194,12 @@ class JobSpec(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, policy: str | None) -> str | None:
-        if policy is not None and policy not in POLICY_NAMES:
-            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        # Imported here, not at the top: the spec stays a leaf (placement, or a module it
+        # imports, may import the spec without a cycle) and reading one needs no numpy.
+        from fleet.placement.policies import POLICIES
+
+        if policy is not None and policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         return policy
 
     def payload(self) -> dict[str, Any]:

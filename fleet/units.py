@@ -14,8 +14,6 @@ _DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _DOCKER = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{0,3})\s*$")
 
-RESOURCE_NAMES = ("cpus", "memory", "gpus")
-
 
 def parse_memory(value: str | int | float) -> int:
     """Bytes from `512Mi`, `2Gi`, `1g`, `1.5G` or a plain number of bytes.

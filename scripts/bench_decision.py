@@ -1,4 +1,4 @@
-"""How long one placement decision takes, at 100, 1,000 and 10,000 nodes (issue 3, item 4).
+"""How long one placement decision takes, at 100, 1,000 and 10,000 nodes.
 
     python scripts/bench_decision.py            # micro-benchmark of choose(), and the simulator
     python scripts/bench_decision.py -o bench/results/decision.json
@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sim", action="store_true", help="only the micro-benchmark")
     parser.add_argument("-o", "--output", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
-    results: dict = {
+    results: dict[str, Any] = {
         "machine": {
             "python": platform.python_version(),
             "numpy": np.__version__,

@@ -1,4 +1,4 @@
-"""Dispatch cost: no-op jobs through fleet versus raw Celery on the same Redis (issue 7).
+"""Dispatch cost: no-op jobs through fleet versus raw Celery on the same Redis.
 
     python scripts/bench_dispatch.py            # ~1-2 min here: saturation, latency, profiles
     python scripts/bench_dispatch.py --quick    # smoke run
@@ -77,8 +77,8 @@ def raw_worker_main(url: str, core: int, loglevel: str, mode: str = "threads") -
     app = make_app(Settings(redis_url=url), url)
     r = redis.Redis.from_url(url)
 
-    @app.task(name=RAW_TASK, bind=True)
-    def noop(self: Any, **_: Any) -> dict:
+    @app.task(name=RAW_TASK, bind=True)  # type: ignore[untyped-decorator]  # celery is untyped
+    def noop(self: Any, **_: Any) -> dict[str, Any]:
         r.hset(RAW_STARTS, self.request.id, repr(time.time()))
         return {}
 
@@ -131,16 +131,16 @@ class FleetSide:
                 procs[f"{name}: fork server + job processes"] = child
         return procs
 
-    def wait_all(self, ids: list[str], timeout: float) -> list[dict]:
+    def wait_all(self, ids: list[str], timeout: float) -> list[dict[str, Any]]:
         """Waits as cheaply as the raw side does (one small read per 50 ms: the state of the
         last job not known to be done), so that the waiting takes no CPU from the fleet."""
-        from fleet.store import keys
         from fleet.states import TERMINAL_NAMES
+        from fleet.store import keys
 
         deadline = time.monotonic() + timeout
         left = list(ids)
         while left:
-            if (self.r.hget(keys.job(left[-1]), "state") or b"").decode() in TERMINAL_NAMES:
+            if keys.decode(self.r.hget(keys.job(left[-1]), "state") or b"") in TERMINAL_NAMES:
                 pipe = self.r.pipeline(transaction=False)
                 for i in left:
                     pipe.hget(keys.job(i), "state")
@@ -207,7 +207,7 @@ class RawSide:
             raise RuntimeError(f"celery workers ({mode}) did not start")
 
     def submit(self) -> str:
-        return self.app.send_task(RAW_TASK, queue=self.queue).id
+        return str(self.app.send_task(RAW_TASK, queue=self.queue).id)
 
     def cpu_procs(self) -> dict[str, Any]:
         import psutil
@@ -220,7 +220,7 @@ class RawSide:
     def records(self, ids: list[str], submitted: dict[str, float]) -> list[dict[str, float]]:
         """Waits as the fleet side does: one small read per 50 ms (has the last task run?)."""
         deadline = time.monotonic() + 600
-        starts: list = [None]
+        starts: list[Any] = [None]
         while time.monotonic() < deadline:
             if self.r.hexists(RAW_STARTS, ids[-1]):
                 starts = self.r.hmget(RAW_STARTS, ids)
@@ -237,7 +237,7 @@ class RawSide:
 
 
 # -- measurements ------------------------------------------------------------------------------
-def burst(side: Any, n: int) -> tuple[list[dict], float]:
+def burst(side: Any, n: int) -> tuple[list[dict[str, Any]], float]:
     """Submit n at once; returns the records and the mean client-side submit call time."""
     submitted: dict[str, float] = {}
     ids = []
@@ -251,7 +251,7 @@ def burst(side: Any, n: int) -> tuple[list[dict], float]:
     return side.records(ids, submitted), call_s
 
 
-def paced(side: Any, n: int, rate: float) -> list[dict]:
+def paced(side: Any, n: int, rate: float) -> list[dict[str, Any]]:
     submitted: dict[str, float] = {}
     ids = []
     t0 = time.monotonic()
@@ -263,18 +263,19 @@ def paced(side: Any, n: int, rate: float) -> list[dict]:
         job = side.submit()
         submitted[job] = now
         ids.append(job)
-    return side.records(ids, submitted)
+    records: list[dict[str, Any]] = side.records(ids, submitted)
+    return records
 
 
-def throughput(recs: list[dict]) -> float:
-    return len(recs) / (max(r["end"] for r in recs) - min(r["submit"] for r in recs))
+def throughput(recs: list[dict[str, Any]]) -> float:
+    return float(len(recs) / (max(r["end"] for r in recs) - min(r["submit"] for r in recs)))
 
 
 def ms(values: list[float], q: float) -> float:
-    return 1e3 * percentile([v for v in values if v == v], q)
+    return float(1e3 * percentile([v for v in values if v == v], q))
 
 
-def stage_medians(recs: list[dict]) -> dict[str, float]:
+def stage_medians(recs: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "submit→placed ms": 1e3 * median([r["placed"] - r["submit"] for r in recs]),
         "placed→claimed ms": 1e3 * median([r["start"] - r["placed"] for r in recs]),
@@ -337,7 +338,8 @@ def spawn_cost(repeats: int) -> dict[str, float]:
         forked()  # the server's own start is paid once per node, not per job
         for _ in range(repeats):  # interleaved, so drift in the machine's load hits all alike
             out["forked by the fork server (noop)"].append(forked())
-            out["python -m workers.process.jobproc (noop)"].append(once([py, "-m", "workers.process.jobproc"], feed, True))
+            out["python -m workers.process.jobproc (noop)"].append(
+                once([py, "-m", "workers.process.jobproc"], feed, True))
             out["python -c pass"].append(once([py, "-c", "pass"], b"", False))
     finally:
         server.stop()
@@ -368,7 +370,8 @@ def fork_floor(n: int = 500) -> dict[str, float]:
     per fork (parent + child, by os.times) and wall time per fork."""
     out = subprocess.run([sys.executable, "-c", FORK_FLOOR, str(n)], capture_output=True,
                          text=True, env=fleet_env(), check=True, timeout=300)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    floor: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return floor
 
 
 def import_profile(top: int = 8) -> list[tuple[str, int]]:
@@ -405,7 +408,7 @@ def cpu_seconds(procs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def cpu_per_job(side: Any, n: int) -> tuple[list[dict], float, dict[str, float]]:
+def cpu_per_job(side: Any, n: int) -> tuple[list[dict[str, Any]], float, dict[str, float]]:
     """A burst, with the CPU time each process spent on it, in ms per job."""
     procs = side.cpu_procs()
     before = cpu_seconds(procs)
@@ -415,7 +418,7 @@ def cpu_per_job(side: Any, n: int) -> tuple[list[dict], float, dict[str, float]]
 
 
 # -- profiles ----------------------------------------------------------------------------------
-def pyspy_start(pid: int, out: Path, subprocesses: bool) -> subprocess.Popen | None:
+def pyspy_start(pid: int, out: Path, subprocesses: bool) -> subprocess.Popen[bytes] | None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         return None
@@ -426,7 +429,7 @@ def pyspy_start(pid: int, out: Path, subprocesses: bool) -> subprocess.Popen | N
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def pyspy_stop(proc: subprocess.Popen | None) -> None:
+def pyspy_stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
     proc.send_signal(signal.SIGINT)

@@ -1,4 +1,4 @@
-"""Training overhead: the example torch job through a real local fleet vs called directly (issue 7).
+"""Training overhead: the example torch job through a real local fleet vs called directly.
 
     python scripts/bench_overhead.py                  # ~60 s job, 8 alternating rounds (~17 min)
     python scripts/bench_overhead.py --mode paired    # both at once, Redis + master on fleet's core
@@ -50,6 +50,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -148,7 +149,7 @@ def through_fleet(client, epochs: int, every: int, node_pid: int) -> dict[str, f
             "accuracy": final["result"]["accuracy"]}
 
 
-def paired_ratio(rows: dict[str, list[dict]], ratios: list[float]) -> tuple[float, str]:
+def paired_ratio(rows: dict[str, list[dict[str, Any]]], ratios: list[float]) -> tuple[float, str]:
     """Each side against the other on the same core: the geometric mean over cores of
     median(fleet on it) / median(direct on it); the rounds' median ratio if a core lacks a
     side (a single round)."""
@@ -207,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     control = (server.process.pid, os.getpid())  # with the master's: pinned to a core below
     settings = Settings(home=tmp / "home", redis_url=server.url)
     driver = LocalDriver(settings)
-    rows: dict[str, list[dict]] = {"direct": [], "fleet": []}
+    rows: dict[str, list[dict[str, Any]]] = {"direct": [], "fleet": []}
     ratios: list[float] = []
     try:
         master_pid = driver.start_master(server.url)
         client = Client(settings)
         shape = NodeShape(1.0, 2 * 2**30)
 
-        def record(k: int, side: str, core: int, r: dict) -> None:
+        def record(k: int, side: str, core: int, r: dict[str, Any]) -> None:
             rows[side].append({**r, "core": core})
             rec.row(round=k + 1, path=side, core=core, epochs=epochs, **{
                 "wall s": r["wall_s"], "accuracy": r["accuracy"],

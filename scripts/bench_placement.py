@@ -1,4 +1,4 @@
-"""Issue 3's live benchmark: one trace, on 4 uneven local nodes, once per placement policy and
+"""Placement policies live: one trace, on 4 uneven local nodes, once per placement policy and
 once on plain Celery with one shared queue.
 
     .venv/bin/python scripts/bench_placement.py --jobs 60 --time-scale 40 --seed 0
@@ -60,7 +60,7 @@ PERIOD_S = 0.05  # duty-cycle period of the synthetic job
 
 
 # -- the job ---------------------------------------------------------------------------------
-def work(ctx: Any = None, mib: float = 64, cpu_seconds: float = 1.0, cpus: float = 1.0) -> dict:
+def work(ctx: Any = None, mib: float = 64, cpu_seconds: float = 1.0, cpus: float = 1.0) -> dict[str, Any]:
     """Hold `mib` MiB (every page written), then burn `cpu_seconds` of CPU time at `cpus` cores'
     duty cycle (one thread). Contention (a CPU quota, a busy core) makes it take longer."""
     import numpy as np
@@ -89,7 +89,7 @@ def work(ctx: Any = None, mib: float = 64, cpu_seconds: float = 1.0, cpus: float
     return {"mib": mib, "cpu_seconds": time.process_time() - used0, "touched": int(block[-1])}
 
 
-def job_params(job: dict) -> dict:
+def job_params(job: dict[str, Any]) -> dict[str, Any]:
     res = job["resources"]
     mib = max(USE_FRACTION * res["memory"] / 2**20 - BASE_MIB, 8.0)
     return {"mib": round(mib, 1), "cpu_seconds": round(job["duration"] * res["cpus"], 3),
@@ -108,8 +108,8 @@ def shared_app(url: str) -> Any:
         worker_hijack_root_logger=False,
     )
 
-    @app.task(name="bench.run", bind=True)
-    def run(self: Any, params: dict, submitted_at: float) -> dict:
+    @app.task(name="bench.run", bind=True)  # type: ignore[untyped-decorator]  # celery is untyped
+    def run(self: Any, params: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         node = os.environ.get("BENCH_NODE", "?")
         started = time.time()
         ooms = 0
@@ -151,7 +151,7 @@ class Sampler(threading.Thread):
     """Every SAMPLE_S: each node's job memory (RSS of its job processes) against its capacity,
     and its reservations; plays the OOM killer where the node has no cgroup memory limit."""
 
-    def __init__(self, nodes: dict[str, dict], pids: dict[str, int], marker: str,
+    def __init__(self, nodes: dict[str, dict[str, Any]], pids: dict[str, int], marker: str,
                  reserved: Any = None, kill: bool = False) -> None:
         super().__init__(daemon=True)
         self.nodes, self.pids, self.marker, self.reserved, self.kill = nodes, pids, marker, reserved, kill
@@ -206,10 +206,12 @@ class Sampler(threading.Thread):
                     self.over_reserved[node] += 1
 
 
-def _unfit(res: dict, nodes: dict[str, dict], worker: str) -> bool:
+def _unfit(res: dict[str, Any], nodes: dict[str, dict[str, Any]], worker: str) -> bool:
     """Did a job land on a node smaller than its request (the last node that ran it)?"""
     node = nodes.get(worker.removeprefix("shared-"))
-    return bool(node) and (res["memory"] > node["memory"] or res["cpus"] > node["cpus"] + 1e-9)
+    if not node:
+        return False
+    return bool(res["memory"] > node["memory"] or res["cpus"] > node["cpus"] + 1e-9)
 
 
 def cgroup_ooms(names: list[str]) -> int:
@@ -251,7 +253,9 @@ def cgroups_writable() -> bool:
         return False
 
 
-def summarize(policy: str, jobs: list[dict], sampler: Sampler, ooms: int, t0: float) -> dict:
+def summarize(
+    policy: str, jobs: list[dict[str, Any]], sampler: Sampler, ooms: int, t0: float
+) -> dict[str, Any]:
     from scripts.bench_common import percentile
 
     done = [j for j in jobs if j.get("end")]
@@ -275,7 +279,7 @@ def summarize(policy: str, jobs: list[dict], sampler: Sampler, ooms: int, t0: fl
     }
 
 
-def produce(trace: dict, submit: Any) -> tuple[float, dict[str, float]]:
+def produce(trace: dict[str, Any], submit: Any) -> tuple[float, dict[str, float]]:
     """Submit each job at its (compressed) time; returns (t0, id -> submit time)."""
     t0 = time.time()
     times: dict[str, float] = {}
@@ -288,14 +292,14 @@ def produce(trace: dict, submit: Any) -> tuple[float, dict[str, float]]:
     return t0, times
 
 
-def run_fleet(policy: str, trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
-              timeout: float) -> dict:
-    from fleet.store import registry
+def run_fleet(policy: str, trace: dict[str, Any], nodes: dict[str, dict[str, Any]], work_dir: Path,
+              kill: bool, timeout: float) -> dict[str, Any]:
     from fleet.client import Client
     from fleet.drivers.base import NodeShape
     from fleet.drivers.local import LocalDriver
     from fleet.drivers.redis_server import new_server
     from fleet.settings import Settings
+    from fleet.store import registry
 
     server = new_server(work_dir / "redis").start()
     settings = Settings(home=work_dir / "home", redis_url=server.url, policy=policy,
@@ -323,7 +327,7 @@ def run_fleet(policy: str, trace: dict, nodes: dict[str, dict], work_dir: Path, 
         sampler.start()
         ids: dict[str, str] = {}
 
-        def submit(job: dict) -> None:
+        def submit(job: dict[str, Any]) -> None:
             res = job["resources"]
             spec = {"name": "bench", "entrypoint": "scripts.bench_placement:work",
                     "framework": "none", "params": job_params(job),
@@ -354,7 +358,7 @@ def run_fleet(policy: str, trace: dict, nodes: dict[str, dict], work_dir: Path, 
         server.stop()
 
 
-def stop_all(procs: Iterable[subprocess.Popen]) -> None:
+def stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
     """SIGTERM every node at once (warm shutdown), then SIGKILL the groups of those still up."""
     procs = list(procs)
     for p in procs:
@@ -368,13 +372,13 @@ def stop_all(procs: Iterable[subprocess.Popen]) -> None:
             p.wait(5)
 
 
-def run_shared(trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
-               timeout: float) -> dict:
+def run_shared(trace: dict[str, Any], nodes: dict[str, dict[str, Any]], work_dir: Path, kill: bool,
+               timeout: float) -> dict[str, Any]:
     from fleet.drivers.redis_server import new_server
 
     server = new_server(work_dir / "redis").start()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = work_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     try:
@@ -396,7 +400,7 @@ def run_shared(trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
         results: dict[str, Any] = {}
         wanted = {j["id"]: j["resources"] for j in trace["jobs"]}
 
-        def submit(job: dict) -> None:
+        def submit(job: dict[str, Any]) -> None:
             results[job["id"]] = app.send_task("bench.run", args=[job_params(job), time.time()],
                                                queue=SHARED_QUEUE)
 
@@ -421,7 +425,7 @@ def run_shared(trace: dict, nodes: dict[str, dict], work_dir: Path, kill: bool,
         server.stop()
 
 
-def chart(rows: list[dict], path: Path, title: str) -> None:
+def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

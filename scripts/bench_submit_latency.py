@@ -19,15 +19,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver, stop_children
 from fleet.drivers.redis_server import new_server
 from fleet.settings import Settings
+from fleet.store import keys, registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import Recorder  # noqa: E402
@@ -66,21 +67,22 @@ def main() -> None:
     rec.write()
 
 
-def samples(client: Client, r: redis.Redis, jobs: int) -> dict[str, float]:
+def samples(client: Client, redis_client: redis.Redis, jobs: int) -> dict[str, float]:
+    r: Any = redis_client  # redis-py's stubs type replies as a union of every reply shape
     spec = {"name": "lat", "entrypoint": "workers.jobs.synthetic:noop"}
     client.wait(client.submit(spec), timeout=60)  # warm: imports, the fork server, scripts
     latencies = []
     for _ in range(jobs):
-        last = keys.text(r.xrevrange(keys.EVENTS, count=1)[0][0])
+        last = keys.decode(r.xrevrange(keys.EVENTS, count=1)[0][0])
         t0 = time.perf_counter()
         job_id = client.submit(spec)
         placed_at = None
         while placed_at is None:
             for _, entries in r.xread({keys.EVENTS: last}, block=5000, count=100) or []:
                 for entry_id, fields in entries:
-                    last = keys.text(entry_id)
-                    if (keys.text(fields[b"event"]) == "placed"
-                            and keys.text(fields[b"job"]) == job_id):
+                    last = keys.decode(entry_id)
+                    if (keys.decode(fields[b"event"]) == "placed"
+                            and keys.decode(fields[b"job"]) == job_id):
                         placed_at = time.perf_counter()
         latencies.append((placed_at - t0) * 1000)
         client.wait(job_id, timeout=60)

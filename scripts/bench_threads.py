@@ -1,4 +1,4 @@
-"""Thread alignment: a training step loop in a node limited to 1 CPU (issue 7).
+"""Thread alignment: a training step loop in a node limited to 1 CPU.
 
     python scripts/bench_threads.py             # torch and TensorFlow, ~5 min here
     python scripts/bench_threads.py --quick     # smoke run
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -163,7 +164,7 @@ def framework_threads(framework: str) -> dict[str, int]:
 
 
 def run_config(framework: str, mode: str, cgroup: Path | None, pin: int | None,
-               args: argparse.Namespace) -> dict:
+               args: argparse.Namespace) -> dict[str, Any]:
     argv = [sys.executable, __file__, "_child", "--framework", framework, "--mode", mode,
             "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     if cgroup is not None:
@@ -177,7 +178,8 @@ def run_config(framework: str, mode: str, cgroup: Path | None, pin: int | None,
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     if res.returncode != 0:
         raise RuntimeError(f"{framework} {mode} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return result
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["fleet", "default", f"threads={4 * host}", *sweep]
     try:
         for framework in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
-            runs: dict[str, list[dict]] = {m: [] for m in modes}
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
             for _ in range(args.repeats):
                 for mode in modes:
                     pin = fleet_pin if mode == "fleet" else pin_all

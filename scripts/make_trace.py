@@ -66,12 +66,13 @@ CPU_USAGE_CLIP = (0.05, 4.0)
 MEMORY_USAGE_CLIP = (0.05, 1.0)
 
 
-def _pick(rng: np.random.Generator, shapes: list) -> tuple:
+def _pick(rng: np.random.Generator, shapes: list[Any]) -> tuple[Any, ...]:
     weights = np.array([w for _, w in shapes], dtype=float)
-    return shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))][0]
+    shape: tuple[Any, ...] = shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))][0]
+    return shape
 
 
-def make_nodes(rng: np.random.Generator, count: int, gpus: bool) -> list[dict]:
+def make_nodes(rng: np.random.Generator, count: int, gpus: bool) -> list[dict[str, Any]]:
     """`count` nodes of uneven shapes; with GPUs, a quarter GPU nodes, one with 8 GPUs."""
     n_gpu = max(1, count // 4) if gpus else 0
     shapes = [_pick(rng, CPU_SHAPES) for _ in range(count - n_gpu)]
@@ -90,15 +91,15 @@ def make_nodes(rng: np.random.Generator, count: int, gpus: bool) -> list[dict]:
     return nodes
 
 
-def _fits_some(nodes: list[dict], res: dict) -> bool:
+def _fits_some(nodes: list[dict[str, Any]], res: dict[str, Any]) -> bool:
     return any(
         n["cpus"] >= res["cpus"] and n["memory"] >= res["memory"] and n["gpus"] >= res["gpus"] for n in nodes
     )
 
 
 def make_job(
-    rng: np.random.Generator, nodes: list[dict], gpu_job: bool, scale: float = 1.0
-) -> dict:
+    rng: np.random.Generator, nodes: list[dict[str, Any]], gpu_job: bool, scale: float = 1.0
+) -> dict[str, Any]:
     """One job's resources and duration, drawn until it fits some node.
 
     `scale` shrinks CPUs and memory (not GPUs) before the fit check: the same mix, smaller units.
@@ -124,7 +125,7 @@ def make_job(
 
 def draw_usage(
     rng: np.random.Generator,
-    jobs: list[dict],
+    jobs: list[dict[str, Any]],
     cpu: tuple[float, float] = CPU_USAGE,
     memory: tuple[float, float] = MEMORY_USAGE,
 ) -> None:
@@ -140,12 +141,14 @@ def draw_usage(
         }
 
 
-def gpu_share_for_balance(nodes: list[dict], cpu_jobs: list[dict], gpu_jobs: list[dict]) -> float:
+def gpu_share_for_balance(
+    nodes: list[dict[str, Any]], cpu_jobs: list[dict[str, Any]], gpu_jobs: list[dict[str, Any]]
+) -> float:
     """The share of GPU jobs that puts the same offered load on the CPUs as on the GPUs."""
     cpus = sum(n["cpus"] for n in nodes)
     gpus = sum(n["gpus"] for n in nodes)
 
-    def mean(jobs: list[dict], r: str) -> float:
+    def mean(jobs: list[dict[str, Any]], r: str) -> float:
         return float(np.mean([j["duration"] * j["resources"][r] for j in jobs]))
 
     cpu_per_cpu_job = mean(cpu_jobs, "cpus") / cpus
@@ -155,7 +158,7 @@ def gpu_share_for_balance(nodes: list[dict], cpu_jobs: list[dict], gpu_jobs: lis
     return float(np.clip(share, 0.05, 0.95))
 
 
-def parse_shapes(text: str) -> list[dict]:
+def parse_shapes(text: str) -> list[dict[str, Any]]:
     """`1:2Gi,0.5:512Mi` -> nodes node-1, node-2 with those CPUs and memory (bytes)."""
     from fleet.units import parse_memory
 
@@ -169,7 +172,7 @@ def parse_shapes(text: str) -> list[dict]:
     return nodes
 
 
-def compress(trace: dict, time_scale: float) -> dict:
+def compress(trace: dict[str, Any], time_scale: float) -> dict[str, Any]:
     """The same trace with every time divided by `time_scale` (rounded to milliseconds)."""
     out = dict(trace, jobs=[dict(j) for j in trace["jobs"]])
     for job in out["jobs"]:
@@ -186,14 +189,14 @@ def make_trace(
     gpus: bool = False,
     gpu_share: float | None = None,
     seed: int = 0,
-    shapes: list[dict] | None = None,
+    shapes: list[dict[str, Any]] | None = None,
     scale: float = 1.0,
     max_duration: float | None = None,
     usage: bool | None = None,
     cpu_usage: tuple[float, float] = CPU_USAGE,
     memory_usage: tuple[float, float] = MEMORY_USAGE,
-) -> dict:
-    """A trace dict (see fleet.sim.engine); the same arguments give the same trace.
+) -> dict[str, Any]:
+    """A trace dict (see fleet.sim.trace); the same arguments give the same trace.
 
     With GPUs and no `gpu_share`, the share of GPU jobs is the one that loads CPUs and GPUs
     alike, so that both are at `load`. `usage` (default: on, off with `shapes`) draws what each

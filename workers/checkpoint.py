@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 KEEP = 2
 STALE_TMP_SECONDS = 600.0  # a save in progress older than this was left by a dead attempt
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+MANIFEST_VERSION = 1  # of a checkpoint's manifest.json
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
 _COMMITTED = re.compile(r"^attempt-(\d+)/step-(\d{8,})$")
@@ -110,7 +110,7 @@ def save(
         for directory in _dirs(tmp):
             os.chmod(directory, DIR_MODE)
         files.pop(MANIFEST, None)  # the job may not forge its own manifest
-        manifest = {"schema_version": SCHEMA_VERSION, "step": step, "files": files}
+        manifest = {"schema_version": MANIFEST_VERSION, "step": step, "files": files}
         _write_synced(tmp / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
         for _, path in _walk(tmp):
             _fsync_file(path)

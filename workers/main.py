@@ -22,6 +22,7 @@ from fleet.store import keys, registry
 from fleet.broker import make_app
 from fleet.errors import FleetError
 from fleet.settings import Settings
+from fleet.statefile import redis_url
 from fleet.units import parse_memory
 from workers import tasks, transport
 from workers.node.agent import Agent
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpuset:
         os.sched_setaffinity(0, parse_cpuset(args.cpuset))
     settings = Settings()
-    url = settings.resolved_redis_url()
+    url = redis_url(settings)
     # A cut connection must fail the heartbeat, not hang it: past the lease the node's jobs
     # are fenced anyway, and the next heartbeat must be able to try again.
     timeout = max(1.0, settings.heartbeat_ttl)

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery, Task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleet.broker import RUN_TASK, SCHEMA_VERSION
+from fleet.broker import RUN_TASK, TASK_VERSION
 from fleet.entrypoints import is_job_id
 from workers.consumer import dead_letter_record
 from workers.attempt.supervisor import Supervisor
@@ -38,7 +38,7 @@ def register(app: Celery, supervisor: Supervisor) -> None:
     @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def run(self: Task, payload: Any = None, **_: Any) -> dict:
         try:
-            order = TaskPayload.model_validate(payload)
+            args = TaskPayload.model_validate(payload)
         except ValidationError as exc:
             reason = f"malformed payload: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
             dead_letter_record(supervisor.r, reason, queue=self.request.delivery_info.get(
@@ -46,16 +46,16 @@ def register(app: Celery, supervisor: Supervisor) -> None:
                 task=RUN_TASK, task_id=self.request.id,
                 body=json.dumps(payload, default=str).encode()[:4096])
             return {"discarded": reason}
-        if order.schema_version > SCHEMA_VERSION:
-            return {"discarded": f"unknown schema_version {order.schema_version}"}
+        if args.schema_version > TASK_VERSION:
+            return {"discarded": f"unknown schema_version {args.schema_version}"}
 
         def on_progress(report: dict) -> None:
             meta = {
-                "job": order.job_id, "attempt": order.attempt, "node": order.node,
+                "job": args.job_id, "attempt": args.attempt, "node": args.node,
                 "step": report.get("step"), **(report.get("metrics") or {}),
             }
             self.update_state(state="PROGRESS", meta=meta)
             # Flower's task view is built from events only: state PROGRESS, progress as result
             self.send_event("task-progress", result=json.dumps(meta))
 
-        return supervisor.run(order.model_dump(), on_progress=on_progress)
+        return supervisor.run(args.model_dump(), on_progress=on_progress)

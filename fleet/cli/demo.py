@@ -29,7 +29,7 @@ def examples_dir() -> Path:
 def run_demo(*, workers: int, keep: bool, epochs: int | None) -> int:
     from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
-    from fleet.settings import read_state
+    from fleet.statefile import read_state
     from fleet.units import parse_memory
 
     s = settings()

@@ -36,7 +36,7 @@ def up(
     from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
-    from fleet.settings import read_state
+    from fleet.statefile import read_state
     from fleet.units import parse_memory
 
     if cpus <= 0:

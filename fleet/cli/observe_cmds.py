@@ -144,7 +144,7 @@ def monitor(
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Flower's URL (tasks under the job's name, their node and progress) and how to log in."""
-    from fleet.settings import read_state
+    from fleet.statefile import read_state
 
     state = read_state(settings()) or {}
     url = state.get("flower_url")

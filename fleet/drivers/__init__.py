@@ -5,7 +5,8 @@ Docker Swarm: more than one machine)."""
 from __future__ import annotations
 
 from fleet.drivers.base import Driver
-from fleet.settings import Settings, read_state
+from fleet.settings import Settings
+from fleet.statefile import read_state
 
 DRIVERS = ("local", "docker", "swarm")
 

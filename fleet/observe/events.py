@@ -14,17 +14,17 @@ from typing import Any
 
 import redis
 
+from fleet.states import EndReason
 from fleet.store import keys, quarantine, records
 
 INT_FIELDS = ("attempt", "step")
-LOST_REASONS = ("NODE_LOST", "WORKER_LOST")
 
 
 def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     """A stream entry as the documented JSON object: {id, time, event, job, ...fields}."""
-    event: dict[str, Any] = {"id": keys.text(entry_id)}
+    event: dict[str, Any] = {"id": keys.decode(entry_id)}
     for k, v in fields.items():
-        event[keys.text(k)] = keys.text(v)
+        event[keys.decode(k)] = keys.decode(v)
     try:
         event["time"] = records.number("event", "time", event.get("time") or 0.0, 0.0, 1e11,
                                        text_ok=True)
@@ -72,7 +72,7 @@ def follow_events(
         found: Any = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
         for _stream, entries in found or []:
             for entry_id, fields in entries:
-                last = keys.text(entry_id)
+                last = keys.decode(entry_id)
                 event = decode_event(entry_id, fields)
                 if job is None or event.get("job") == job:
                     yield event
@@ -81,7 +81,7 @@ def follow_events(
 def last_event_id(client: redis.Redis) -> str:
     """The id of the newest event ("0-0" when none): follow from here to miss nothing."""
     newest: Any = client.xrevrange(keys.EVENTS, count=1)
-    return keys.text(newest[0][0]) if newest else "0-0"
+    return keys.decode(newest[0][0]) if newest else "0-0"
 
 
 def event_line(event: Mapping[str, Any]) -> str:
@@ -89,10 +89,18 @@ def event_line(event: Mapping[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
     stamp += f".{int((event['time'] % 1) * 1000):03d}"
     name = event.get("event", "?")
-    if name == "retrying" and event.get("reason") in LOST_REASONS:
+    if name == "retrying" and _lost(event.get("reason")):
         name = "retrying (node lost)"
     extra = " ".join(
         f"{k}={v}" for k, v in event.items() if k not in ("id", "time", "event", "job")
     )
     return f"{stamp} {event.get('job', '-')} {name}" + (f" {extra}" if extra else "")
+
+
+def _lost(reason: object) -> bool:
+    """Whether a retry's reason is the infrastructure's fault (a node or supervisor gone)."""
+    try:
+        return EndReason(reason).infrastructure
+    except ValueError:
+        return False
 

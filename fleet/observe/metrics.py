@@ -23,8 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fleet.store import keys, quarantine, records, registry
 from fleet.states import JobState
+from fleet.store import keys, quarantine, records, registry
 
 # Seconds: from a submit to the job's first reservation / first start.
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
@@ -61,7 +61,7 @@ def read_snapshot(client: redis.Redis) -> Snapshot:
     except redis.exceptions.ResponseError as exc:  # not a zset: the master moves it aside
         quarantine.note("index", keys.JOBS, exc)
         members = []
-    ids = [keys.text(v) for v in members]
+    ids = [keys.decode(v) for v in members]
     jobs: list[JobTimes] = []
     for i in range(0, len(ids), CHUNK):
         pipe = client.pipeline(transaction=False)
@@ -93,11 +93,11 @@ def _job_times(job_id: str, fields: Any, first: Any) -> JobTimes | None:
         return None
     state, submitted = fields
     try:
-        if keys.text(state) not in records.JOB_STATES:
-            raise records.BadRecord("job", "state", f"{keys.text(state)[:40]!r} is not a job state")
+        if keys.decode(state) not in records.JOB_STATES:
+            raise records.BadRecord("job", "state", f"{keys.decode(state)[:40]!r} is not a job state")
         attempt = ({} if not first or isinstance(first, Exception)
                    else records.attempt_record(first))
-        return JobTimes(keys.text(state), records.optional_number("job", "submitted_at", submitted,
+        return JobTimes(keys.decode(state), records.optional_number("job", "submitted_at", submitted,
                                                                   0.0, 1e11, text_ok=True),
                         attempt.get("placed_at"), attempt.get("started_at"))
     except records.BadRecord as exc:
@@ -108,7 +108,7 @@ def _job_times(job_id: str, fields: Any, first: Any) -> JobTimes | None:
 def _count(value: Any) -> int:
     """A count Redis answered, 0 for an error (a key of the wrong type) or a non-number."""
     try:
-        return max(0, int(keys.text(value))) if value is not None else 0
+        return max(0, int(keys.decode(value))) if value is not None else 0
     except (ValueError, TypeError):
         return 0
 

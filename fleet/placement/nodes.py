@@ -245,7 +245,8 @@ def feasible(nodes: NodeView, req: Request) -> np.ndarray:
     return ok
 
 
-def _selector_text(selector: Mapping[str, str]) -> str:
+def selector_text(selector: Mapping[str, str]) -> str:
+    """A node selector as people read it and write it: `k=v,k2=v2`, keys sorted."""
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
@@ -263,7 +264,7 @@ def unfit_reason(nodes: NodeView, req: Request) -> str:
     scope = ""
     selector = nodes.selector_mask(req.node_selector)
     if selector is not None:
-        text = _selector_text(req.node_selector)
+        text = selector_text(req.node_selector)
         if not selector.any():
             return f"no live node has labels {text}"
         rows = np.flatnonzero(selector)
@@ -315,7 +316,7 @@ def never_fits(nodes: NodeView, req: Request) -> tuple[str, str] | None:
         if not selector.any():
             return None
         rows = np.flatnonzero(selector)
-        scope = f" with {_selector_text(req.node_selector)}"
+        scope = f" with {selector_text(req.node_selector)}"
     capacity = nodes.capacity[rows]
     need = req.vector()
     enough = capacity + EPS >= need

@@ -28,6 +28,7 @@ from fleet.placement.nodes import (
     amount,
     describe,
     feasible,
+    selector_text,
     unfit_reason,
 )
 from fleet.resources import KIND, RESERVED
@@ -318,8 +319,7 @@ class Decision:
             return self.blocked[i]
         selector = self.view.selector_mask(self.request.node_selector)
         if selector is not None and not selector[i]:
-            wanted = ",".join(f"{k}={v}" for k, v in sorted(self.request.node_selector.items()))
-            return f"labels do not match {wanted}"
+            return f"labels do not match {selector_text(self.request.node_selector)}"
         need = self.request.vector()
         for r, name in enumerate(RESOURCES):
             if free[r] + EPS[r] < need[r]:

@@ -54,7 +54,7 @@ def _number(value: Any, where: str, *, positive: bool = False) -> float:
     return float(value)
 
 
-def _resources(entry: Mapping, where: str) -> list[float]:
+def _resources(entry: Mapping[str, Any], where: str) -> list[float]:
     out = []
     for name in RESOURCES:
         try:
@@ -89,7 +89,7 @@ def _usage(value: Any, request: list[float], where: str) -> tuple[float, float] 
     return used[0], used[1]
 
 
-def _named(items: list[Any], kind: str, key: str) -> Iterator[tuple[str, Mapping, str]]:
+def _named(items: list[Any], kind: str, key: str) -> Iterator[tuple[str, Mapping[str, Any], str]]:
     """(where, entry, name) of each entry of the `kind` list; names default to `node-3` etc.
     and must be unique."""
     seen: set[str] = set()

@@ -47,7 +47,9 @@ class Outcome:
     extra: Mapping[str, Any] | None = None  # merged into the attempt record (peak memory, ...)
 
     @property
-    def outcome(self) -> str:
+    def finish_as(self) -> str:
+        """What finish.lua is asked to make of the job: a terminal state, or "FAILURE" (this
+        attempt failed: retry while retries remain, else FAILED)."""
         if self.reason is EndReason.SUCCEEDED:
             return JobState.SUCCEEDED.value
         if self.reason is EndReason.CANCELLED:
@@ -112,7 +114,7 @@ class JobStore:
             args={"job_id": job_id, "node": node, "incarnation": incarnation, "now": _now(now),
                   "placement": json.dumps(placement), "score": chosen_score(placement, node)},
         )
-        return int(n), keys.text(why)
+        return int(n), keys.decode(why)
 
     def claim(self, job_id: str, attempt: int, node: str, incarnation: str) -> tuple[bool, str]:
         ok, why, _ = self.claim_spec(job_id, attempt, node, incarnation)
@@ -128,7 +130,7 @@ class JobStore:
             args={"job_id": job_id, "attempt": attempt, "node": node,
                   "incarnation": incarnation, "now": _now(None)},
         )
-        ok, why = bool(answer[0]), keys.text(answer[1])
+        ok, why = bool(answer[0]), keys.decode(answer[1])
         if not ok:
             return ok, why, None
         try:  # claimed: a spec nobody can read must end the attempt, not the worker
@@ -171,14 +173,14 @@ class JobStore:
                   "alloc": keys.node_alloc(node), "pending": keys.PENDING,
                   "events": keys.EVENTS, "wake": keys.WAKE, "placing": keys.PLACING,
                   "cancel": keys.job_cancel(job_id), "metrics": keys.job_metrics(job_id)},
-            args={"job_id": job_id, "attempt": attempt, "outcome": outcome.outcome,
+            args={"job_id": job_id, "attempt": attempt, "outcome": outcome.finish_as,
                   "reason": outcome.reason.value, "error": outcome.error,
                   "result": json.dumps(dict(outcome.result or {})), "counted": counted,
                   "now": _now(now), "backoff_s": RETRY_BACKOFF_S,
                   "extra": json.dumps(dict(outcome.extra or {})), "cap": METRICS_CAP},
             rest=[json.dumps(r) for r in progress],
         )
-        return bool(ok), keys.text(state)
+        return bool(ok), keys.decode(state)
 
     def commit_checkpoint(
         self, job_id: str, attempt: int, node: str, incarnation: str, step: int, name: str,
@@ -194,7 +196,7 @@ class JobStore:
                   "incarnation": incarnation, "checkpoint": record, "step": step,
                   "now": _now(now)},
         )
-        return bool(ok), keys.text(why)
+        return bool(ok), keys.decode(why)
 
     def committed_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         """The job's committed checkpoints, newest first ({"attempt", "step", "dir"}); a
@@ -212,7 +214,7 @@ class JobStore:
     def cancel(self, job_id: str) -> str:
         """The state the job is in (or heads to) after the request."""
         for _ in range(5):  # a placed job may move between our read and the script: re-read
-            node = keys.text(self.r.hget(keys.job(job_id), "node") or b"")
+            node = keys.decode(self.r.hget(keys.job(job_id), "node") or b"")
             ok, state = self._scripts["cancel"](
                 keys={"job": keys.job(job_id), "pending": keys.PENDING,
                       "alloc": keys.node_alloc(node or "-"),
@@ -221,7 +223,7 @@ class JobStore:
                       "cancel": keys.job_cancel(job_id)},
                 args={"job_id": job_id, "now": _now(None), "node": node},
             )
-            state = keys.text(state)
+            state = keys.decode(state)
             if state != "moved":
                 if not ok and state == "no such job":
                     from fleet.errors import NotFound
@@ -243,7 +245,7 @@ class JobStore:
     def drop_pending(self, job_id: str, why: str, now: float | None = None) -> str:
         """Take a member the master cannot place out of the line; a PENDING job whose record is
         malformed (`why` says how) ends FAILED, reason REJECTED. Returns what was done."""
-        return keys.text(self._scripts["drop_pending"](
+        return keys.decode(self._scripts["drop_pending"](
             keys={"job": keys.job(job_id), "pending": keys.PENDING, "events": keys.EVENTS,
                   "wake": keys.WAKE},
             args={"job_id": job_id, "now": _now(now), "why": why[:500]},
@@ -252,7 +254,7 @@ class JobStore:
     def repair_alloc(self, node: str, job_id: str) -> str:
         """Rewrite `job_id`'s entry on `node` from the job's record, or drop it when the job
         holds no reservation there (fleet/store/lua/repair_alloc.lua). Returns what was done."""
-        return keys.text(self._scripts["repair_alloc"](
+        return keys.decode(self._scripts["repair_alloc"](
             keys={"alloc": keys.node_alloc(node), "job": keys.job(job_id),
                   "report": keys.node(node)},
             args={"job_id": job_id, "node": node},
@@ -318,7 +320,7 @@ class JobStore:
             try:
                 out.append(records.attempt_record(value))
             except records.BadRecord as exc:
-                quarantine.note("attempt", f"{key}/{keys.text(field)[:100]}", exc.args[0])
+                quarantine.note("attempt", f"{key}/{keys.decode(field)[:100]}", exc.args[0])
         return sorted(out, key=lambda a: a["attempt"])
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
@@ -361,14 +363,14 @@ def _members(index: str, read: Any) -> list[str]:
     """The members an index read answers; none when the index is of another type (the master
     moves it aside and rebuilds it)."""
     try:
-        return [keys.text(v) for v in read()]
+        return [keys.decode(v) for v in read()]
     except redis.exceptions.ResponseError as exc:
         quarantine.note("index", index, exc)
         return []
 
 
 def pending_score(priority: int, seq: int) -> float:
-    """A pending job's place in line, as submit.lua and finish.lua compute it."""
+    """A pending job's place in line, as `pending_score` in lua/prelude.lua computes it."""
     return (1000 - priority) * 1e12 + seq
 
 

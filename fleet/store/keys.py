@@ -9,14 +9,14 @@ from __future__ import annotations
 PREFIX = "fleet"
 
 
-def text(value: object) -> str:
+def decode(value: object) -> str:
     """A key, member or field as Redis returned it (bytes, unless the client decodes) as str."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 # -- jobs -----------------------------------------------------------------------------------
 JOBS = f"{PREFIX}:jobs"  # zset: job id -> submit time (every job ever accepted)
-PENDING = f"{PREFIX}:pending"  # zset: job id -> order score (priority, then submit order)
+PENDING = f"{PREFIX}:pending"  # zset: job id -> place in line (pending_score of priority, seq)
 PLACING = f"{PREFIX}:placing"  # zset: job id -> reserve time, until the worker claims it
 SEQUENCE = f"{PREFIX}:seq"  # counter: submit order, for FIFO inside one priority
 WAKE = f"{PREFIX}:wake"  # list: pokes that wake the master at once (capacity freed, job in)
@@ -111,7 +111,7 @@ JOB_SCAN = f"{PREFIX}:job:*"  # SCAN pattern of job records (and their sub-keys)
 
 def job_id_of(key: bytes | str) -> str | None:
     """The job id of a job record's key (`job(id)`), None for any other key (its sub-keys too)."""
-    name = text(key)
+    name = decode(key)
     head = f"{PREFIX}:job:"
     rest = name[len(head):] if name.startswith(head) else ""
     return rest if rest and ":" not in rest else None

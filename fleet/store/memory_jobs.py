@@ -183,7 +183,7 @@ class MemoryJobs(MemoryReads):
             if outcome.error:
                 rec["error"] = outcome.error
             self._update_attempt(job_id, attempt, rec)
-            final = outcome.outcome
+            final = outcome.finish_as
             if final == "FAILURE":
                 retries = as_int(job.get("retries")) + counted
                 infra = as_int(job.get("infra_retries")) + (not counted)

@@ -112,7 +112,7 @@ def wrong_types(client: redis.Redis, expected: dict[str, str]) -> list[str]:
     pipe = client.pipeline(transaction=False)
     for key in expected:
         pipe.type(key)
-    found_types = [keys.text(t) for t in pipe.execute()]
+    found_types = [keys.decode(t) for t in pipe.execute()]
     return [k for k, t in zip(expected, found_types, strict=True) if t not in ("none", expected[k])]
 
 
@@ -125,7 +125,7 @@ def counts_in_redis(client: redis.Redis) -> dict[str, int]:
     out: dict[str, int] = {}
     for k, v in raw.items():
         try:
-            out[keys.text(k)[:100]] = max(0, int(keys.text(v)))
+            out[keys.decode(k)[:100]] = max(0, int(keys.decode(v)))
         except ValueError:
             continue
     return out

@@ -33,14 +33,14 @@ class RedisStore(JobStore):
 
     # -- reads beside JobStore's -------------------------------------------------------------
     def submitted_by(self, job_id: str) -> str:
-        return keys.text(self.r.hget(keys.job(job_id), "submitted_by") or b"")
+        return keys.decode(self.r.hget(keys.job(job_id), "submitted_by") or b"")
 
     def job_state(self, job_id: str) -> tuple[str, bool]:
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(keys.job(job_id), "state")
         pipe.exists(keys.job_cancel(job_id))
         state, flagged = pipe.execute()
-        return keys.text(state or b""), bool(flagged)
+        return keys.decode(state or b""), bool(flagged)
 
     def events(self, job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         from fleet.observe.events import read_events
@@ -55,10 +55,10 @@ class RedisStore(JobStore):
 
     def last_event_id(self) -> str:
         newest: Any = self.r.xrevrange(keys.EVENTS, count=1)
-        return keys.text(newest[0][0]) if newest else "0-0"
+        return keys.decode(newest[0][0]) if newest else "0-0"
 
     def log_lines(self, job_id: str, attempt: int, start: int = 0) -> list[str]:
-        return [keys.text(v) for v in self.r.lrange(keys.job_logs(job_id, attempt), start, -1)]
+        return [keys.decode(v) for v in self.r.lrange(keys.job_logs(job_id, attempt), start, -1)]
 
     # -- nodes -------------------------------------------------------------------------------
     def heartbeat(self, report: Mapping[str, Any], ttl: float) -> bool:
@@ -103,7 +103,7 @@ class RedisStore(JobStore):
         """The built-in intakes and those an operator added to keys.INTAKES."""
         found = list(acl.INTAKES)
         for raw in self.r.smembers(keys.INTAKES):
-            name = keys.text(raw)
+            name = keys.decode(raw)
             try:
                 check_name(name)
             except ValueError:
@@ -118,7 +118,7 @@ class RedisStore(JobStore):
     def intake_append(self, name: str, fields: Mapping[str, str], cap: int) -> str:
         entry_id = self.r.xadd(keys.intake(name), dict(fields),  # type: ignore[arg-type]
                                maxlen=cap, approximate=True)
-        return keys.text(entry_id)
+        return keys.decode(entry_id)
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         newest: Any = self.r.xrevrange(keys.intake(name), count=count)
@@ -131,7 +131,7 @@ class RedisStore(JobStore):
         pipe = self.r.pipeline(transaction=False)
         for name in names:
             pipe.xrange(keys.intake(name), count=count)
-        return [found if isinstance(found, Exception) else [(keys.text(i), f) for i, f in found]
+        return [found if isinstance(found, Exception) else [(keys.decode(i), f) for i, f in found]
                 for found in pipe.execute(raise_on_error=False)]
 
     def intake_trim(self, name: str, through: str) -> None:
@@ -163,7 +163,7 @@ class RedisStore(JobStore):
             last_seen = None
         clock = now[0] + now[1] / 1e6
         down_for = None if up or last_seen is None else max(0.0, clock - last_seen)
-        return {"up": up, "leader": keys.text(leader)[:200] if up else None,
+        return {"up": up, "leader": keys.decode(leader)[:200] if up else None,
                 "down_for": down_for, "last_seen": last_seen}
 
     def repairs(self, settings: Settings) -> Repairs:
@@ -181,7 +181,7 @@ class RedisStore(JobStore):
         members, line = pipe.execute(raise_on_error=False)
         members = [] if isinstance(members, Exception) else members
         line = [] if isinstance(line, Exception) else line
-        nodes, head = registry.names(members), [keys.text(j) for j in line]
+        nodes, head = registry.names(members), [keys.decode(j) for j in line]
         missing = [j for j in head if j not in known]
         pipe = self.r.pipeline(transaction=False)
         registry.read_states(pipe, nodes)
@@ -221,7 +221,7 @@ class RedisStore(JobStore):
 
 
 def _entry(entry_id: Any, fields: Mapping[Any, Any]) -> Entry:
-    return keys.text(entry_id), {keys.text(k): keys.text(v) for k, v in fields.items()}
+    return keys.decode(entry_id), {keys.decode(k): keys.decode(v) for k, v in fields.items()}
 
 
 class Doorbell:
@@ -255,11 +255,11 @@ class Doorbell:
                     for key in streams:
                         pipe.type(key)
                     skip |= {k for k, t in zip(streams, pipe.execute(), strict=True)
-                             if keys.text(t) not in ("stream", "none")}
+                             if keys.decode(t) not in ("stream", "none")}
                     continue
                 if found:
                     for stream, entries in found:
-                        seen[keys.text(stream)] = keys.text(entries[-1][0])
+                        seen[keys.decode(stream)] = keys.decode(entries[-1][0])
                     pipe = self.r.pipeline(transaction=False)
                     pipe.lpush(keys.WAKE, "1")
                     pipe.ltrim(keys.WAKE, 0, 0)

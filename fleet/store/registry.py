@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -51,16 +52,20 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
               "history_cap": HISTORY_CAP},
     )
     if not ok:
-        raise NodeIdTaken(node, keys.text(holder))
+        raise NodeIdTaken(node, keys.decode(holder))
     return bool(continued and continued[0])
+
+
+#: Each client's registered heartbeat script, kept beside the client rather than written onto
+#: it (redis-py's object is not ours); weak, so a closed client takes its entry with it.
+_HEARTBEATS: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
 
 
 def _script(client: redis.Redis) -> Script:
     """heartbeat.lua registered on `client` (once: a node heartbeats every second)."""
-    script = getattr(client, "_fleet_heartbeat", None)
+    script = _HEARTBEATS.get(client)
     if script is None:
-        script = Script(client, "heartbeat", prelude=False)
-        client._fleet_heartbeat = script  # type: ignore[attr-defined]
+        script = _HEARTBEATS[client] = Script(client, "heartbeat", prelude=False)
     return script
 
 
@@ -84,7 +89,7 @@ def decode_allocations(node: str, raw: Any) -> tuple[dict[str, dict[str, Any]], 
     good: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
     for k, v in raw.items():
-        job = keys.text(k)
+        job = keys.decode(k)
         try:
             good[job] = records.alloc_entry(v)
         except records.BadRecord as exc:
@@ -112,7 +117,7 @@ def names(members: Iterable[bytes | str]) -> list[str]:
     records.MAX_ID characters, is skipped)."""
     out = []
     for member in members:
-        name = keys.text(member)
+        name = keys.decode(member)
         if 0 < len(name) <= records.MAX_ID:
             out.append(name)
         else:
@@ -214,7 +219,7 @@ def deregister(client: redis.Redis, node: str, incarnation: str) -> None:
         holder = client.hget(keys.node(node), "incarnation")
     except redis.exceptions.ResponseError:  # not a hash: not another incarnation's either
         holder = None
-    if keys.text(holder or b"") not in ("", incarnation):
+    if keys.decode(holder or b"") not in ("", incarnation):
         return
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node(node), keys.node_drain(node))

@@ -63,7 +63,7 @@ class Repairer:
         for (node, job, a), row in zip(entries, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(row, Exception):
                 continue
-            state, on, attempt, incarnation = (keys.text(v) if v is not None else "" for v in row)
+            state, on, attempt, incarnation = (keys.decode(v) if v is not None else "" for v in row)
             if (state in HOLDING and on == node
                     and attempt == str(a["attempt"]) and incarnation != live.get(node)):
                 backed.add((node, job))
@@ -75,7 +75,7 @@ class Repairer:
         wrong = quarantine.wrong_types(self.r, SINGLETONS)
         if keys.SEQUENCE not in wrong:
             seq = self.r.get(keys.SEQUENCE)
-            if seq is not None and not keys.text(seq).isdigit():
+            if seq is not None and not keys.decode(seq).isdigit():
                 wrong.append(keys.SEQUENCE)
         for key in wrong:
             quarantine.note("index", key, "another Redis type (or not a number)")
@@ -106,7 +106,7 @@ class Repairer:
     def _rebuild_indexes(self) -> None:
         """Put every PENDING job back in line and every PLACED one in the placing index, from
         the job records (ZADD NX: what the scripts added meanwhile stays)."""
-        ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
+        ids = [keys.decode(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
         for i in range(0, len(ids), REBUILD_CHUNK):
             chunk = ids[i:i + REBUILD_CHUNK]
             pipe = self.r.pipeline(transaction=False)
@@ -117,7 +117,7 @@ class Repairer:
             for job_id, row in zip(chunk, rows, strict=True):
                 if isinstance(row, Exception):
                     continue
-                state, priority, seq, placed_at = (keys.text(v) if v is not None else "" for v in row)
+                state, priority, seq, placed_at = (keys.decode(v) if v is not None else "" for v in row)
                 try:
                     if state == JobState.PENDING.value:
                         score = pending_score(
@@ -167,7 +167,7 @@ class Repairer:
         of every job PLACED or RUNNING on it from their records. Not while the jobs index is
         unreadable too (the guard rebuilds it first): the node stays unplaced on meanwhile."""
         try:
-            ids = [keys.text(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
+            ids = [keys.decode(j) for j in self.r.zrange(keys.JOBS, 0, -1)]
         except redis.exceptions.ResponseError:
             return
         quarantine.quarantine_key(self.r, keys.node_alloc(node))
@@ -179,7 +179,7 @@ class Repairer:
             for job_id, row in zip(chunk, pipe.execute(raise_on_error=False), strict=True):
                 if isinstance(row, Exception):
                     continue
-                state, on = (keys.text(v) if v is not None else "" for v in row)
+                state, on = (keys.decode(v) if v is not None else "" for v in row)
                 if on == node and state in HOLDING:
                     self.entry(node, job_id)
 
@@ -196,7 +196,7 @@ class Repairer:
             pipe.hmget(keys.job(job), "state", "node", "attempt")
         for (node, job, a), row in zip(entries, pipe.execute(raise_on_error=False), strict=True):
             if not isinstance(row, Exception):
-                state, on, attempt = (keys.text(v) if v is not None else "" for v in row)
+                state, on, attempt = (keys.decode(v) if v is not None else "" for v in row)
                 if (state in HOLDING and on == node
                         and attempt == str(a["attempt"])):
                     continue

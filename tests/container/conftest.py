@@ -86,7 +86,7 @@ SCAN_PROC = ("for p in /proc/[0-9]*; do cat $p/cmdline; echo; cat $p/environ; ec
 
 
 def assert_no_secret(container: Any, secrets: dict[str, str]) -> str:
-    """Issue 14, acceptance 3, from the engine and from inside: no secret and no URL with
+    """From the engine and from inside: no secret and no URL with
     credentials in `docker inspect` (Config.Env, Cmd, Entrypoint, Args, health check: all of
     it) nor in any /proc/<pid>/cmdline or environ in the container. Returns what was read."""
     container.reload()
@@ -102,7 +102,7 @@ def assert_no_secret(container: Any, secrets: dict[str, str]) -> str:
 
 
 def assert_hardened(container: Any) -> None:
-    """Issue 6's container rules, read off the engine: non-root, read-only root filesystem,
+    """The container rules, read off the engine: non-root, read-only root filesystem,
     every capability dropped, no privilege gain, no Docker socket, not privileged."""
     attrs, host = container.attrs, container.attrs["HostConfig"]
     name = container.name

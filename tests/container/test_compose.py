@@ -1,4 +1,4 @@
-"""compose.yaml with Compose (issue 4, acceptance 5): redis, master, flower and 4 workers with
+"""compose.yaml with Compose: redis, master, flower and 4 workers with
 the file's limits; a job submitted from the host runs in one of the workers."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
     job = out.stdout.strip()
     eventually(lambda: client.status(job)["state"] in ("RUNNING", "SUCCEEDED"), 120,
                what="the job running", interval=0.5)
-    # issue 14, acceptance 3: no secret in `docker inspect` nor in any process inside
+    # no secret in `docker inspect` nor in any process inside
     secrets = {"the Redis password": password,
                "Flower's password": secret_value(compose_secrets, "flower_password")}
     seen = {c.name: assert_no_secret(c, secrets) for c in containers}

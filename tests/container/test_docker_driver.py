@@ -1,4 +1,4 @@
-"""The docker driver end to end (issue 4, acceptance 2, 3, 4, 7): one fleet of containers for
+"""The docker driver end to end: one fleet of containers for
 the module, started and driven through the real CLI, removed by its labels at the end."""
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def test_images_run_as_non_root_and_containers_are_locked_down(fleet: DockerFlee
 
 
 def test_no_secret_in_any_container_argv_environment_or_inspect(fleet: DockerFleet) -> None:
-    """Issue 14, acceptance 3: with a job running, `docker inspect` of every container and every
+    """With a job running, `docker inspect` of every container and every
     /proc/<pid>/cmdline and environ inside it (read as the containers' user, which is what a
     job can read) hold neither the Redis nor Flower's password nor a URL with credentials."""
     client = fleet.client

@@ -1,4 +1,4 @@
-"""compose.yaml on a single-node Swarm (issue 4, acceptance 6): `docker stack deploy`, then
+"""compose.yaml on a single-node Swarm: `docker stack deploy`, then
 `fleet scale worker=3 --driver swarm` gives 3 heartbeating nodes."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_stack_deploy_then_scale_to_3_gives_3_heartbeating_nodes(
         assert host.get("ReadonlyRootfs") is True, c.name
         assert [x.upper() for x in host.get("CapDrop") or []] in (["ALL"], ["CAP_ALL"]), c.name
         assert c.attrs["Config"]["User"] not in ("", "0", "root"), c.name
-    # issue 14, acceptance 3: no secret in any service spec, container or process of the stack
+    # no secret in any service spec, container or process of the stack
     secrets = {"the Redis password": stack["redis_password"],
                "Flower's password": stack["flower_password"]}
     label = f"com.docker.stack.namespace={STACK}"

@@ -40,7 +40,7 @@ def alive(fleet: Fleet, pid: int) -> bool:
 
 
 def test_a_negative_allocation_no_longer_kills_the_master(fleet: Fleet) -> None:
-    """The issue's one write: a ghost entry with negative amounts on a live node."""
+    """One forged write: a ghost entry with negative amounts on a live node."""
     master = fleet.master()
     fleet.node("node-1", cpus=1.0)
     incarnation = registry.live_reports(fleet.r)[0]["incarnation"]
@@ -312,7 +312,7 @@ def test_garbage_in_every_key_kind_kills_no_master_or_worker(fleet: Fleet) -> No
         done = fleet.cli(*args)
         assert done.returncode == 0, (args, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
-    counted = {keys.text(k): int(v) for k, v in fleet.r.hgetall(keys.BAD_RECORDS).items()}
+    counted = {keys.decode(k): int(v) for k, v in fleet.r.hgetall(keys.BAD_RECORDS).items()}
     print(f"bad records counted by the master: {counted}")
     assert counted.get("alloc", 0) > 0 and counted.get("job", 0) > 0, counted
     scraped = read_snapshot(fleet.r)  # the exporter reads every job record, garbage included

@@ -1,4 +1,4 @@
-"""The dispatch path made cheap (issue 7) keeps its promises: what a short job reports is
+"""The cheap dispatch path keeps its promises: what a short job reports is
 recorded with its outcome, and a long blocked head of the line does not keep a job that fits
 from running. Real Redis, master and worker processes.
 """

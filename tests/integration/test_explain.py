@@ -1,4 +1,4 @@
-"""Issue 3, acceptance 6: `fleet explain JOB` says why a job waits, and how a placed one was chosen.
+"""`fleet explain JOB` says why a job waits, and how a placed one was chosen.
 
 Real Redis, master and worker nodes; the real `fleet` command line.
 """

@@ -1,4 +1,4 @@
-"""Self-fencing nodes (DESIGN.md, invariant 8; issue 14, acceptance 4), for real.
+"""Self-fencing nodes (DESIGN.md, invariant 8), for real.
 
 A job witnesses its own steps in a file outside fleet. Its node is cut off for 30 s three
 ways: its worker SIGSTOPped, every process of the node SIGSTOPped, Redis unreachable from it

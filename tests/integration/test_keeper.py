@@ -1,5 +1,5 @@
-"""`fleet up` supervises what it started, `fleet down` stops everything of the fleet (issue 14,
-acceptance 6; item 7's leftovers). Real CLI, real processes, FLEET_HOME in a temporary folder."""
+"""`fleet up` supervises what it started, `fleet down` stops everything of the fleet and leaves
+nothing behind. Real CLI, real processes, FLEET_HOME in a temporary folder."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import redis
 
 from fleet.store import keys
 from fleet.client import Client
-from fleet.settings import SECRET_ENV, Settings, read_state
+from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import read_state
 from tests.integration.procscan import read_proc
 from tests.integration.support import eventually
 
@@ -117,7 +118,7 @@ def test_a_sigkilled_redis_is_restarted_on_its_aof_and_the_fleet_serves_on(home:
 
 
 def test_fleet_down_stops_processes_no_state_file_recorded(home: Path) -> None:
-    """Item 7: a Redis restarted by hand and a master started with `fleet master`, after the
+    """A Redis restarted by hand and a master started with `fleet master`, after the
     keeper itself was killed, are not in the state file; `fleet down` stops them too."""
     from fleet.drivers.redis_server import find_redis_server
 

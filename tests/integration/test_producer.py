@@ -99,7 +99,7 @@ def test_a_producer_may_submit_read_and_cancel_and_redis_refuses_every_other_wri
                             "params": {"lines": 3, "interval": 0.01}})
     final = client.wait(job_id, timeout=60)
     assert final["state"] == "SUCCEEDED"
-    assert keys.text(fleet.r.hget(keys.job(job_id), "submitted_by")) == "default"
+    assert keys.decode(fleet.r.hget(keys.job(job_id), "submitted_by")) == "default"
     assert job_id in [j["id"] for j in client.jobs()]
     assert [n["node"] for n in client.nodes()] == ["node-1"]
     assert client.master_status()["up"] is True  # it may read whether a master leads
@@ -124,7 +124,7 @@ def test_a_producer_may_submit_read_and_cancel_and_redis_refuses_every_other_wri
     with pytest.raises(FleetError, match="only that producer or the operator"):
         client.cancel(operators)
 
-    # Every direct write of the items 1 and 2, refused by Redis itself.
+    # Every direct write a producer could forge a job's life with, refused by Redis itself.
     alloc = keys.node_alloc("node-1")
     assert fleet.r.hexists(alloc, operators)
     forged = json.dumps({"attempt": 1, "incarnation": "x", "cpus_m": -4000,
@@ -206,7 +206,7 @@ def test_bad_intake_entries_fail_their_job_or_are_counted_and_the_fleet_serves_o
     producer.xadd(stream, {"op": "submit", "job_id": "sneaky-00000006", "spec": sneaky,
                            "submitted_by": "operator"})
     assert client.wait("sneaky-00000006", timeout=60)["state"] == "SUCCEEDED"
-    assert keys.text(fleet.r.hget(keys.job("sneaky-00000006"), "submitted_by")) == "default"
+    assert keys.decode(fleet.r.hget(keys.job("sneaky-00000006"), "submitted_by")) == "default"
     assert fleet.r.xlen(stream) == 0  # applied entries are trimmed
     assert all(fleet.driver.procs[p].poll() is None for p in fleet.masters)
 
@@ -265,7 +265,7 @@ def test_a_server_without_acl_selectors_gets_no_producer_credential(tmp_path: Pa
         assert server.producer_url is None
         assert server.no_producer and "cannot make keys read-only" in server.no_producer
         acl_users = server.client().acl_users()
-        assert [keys.text(u) for u in acl_users] == ["default"]
+        assert [keys.decode(u) for u in acl_users] == ["default"]
     finally:
         server.stop()
     env = {**os.environ, "FLEET_HOME": str(tmp_path / "home"), "FLEET_REDIS_SERVER": wheel}

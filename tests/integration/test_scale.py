@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from fleet.client import Client
-from fleet.settings import Settings, read_state
+from fleet.settings import Settings
+from fleet.statefile import read_state
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""No secret on any argv or in any environment a job can read (issue 14, acceptance 3).
+"""No secret on any argv or in any environment a job can read.
 
 A real fleet started by the real CLI (`fleet up --detach`: keeper, Redis, master, 2 nodes,
 Flower, exporter) with a job running; then every /proc/<pid>/cmdline and /proc/<pid>/environ is
@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from fleet.client import Client
-from fleet.settings import SECRET_ENV, Settings, read_state
+from fleet.settings import SECRET_ENV, Settings
+from fleet.statefile import read_state
 from tests.integration import procscan
 from tests.integration.support import REPO, eventually
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fleet.private import private_dir
-from fleet.settings import Settings, write_state
+from fleet.settings import Settings
+from fleet.statefile import write_state
 
 
 def mode(path: Path) -> int:

@@ -29,7 +29,7 @@ def with_(base: dict, **fields) -> dict:
     return {**base, **fields}
 
 
-# -- allocations: the record the one write crashed every master with ----------------
+# -- allocations: a forged record with negative amounts must not crash the master ------------
 def test_a_well_formed_allocation_reads_back_as_integers() -> None:
     assert records.alloc_entry(json.dumps(ALLOC).encode()) == ALLOC
     # Lua's cjson writes big integers in exponent form
@@ -38,7 +38,7 @@ def test_a_well_formed_allocation_reads_back_as_integers() -> None:
 
 
 @pytest.mark.parametrize("raw, field", [
-    (json.dumps(with_(ALLOC, cpus_m=-4000, memory=-8589934592)), "cpus_m"),  # the write
+    (json.dumps(with_(ALLOC, cpus_m=-4000, memory=-8589934592)), "cpus_m"),  # the forged ghost entry
     (json.dumps(with_(ALLOC, memory=-1)), "memory"),
     (json.dumps(with_(ALLOC, cpus_m=10**30)), "cpus_m"),
     (json.dumps(with_(ALLOC, cpus_m=1.5)), "cpus_m"),

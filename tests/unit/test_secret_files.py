@@ -10,6 +10,7 @@ import pytest
 from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
 from fleet.settings import Settings
+from fleet.statefile import redis_url
 
 
 def test_a_secret_file_is_0600_in_a_0700_folder(tmp_path: Path) -> None:
@@ -25,10 +26,10 @@ def test_the_url_comes_from_the_file_the_variable_names(tmp_path: Path,
     url_file = write_secret(tmp_path / "url", "redis://:pw@127.0.0.1:6379/0")
     monkeypatch.delenv("FLEET_REDIS_URL", raising=False)
     monkeypatch.setenv("FLEET_REDIS_URL_FILE", str(url_file))
-    assert Settings(home=tmp_path).resolved_redis_url() == "redis://:pw@127.0.0.1:6379/0"
+    assert redis_url(Settings(home=tmp_path)) == "redis://:pw@127.0.0.1:6379/0"
     monkeypatch.setenv("FLEET_REDIS_URL_FILE", str(tmp_path / "missing"))
     with pytest.raises(FleetError) as err:
-        Settings(home=tmp_path).resolved_redis_url()
+        redis_url(Settings(home=tmp_path))
     assert str(err.value).startswith("FLEET_REDIS_URL_FILE: cannot read")
     assert "\n" not in str(err.value)
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import SpecError
+from fleet.placement import POLICIES
 from fleet.spec import (
-    POLICY_NAMES,
     JobSpec,
     apply_overrides,
     check_entrypoint,
@@ -89,7 +89,7 @@ def test_memory_accepts_sizes_and_bytes(memory: Any, expected: int) -> None:
     assert parse(with_value("resources.memory", memory)).resources.memory == expected
 
 
-@pytest.mark.parametrize("policy", POLICY_NAMES)
+@pytest.mark.parametrize("policy", POLICIES)
 def test_every_placement_policy_is_accepted(policy: str) -> None:
     assert parse(with_value("policy", policy)).policy == policy
 

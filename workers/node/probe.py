@@ -214,8 +214,8 @@ class TreeMemory:
 
     Finding the descendants means reading the stat file of every process on the machine
     (psutil's children(); /proc/PID/task/*/children is not in every kernel): ~1 ms with 80
-    processes, more on a busy host, and it ran five times a second on the job's own core
-    (issue 7). So the tree is found again only every `rescan_s`; in between, each tick reads
+    processes, more on a busy host, and five times a second on the job's own core that is
+    the job's time. So the tree is found again only every `rescan_s`; in between, each tick reads
     the memory of the members already known (one /proc read each). A child the job starts is
     counted from the next rescan on.
     """

@@ -34,7 +34,7 @@ if final == 'FAILURE' then
     redis.call('HSET', K.job, 'state', 'PENDING', 'node', '', 'incarnation', '',
       'updated_at', now, 'not_before', tonumber(now) + delay,
       'waiting', 'retrying after ' .. A.reason)
-    redis.pcall('ZADD', K.pending, (1000 - (tonumber(j[7]) or 0)) * 1e12 + (tonumber(j[8]) or 0), A.job_id)
+    redis.pcall('ZADD', K.pending, pending_score(j[7], j[8]), A.job_id)
     event(K.events, 'retrying', A.job_id, now, 'attempt', A.attempt, 'reason', A.reason)
     wake(K.wake)
     return {1, 'PENDING'}

@@ -38,6 +38,12 @@ end
 
 local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
 
+-- A pending job's place in line: priority first (higher sooner), then submit order. The master
+-- rebuilds the index with the same formula (fleet.store.jobstore.pending_score).
+local function pending_score(priority, seq)
+  return (1000 - (tonumber(priority) or 0)) * 1e12 + (tonumber(seq) or 0)
+end
+
 local function update_attempt(attempts, n, fields)
   own(attempts, 'hash')
   local rec = decode(redis.call('HGET', attempts, tostring(n))) or {}

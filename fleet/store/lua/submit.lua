@@ -9,7 +9,7 @@ redis.call('HSET', K.job, 'id', A.job_id, 'seq', seq, 'state', 'PENDING', 'attem
   'priority', A.priority)
 for k, v in pairs(cjson.decode(A.fields)) do redis.call('HSET', K.job, k, v) end
 redis.call('ZADD', K.jobs, A.now, A.job_id)
-redis.call('ZADD', K.pending, (1000 - tonumber(A.priority)) * 1e12 + seq, A.job_id)
+redis.call('ZADD', K.pending, pending_score(A.priority, seq), A.job_id)
 event(K.events, 'submitted', A.job_id, A.now)
 wake(K.wake)
 return seq
