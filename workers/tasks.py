@@ -35,8 +35,9 @@ class TaskPayload(BaseModel):
 
 
 def register(app: Celery, supervisor: Supervisor) -> None:
-    @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def run(self: Task, payload: Any = None, **_: Any) -> dict:
+    @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+        name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run(self: Task, payload: Any = None, **_: Any) -> dict[str, Any]:
         try:
             order = TaskPayload.model_validate(payload)
         except ValidationError as exc:
@@ -49,7 +50,7 @@ def register(app: Celery, supervisor: Supervisor) -> None:
         if order.schema_version > SCHEMA_VERSION:
             return {"discarded": f"unknown schema_version {order.schema_version}"}
 
-        def on_progress(report: dict) -> None:
+        def on_progress(report: dict[str, Any]) -> None:
             meta = {
                 "job": order.job_id, "attempt": order.attempt, "node": order.node,
                 "step": report.get("step"), **(report.get("metrics") or {}),
