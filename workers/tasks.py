@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet.broker import RUN_TASK, SCHEMA_VERSION
 from fleet.entrypoints import is_job_id
-from workers.consumer import dead_letter_record
 from workers.attempt.supervisor import Supervisor
+from workers.consumer import dead_letter_record
 
 
 class TaskPayload(BaseModel):
