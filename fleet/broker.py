@@ -12,6 +12,7 @@ What the defaults buy (see DESIGN.md, "Known traps of Celery on Redis"):
 from __future__ import annotations
 
 import ssl
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery
@@ -59,7 +60,7 @@ def make_app(settings: Settings, redis_url: str | None = None) -> Celery:
     return app
 
 
-def tls_options(url: str) -> dict | None:
+def tls_options(url: str) -> dict[str, Any] | None:
     """kombu's TLS options from a `rediss://...?ssl_cert_reqs=required&ssl_ca_certs=...` URL,
     the form redis-py reads too, so one URL configures every client. None for `redis://`."""
     parts = urlsplit(url)
@@ -67,7 +68,7 @@ def tls_options(url: str) -> dict | None:
         return None
     query = dict(parse_qsl(parts.query))
     reqs = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
-    options: dict = {"ssl_cert_reqs": reqs.get(query.get("ssl_cert_reqs", "required").lower(),
+    options: dict[str, Any] = {"ssl_cert_reqs": reqs.get(query.get("ssl_cert_reqs", "required").lower(),
                                                ssl.CERT_REQUIRED)}
     for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
         if query.get(key):
@@ -75,7 +76,7 @@ def tls_options(url: str) -> dict | None:
     return options
 
 
-def task_payload(job_id: str, attempt: int, node: str, incarnation: str) -> dict:
+def task_payload(job_id: str, attempt: int, node: str, incarnation: str) -> dict[str, Any]:
     """The task's only argument: ids, never code or pickles. Versioned, new fields get defaults."""
     return {
         "schema_version": TASK_VERSION,

@@ -59,7 +59,7 @@ def dead_letter_record(
         log.exception("could not dead-letter a message")
 
 
-class DeadLetterConsumer(Consumer):
+class DeadLetterConsumer(Consumer):  # type: ignore[misc]  # celery is untyped: Consumer is Any
     """Celery's consumer, with refused messages kept instead of dropped."""
 
     def _dead_letters(self) -> redis.Redis:

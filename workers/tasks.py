@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet.broker import RUN_TASK, TASK_VERSION
 from fleet.entrypoints import is_job_id
-from workers.consumer import dead_letter_record
 from workers.attempt.supervisor import Supervisor
+from workers.consumer import dead_letter_record
 
 
 class TaskPayload(BaseModel):
@@ -35,8 +35,9 @@ class TaskPayload(BaseModel):
 
 
 def register(app: Celery, supervisor: Supervisor) -> None:
-    @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def run(self: Task, payload: Any = None, **_: Any) -> dict:
+    @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+        name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run(self: Task, payload: Any = None, **_: Any) -> dict[str, Any]:
         try:
             args = TaskPayload.model_validate(payload)
         except ValidationError as exc:
@@ -49,7 +50,7 @@ def register(app: Celery, supervisor: Supervisor) -> None:
         if args.schema_version > TASK_VERSION:
             return {"discarded": f"unknown schema_version {args.schema_version}"}
 
-        def on_progress(report: dict) -> None:
+        def on_progress(report: dict[str, Any]) -> None:
             meta = {
                 "job": args.job_id, "attempt": args.attempt, "node": args.node,
                 "step": report.get("step"), **(report.get("metrics") or {}),

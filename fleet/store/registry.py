@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from fleet.errors import FleetError
 from fleet.resources import RESERVED, Resources
 from fleet.store import keys, quarantine, records
 from fleet.store.scripts import Script
@@ -22,7 +23,7 @@ from fleet.store.scripts import Script
 HISTORY_CAP = 3600  # load samples kept per node (about an hour at one a second)
 
 
-class NodeIdTaken(Exception):
+class NodeIdTaken(FleetError):
     """Another live incarnation holds this node id (two workers started with one id)."""
 
     def __init__(self, node: str, holder: str) -> None:

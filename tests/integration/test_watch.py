@@ -215,6 +215,9 @@ def test_logs_follow_shows_lines_within_2s_and_they_survive_the_workers_death(fl
     finally:
         follower.terminate()
         follower.wait(10)
+        reader.join(10)  # it has read to the end: the pipe can be closed under no one
+        assert follower.stdout is not None
+        follower.stdout.close()
     followed = [text for _, text in seen]
     after = fleet.cli("logs", job_id, "--attempt", "1")
     assert after.returncode == 0, after.stderr
@@ -397,7 +400,7 @@ def test_events_json_lists_a_jobs_lifecycle_and_top_renders_once(fleet: Fleet) -
     follower = subprocess.Popen([sys.executable, "-m", "fleet", "events", "-f", "--json"],
                                 env=env, stdout=subprocess.PIPE, text=True)
     lines: list[str] = []
-    _collect(follower, lines)
+    collector = _collect(follower, lines)
     time.sleep(1.5)  # let it start following before the job exists
     job_id = fleet.client.submit(job("noop", name="evented"))
     assert fleet.wait_job(job_id, 60)["state"] == "SUCCEEDED"
@@ -418,6 +421,9 @@ def test_events_json_lists_a_jobs_lifecycle_and_top_renders_once(fleet: Fleet) -
     finally:
         follower.terminate()
         follower.wait(10)
+        collector.join(10)  # it has read to the end: the pipe can be closed under no one
+        assert follower.stdout is not None
+        follower.stdout.close()
     assert followed["state"] == "SUCCEEDED"
 
     busy = fleet.client.submit(job("sleep", name="busy", seconds=60, steps=60))

@@ -254,6 +254,8 @@ def test_a_killed_worker_leaves_no_job_behind(tmp_path: Path) -> None:
     finally:
         worker.kill()
         worker.wait(10)
+        assert worker.stdout is not None
+        worker.stdout.close()
     assert eventually_dead(server_pid) and eventually_dead(job_pid)
 
 

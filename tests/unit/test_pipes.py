@@ -44,6 +44,7 @@ def test_a_burst_of_events_is_read_whole_in_order_with_few_wakeups() -> None:
     assert len(batches) <= 1.0 / pipes.READ_GAP_S + 3, len(batches)  # not one per event
     assert proc.returncode == 0
     watched.close()
+    server.close()
 
 
 def test_what_a_killed_job_wrote_during_the_rest_is_still_read() -> None:
@@ -89,6 +90,7 @@ def test_output_flowing_fast_is_read_in_big_chunks_without_waiting_out_a_rest() 
     os.close(events_w)
     os.close(output_w)
     watched.close()
+    server.close()
 
 
 def test_a_line_that_never_ends_is_passed_on_in_pieces() -> None:

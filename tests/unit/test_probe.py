@@ -283,7 +283,7 @@ def test_usage_probe_tree_sees_a_child_burn_cpu_and_grow() -> None:
         assert probe.TreeMemory(child.pid).sample() >= 100 * MIB
     finally:
         child.kill()
-        child.wait()
+        child.communicate()  # waits, and closes the pipes
 
 
 def test_usage_probe_counts_a_child_that_ended_between_samples() -> None:
@@ -311,7 +311,7 @@ def test_tree_memory_of_a_child_and_after_it_is_gone() -> None:
         assert mine.sample() >= before + 90 * MIB  # the new child, found by the rescan
     finally:
         child.kill()
-        child.wait()
+        child.communicate()  # waits, and closes the pipes
     assert theirs.sample() == 0
 
 

@@ -111,7 +111,7 @@ class _EpochHook:
 
 
 def _callback(keras: Any, hook: _EpochHook) -> Any:
-    class FleetCallback(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+    class FleetCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped (Any)
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             if hook.epoch_end(self.model, epoch + 1, logs or {}):
                 self.model.stop_training = True
