@@ -358,11 +358,12 @@ class _SpecLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         """Composing recurses once per level: refuse depth here, before Python's own limit."""
+        peek: Callable[[], Any] = self.peek_event  # typeshed leaves it untyped
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
+            mark = peek().start_mark
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
         if self._depth > MAX_DEPTH:
-            mark = self.peek_event().start_mark
+            mark = peek().start_mark
             raise yaml.composer.ComposerError(
                 None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
         self._depth += 1
