@@ -21,7 +21,8 @@ import redis
 from fleet.store import keys
 from fleet.errors import NotFound
 
-LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (workers/attempt/supervisor.py)
+LOG_LINES_CAP = 5000  # lines the supervisor keeps in Redis per attempt (the file keeps more)
+LOG_NAME = "output.log"
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,14 @@ class LogLine:
     text: str
 
 
+def attempt_dir(artifacts: Path, job_id: str, attempt: int) -> Path:
+    """One attempt's folder in the artifact store: its working directory and its log."""
+    return artifacts / "jobs" / job_id / f"attempt-{attempt}"
+
+
 def log_file(artifacts: Path, job_id: str, attempt: int) -> Path:
     """Where the supervisor writes the full log of one attempt."""
-    return artifacts / "jobs" / job_id / f"attempt-{attempt}" / "output.log"
+    return attempt_dir(artifacts, job_id, attempt) / LOG_NAME
 
 
 def older_half(path: Path) -> Path:
@@ -105,7 +111,7 @@ class JobLogs:
         until the job is terminal and its last lines are read.
 
         Reads the Redis list from the last index seen, so a line is yielded once; past the cap
-        (5000 lines) the list drops its head and following may skip lines: the artifact file
+        (LOG_LINES_CAP lines) the list drops its head and following may skip lines: the artifact file
         keeps more (FLEET_LOG_MAX_BYTES of the newest).
         """
         seen: dict[int, int] = {}

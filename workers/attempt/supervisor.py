@@ -32,6 +32,7 @@ import redis
 from fleet.store import keys
 from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
+from fleet.observe.logs import LOG_LINES_CAP, LOG_NAME, attempt_dir
 from fleet.store.jobstore import JobStore, Outcome
 from fleet.private import private_dir
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
@@ -61,7 +62,6 @@ from workers.attempt.watch import (
 log = logging.getLogger("fleet.supervisor")
 
 TICK_S = 0.2
-LOG_LINES_CAP = 5000  # output lines kept in Redis per attempt (the file keeps more)
 SPILL_BYTES = 4 << 20  # output read past this is written out at once, not at the next tick
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
@@ -206,8 +206,7 @@ class Supervisor:
         attempt = entry.attempt
         cpu_at_start = time.thread_time()  # this thread's CPU: the supervisor's cost per job
         res = spec["resources"]
-        job_dir = self.settings.artifacts_dir / "jobs" / job_id
-        workdir = job_dir / f"attempt-{attempt}"
+        workdir = attempt_dir(self.settings.artifacts_dir, job_id, attempt)
         log_path = _prepare(workdir, self.settings.artifacts_dir)  # a full disk fails here
         order = {
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
@@ -490,7 +489,7 @@ def _prepare(workdir: Path, artifacts: Path) -> Path:
     check the disk has room: a full or read-only disk fails the attempt here, before the job
     starts, with the path named. Returns the log's path."""
     private_dir(workdir, tighten=[artifacts])
-    path = workdir / "output.log"
+    path = workdir / LOG_NAME
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     disk.check_room(workdir)
     return path
