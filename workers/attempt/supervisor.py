@@ -39,7 +39,7 @@ from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
 from fleet.states import EndReason
 from workers import runners
-from workers.node import disk, load
+from workers.node import disk
 from workers.checkpoint import make_private_dir
 from workers.attempt.commits import CheckpointCommits
 from workers.context import Resources
@@ -47,7 +47,8 @@ from workers.node.cores import Pinning
 from workers.process.forkserver import ForkServer, LeaseLapsed
 from workers.attempt.outputlog import OutputLog
 from workers.process.pipes import JobPipes
-from workers.node.probe import TreeMemory, find_cgroup
+from workers.node.cgroup import OomKillCounter
+from workers.node.usage import TreeMemory
 from workers.attempt.watch import (
     CancelWatch,
     MemoryWatch,
@@ -102,7 +103,7 @@ class Supervisor:
         # Job processes see no broker credential; they are forked with the rest of this env.
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         self.forks = ForkServer({**env, "PYTHONUNBUFFERED": "1"})
-        self._oom_counter: list[Callable[[], int | None]] | None = None  # readers, own first
+        self.oom_kills = OomKillCounter()  # the node cgroup's, found at the first job
         self.disk = disk.DiskHealth(settings.artifacts_dir / "jobs")  # the agent reports it
 
     def start(self) -> None:
@@ -219,7 +220,7 @@ class Supervisor:
         given = Resources(cpus=float(res["cpus"]), memory=int(res["memory"]),
                           gpus=int(res.get("gpus", 0)), cpuset=entry.cores, gpu_ids=entry.gpu_ids)
         make_private_dir(commits.root)
-        oom_before = self._oom_kills()
+        oom_before = self.oom_kills.read()
         proc = self._spawn(runners.job_env(given), workdir, json.dumps(order).encode())
         entry.pid = proc.pid
         pipes = JobPipes(proc)
@@ -289,7 +290,7 @@ class Supervisor:
             return Outcome(verdict.reason, verdict.error, final=verdict.final, extra=extra)
         if proc.returncode == 0 and relay.result is not None:
             return Outcome(EndReason.SUCCEEDED, result=relay.result, extra=extra)
-        after = self._oom_kills()
+        after = self.oom_kills.read()
         if proc.returncode == -signal.SIGKILL and None not in (oom_before, after) and after > oom_before:  # type: ignore[operator]
             return Outcome(EndReason.OOM, "OOM: killed by the kernel's OOM killer", extra=extra)
         if proc.server_lost:
@@ -323,20 +324,6 @@ class Supervisor:
         except OSError as exc:
             self.disk.fail(disk.describe(exc))
             return disk.describe(exc)
-        return None
-
-    def _oom_kills(self) -> int | None:
-        """The node cgroup's oom_kill counter. Where to read it is found once: the worker
-        confines itself before its first job and its cgroup does not change after."""
-        if self._oom_counter is None:
-            view = find_cgroup()
-            name = "memory.events" if view is not None and view.version == 2 else "memory.oom_control"
-            self._oom_counter = [] if view is None else [
-                partial(view.read, d, name, load.parse_oom_kill) for d in view.chain("memory")]
-        for read in self._oom_counter:
-            count = read()
-            if count is not None:
-                return count
         return None
 
     def _cancel_requested(self, job_id: str) -> bool:
