@@ -287,7 +287,7 @@ def spawn_cost(repeats: int) -> dict[str, float]:
     """The job process's fixed cost, spawn → result event → exit of the noop job: forked by a
     node's fork server (what fleet does), exec'd as `python -m workers.process.jobproc` (what it did),
     and `python -c pass` (an interpreter's start alone)."""
-    from workers.process.forkserver import ForkServer
+    from workers.process.forkclient import ForkServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-jobproc-"))
     order = {
@@ -374,7 +374,7 @@ def fork_floor(n: int = 500) -> dict[str, float]:
 def import_profile(top: int = 8) -> list[tuple[str, int]]:
     """The biggest cumulative imports of a job process: the fork server's (paid once per node)
     and the noop job's module (paid by every job, after the fork)."""
-    code = ("from workers import forkserver, jobproc; jobproc.preload(); "
+    code = ("from workers.process import forkserver, jobproc; jobproc.preload(); "
             "import workers.jobs.synthetic")
     res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
                          text=True, env=fleet_env())

@@ -44,7 +44,8 @@ from workers.checkpoint import make_private_dir
 from workers.attempt.commits import CheckpointCommits
 from workers.context import Resources
 from workers.node.cores import Pinning
-from workers.process.forkserver import ForkServer, LeaseLapsed
+from workers.process.forkclient import ForkServer, LeaseLapsed
+from workers.process.forkserver import kill_group
 from workers.attempt.outputlog import OutputLog
 from workers.process.pipes import JobPipes
 from workers.node.cgroup import OomKillCounter
@@ -260,15 +261,15 @@ class Supervisor:
                 if verdict is not None:
                     break
             if proc.returncode is None:
-                _kill_group(proc.pid, pipes)
-            _sweep_group(proc.pid)
+                _stop_group(proc.pid, pipes)
+            kill_group(proc.pid)
             pipes.drain(DRAIN_S)
             vitals.now = time.time()
             relay.pump(pipes, vitals, final=True)
             unsent.extend(relay.unsent)
         finally:
             if proc.returncode is None:  # leaving on an error: the job must not outlive us
-                _sweep_group(proc.pid)
+                kill_group(proc.pid)
             relay.close()
             pipes.close()
         vitals.peak_memory = max(vitals.peak_memory, proc.maxrss)
@@ -482,15 +483,7 @@ def _prepare(workdir: Path, artifacts: Path) -> Path:
     return path
 
 
-def _sweep_group(pgid: int) -> None:
-    """Children the job left behind (data loader workers, shells) go with it."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_group(pgid: int, pipes: JobPipes) -> None:
+def _stop_group(pgid: int, pipes: JobPipes) -> None:
     """SIGTERM the job's whole process group, then SIGKILL what is left; its output is read
     meanwhile, so that a job writing as it stops cannot block on a full pipe."""
     for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):

@@ -24,8 +24,9 @@ import json
 import os
 import select
 import time
+from typing import Any
 
-from workers.process.forkserver import JobProcess
+from workers.process.forkclient import JobProcess
 
 READ_GAP_S = 0.2  # the longest rest after a read: a job writing a little, often
 MIN_GAP_S = 0.001  # the shortest: output flowing as fast as the job can write it
@@ -39,7 +40,7 @@ class JobPipes:
 
     def __init__(self, proc: JobProcess) -> None:
         self.proc = proc
-        self._events: list[dict] = []
+        self._events: list[dict[str, Any]] = []
         self._output = bytearray()  # complete lines of output not taken yet
         self._partial: dict[int, bytes] = {proc.events: b"", proc.output: b""}
         self._poll = select.poll()
@@ -146,7 +147,7 @@ class JobPipes:
                 self._events.append(event)
         return rest
 
-    def take(self) -> tuple[bytearray, list[dict]]:
+    def take(self) -> tuple[bytearray, list[dict[str, Any]]]:
         """The output (complete lines, as written) and the events read since the last call."""
         output, events = self._output, self._events
         self._output, self._events = bytearray(), []
