@@ -171,9 +171,9 @@ class FleetSide:
         return out
 
     def stop(self) -> None:
-        from fleet.drivers.local import stop_children
+        from fleet.drivers.processes import stop_processes
 
-        stop_children(list(self.driver.procs.values()))
+        stop_processes(list(self.driver.procs.values()))
 
 
 class RawSide:
@@ -231,9 +231,9 @@ class RawSide:
                 for i, s in zip(ids, starts, strict=True) if s is not None]
 
     def stop(self) -> None:
-        from fleet.drivers.local import stop_children
+        from fleet.drivers.processes import stop_processes
 
-        stop_children(self.procs)
+        stop_processes(self.procs)
 
 
 # -- measurements ------------------------------------------------------------------------------
