@@ -9,9 +9,9 @@ After a read the pipes rest (only the job's exit is watched meanwhile), for as l
 output pipe takes to fill halfway at the rate it was just filling, between `MIN_GAP_S` and
 `READ_GAP_S` (the shortest after a read that found the pipe full). A training loop that
 reports and checkpoints hundreds of times a second (a few KB/s) gets the long rest, so it does
-not wake the supervisor as often on the job's own core (that cost the job ~1.2% of its time,
-issue 7); a job printing tens of MiB/s gets short rests and 1 MiB reads, so it never waits on a
-full pipe for long (0.2 s after each 64 KiB read held such a job to 0.32 MiB/s, issue 14). What
+not wake the supervisor as often on the job's own core (that cost the job ~1.2% of its time);
+a job printing tens of MiB/s gets short rests and 1 MiB reads, so it never waits on a full pipe
+for long (0.2 s after each 64 KiB read held such a job to 0.32 MiB/s). What
 the job writes meanwhile waits in the kernel's pipe buffer, so nothing is lost even when the job
 is SIGKILLed (its pipes are drained after it ends).
 """
