@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver
@@ -41,6 +40,7 @@ from fleet.drivers.processes import stop_processes
 from fleet.drivers.redis_server import new_server
 from fleet.observe.logs import log_file
 from fleet.settings import Settings
+from fleet.store import keys, registry
 from fleet.units import parse_memory
 
 STEP_LINE = re.compile(r"^step (\d+) attempt (\d+) at ([\d.]+)$")
