@@ -171,9 +171,9 @@ class FleetSide:
         return out
 
     def stop(self) -> None:
-        from fleet.drivers.local import stop_children
+        from fleet.drivers.processes import stop_processes
 
-        stop_children(list(self.driver.procs.values()))
+        stop_processes(list(self.driver.procs.values()))
 
 
 class RawSide:
@@ -231,9 +231,9 @@ class RawSide:
                 for i, s in zip(ids, starts, strict=True) if s is not None]
 
     def stop(self) -> None:
-        from fleet.drivers.local import stop_children
+        from fleet.drivers.processes import stop_processes
 
-        stop_children(self.procs)
+        stop_processes(self.procs)
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def spawn_cost(repeats: int) -> dict[str, float]:
     """The job process's fixed cost, spawn → result event → exit of the noop job: forked by a
     node's fork server (what fleet does), exec'd as `python -m workers.process.jobproc` (what it did),
     and `python -c pass` (an interpreter's start alone)."""
-    from workers.process.forkserver import ForkServer
+    from workers.process.forkclient import ForkServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-jobproc-"))
     order = {
@@ -377,7 +377,7 @@ def fork_floor(n: int = 500) -> dict[str, float]:
 def import_profile(top: int = 8) -> list[tuple[str, int]]:
     """The biggest cumulative imports of a job process: the fork server's (paid once per node)
     and the noop job's module (paid by every job, after the fork)."""
-    code = ("from workers import forkserver, jobproc; jobproc.preload(); "
+    code = ("from workers.process import forkserver, jobproc; jobproc.preload(); "
             "import workers.jobs.synthetic")
     res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
                          text=True, env=fleet_env())

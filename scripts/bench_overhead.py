@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fleet.client import Client
     from fleet.drivers.base import NodeShape
-    from fleet.drivers.local import LocalDriver, stop_children
+    from fleet.drivers.local import LocalDriver
+    from fleet.drivers.processes import stop_processes
     from fleet.drivers.redis_server import new_server
     from fleet.settings import Settings
 
@@ -249,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                 record(k, "direct", direct_core, by_hand)
                 record(k, "fleet", fleet_core, by_fleet)
                 ratios.append(by_fleet["wall_s"] / by_hand["wall_s"])
-                stop_children([driver.procs.pop(node_pid)])  # deregisters: gone from placement
+                stop_processes([driver.procs.pop(node_pid)])  # deregisters: gone from placement
     finally:
-        stop_children(list(driver.procs.values()))
+        stop_processes(list(driver.procs.values()))
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     d = median([r["wall_s"] for r in rows["direct"]])

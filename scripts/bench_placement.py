@@ -236,7 +236,7 @@ def cgroup_ooms(names: list[str]) -> int:
 
 
 def cgroups_writable() -> bool:
-    from workers.node.probe import find_cgroup
+    from workers.node.cgroup import find_cgroup
 
     view = find_cgroup(Path("/"))
     if view is None:

@@ -25,7 +25,8 @@ import redis
 
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
-from fleet.drivers.local import LocalDriver, stop_children
+from fleet.drivers.local import LocalDriver
+from fleet.drivers.processes import stop_processes
 from fleet.drivers.redis_server import new_server
 from fleet.settings import Settings
 from fleet.store import keys, registry
@@ -62,7 +63,7 @@ def main() -> None:
                 rec.set("producer_over_operator", round(medians["producer"] / medians["operator"], 2))
                 rec.note(f"producer/operator median: {rec.doc['producer_over_operator']}x")
         finally:
-            stop_children(list(driver.procs.values()), grace=10)
+            stop_processes(list(driver.procs.values()), grace=10)
             server.stop()
     rec.write()
 

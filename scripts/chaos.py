@@ -26,7 +26,6 @@ import argparse
 import json
 import random
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -34,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver
+from fleet.drivers.processes import stop_processes
 from fleet.drivers.redis_server import new_server
+from fleet.observe.logs import log_file
 from fleet.settings import Settings
+from fleet.store import keys, registry
 from fleet.units import parse_memory
 
 STEP_LINE = re.compile(r"^step (\d+) attempt (\d+) at ([\d.]+)$")
@@ -103,21 +104,11 @@ class LocalChaos:
         self.log.append(f"{time.time():.3f} killed master {pid}")
 
     def _kill(self, pid: int) -> None:
-        proc = self.driver.procs.get(pid)
-        try:
-            import os
-
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc is not None:
-            proc.wait(10)
+        """A crash: SIGKILL, no warm shutdown (reaped when this process started it)."""
+        stop_processes([self.driver.procs.get(pid, pid)], grace=0)
 
     def stop(self) -> None:
-        for proc in self.driver.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(list(self.driver.procs.values()), grace=0)
         self.server.stop()
 
 
@@ -271,7 +262,7 @@ def _witness(settings: Settings, job_id: str, attempts: list[dict]) -> list[dict
     """Per attempt: the node, the first and last logged step time, whether it logged `done`."""
     runs = []
     for a in attempts:
-        log = settings.artifacts_dir / "jobs" / job_id / f"attempt-{a['attempt']}" / "output.log"
+        log = log_file(settings.artifacts_dir, job_id, int(a["attempt"]))
         times, last_step, done, steps = [], 0, False, set()
         for line in log.read_text().splitlines() if log.exists() else []:
             if m := STEP_LINE.match(line):

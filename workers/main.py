@@ -28,7 +28,7 @@ from workers import tasks, transport
 from workers.node.agent import Agent
 from workers.node.confine import confine
 from workers.node.cores import Pinning
-from workers.node.probe import read_capacity
+from workers.node.capacity import read_capacity
 from workers.attempt.supervisor import Supervisor
 
 
@@ -49,7 +49,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=args.loglevel, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from workers.node.load import parse_cpuset
+    from workers.node.parsing import parse_cpuset
 
     if args.cpuset:
         os.sched_setaffinity(0, parse_cpuset(args.cpuset))

@@ -25,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from fleet.drivers.base import NodeShape, UpResult
-from fleet.drivers.local import LocalDriver, stop_children
+from fleet.drivers.local import LocalDriver
+from fleet.drivers.processes import stop_processes
 from fleet.errors import FleetError
 from fleet.settings import SECRET_ENV, Settings
 from fleet.statefile import remove_state
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stop_started(driver: LocalDriver) -> None:
     """Stop what a failed start left running, and its state: nothing half-up stays behind."""
-    stop_children(list(driver.procs.values()), grace=10)
+    stop_processes(list(driver.procs.values()), grace=10)
     if driver.server is not None:
         driver.server.stop()
     remove_state(driver.settings)

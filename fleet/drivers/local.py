@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -27,11 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 from fleet.store import registry
 from fleet.drivers import sweep
+from fleet.drivers.processes import STOP_GRACE_S, alive, stop_processes, wait_exit
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
@@ -42,7 +41,6 @@ from fleet.settings import Settings
 from fleet.statefile import read_state, remove_state, write_state
 from fleet.units import format_cpus
 
-STOP_GRACE_S = 15.0
 FLOWER_USER = "admin"
 
 
@@ -66,7 +64,7 @@ class LocalDriver:
         lock = self.take_lock()
         try:
             state = read_state(self.settings)
-            if state and _alive(state.get("pids", {}).get("redis")):
+            if state and alive(state.get("pids", {}).get("redis")):
                 raise FleetError(f"a fleet is already running (state in "
                                  f"{self.settings.state_file}); `fleet down` first")
             return keeper.start(self.settings, workers, shape, flower=flower, lock_fd=lock)
@@ -133,13 +131,13 @@ class LocalDriver:
                   [pids.get("master"), pids.get("flower"), pids.get("exporter")],
                   [pids.get("redis")]]
         for group in groups:
-            _stop_all([p for p in group if p], STOP_GRACE_S)
+            stop_processes([p for p in group if p], STOP_GRACE_S)
         port = sweep.redis_port(state.get("redis_url"))
         for _ in range(3):  # a process may start one more before it stops
             left = sweep.fleet_processes(self.home, port)
             if not left:
                 break
-            _stop_all(left, STOP_GRACE_S)
+            stop_processes(left, STOP_GRACE_S)
         remove_state(self.settings)
         for secret in self.url_file.parent.glob("*"):
             secret.unlink(missing_ok=True)
@@ -154,7 +152,7 @@ class LocalDriver:
             observed = {
                 node: len((reports.get(node) or {}).get("alloc", {}))
                 for node, pid in procs.items()
-                if _alive(pid) and not (reports.get(node) or {}).get("draining")
+                if alive(pid) and not (reports.get(node) or {}).get("draining")
             }
             plan = plan_scale(target, observed)
             shape = NodeShape(**state["node_shape"])
@@ -162,10 +160,10 @@ class LocalDriver:
                 procs[node] = self.start_node(node, shape, url)
             for node in plan.remove:
                 registry.set_drain(client, node)
-            state["pids"]["nodes"] = {n: p for n, p in procs.items() if _alive(p)}
+            state["pids"]["nodes"] = {n: p for n, p in procs.items() if alive(p)}
         if wait is not None:
             self.wait_for_nodes(set(plan.add), timeout=wait, client=client)
-            _wait_exit([procs[n] for n in plan.remove], wait)
+            wait_exit([procs[n] for n in plan.remove], wait)
         return list(plan.add), list(plan.remove)
 
     def wait_for_nodes(
@@ -276,24 +274,6 @@ class LocalDriver:
                      "flower_password_file": str(secret)}
 
 
-def stop_children(procs: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM processes this process started, then SIGKILL the process group of any that
-    outlive `grace` (a worker's warm shutdown waits for its jobs)."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(5)
-
-
 def _log_tail(path: Any, lines: int = 3) -> str:
     """`; its log (PATH) ends: ...`, the last lines of a log joined on one line, or ''."""
     try:
@@ -301,38 +281,3 @@ def _log_tail(path: Any, lines: int = 3) -> str:
     except OSError:
         return ""
     return f"; its log ({path}) ends: {' | '.join(tail[-lines:])}" if tail else ""
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _wait_exit(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
-
-
-def _stop_all(pids: list[int], grace: float) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for pid in _wait_exit(pids, grace):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

@@ -18,7 +18,8 @@ from typing import Any
 from fleet.store import registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
-from fleet.drivers.local import LocalDriver, stop_children
+from fleet.drivers.local import LocalDriver
+from fleet.drivers.processes import stop_processes
 from fleet.drivers.secret_files import write_secret
 from fleet.drivers.redis_server import RedisServer
 from fleet.settings import SECRET_ENV, Settings
@@ -95,7 +96,7 @@ class Fleet:
 
     # -- teardown ----------------------------------------------------------------------------
     def stop(self) -> None:
-        stop_children(list(self.driver.procs.values()), grace=10)
+        stop_processes(list(self.driver.procs.values()), grace=10)
 
     def log_tails(self, lines: int = 40) -> str:
         out = []

@@ -8,7 +8,7 @@ from typing import Any
 from fleet.settings import Settings
 from workers.node.agent import Agent
 from workers.node.disk import DiskHealth
-from workers.node.load import Capacity, Usage
+from workers.node.parsing import Capacity, Usage
 
 
 class _Redis:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from workers.context import JobContext
-from workers.process.forkserver import ForkServer, JobProcess, LeaseLapsed
+from workers.process.forkclient import ForkServer, JobProcess, LeaseLapsed
 
 
 # -- jobs these tests run (this module is on the orders' allowlist) ------------------------------
@@ -235,7 +235,7 @@ def test_a_killed_worker_leaves_no_job_behind(tmp_path: Path) -> None:
     code = (
         "import json, os, sys, time\n"
         "from pathlib import Path\n"
-        "from workers.process.forkserver import ForkServer\n"
+        "from workers.process.forkclient import ForkServer\n"
         "fs = ForkServer({**os.environ, 'PYTHONUNBUFFERED': '1'})\n"
         "fs.renew(time.monotonic() + 600)\n"
         "job = fs.spawn({}, Path(sys.argv[1]), sys.argv[2].encode())\n"

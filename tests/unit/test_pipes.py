@@ -9,7 +9,7 @@ import socket
 import time
 
 from workers.process import pipes
-from workers.process.forkserver import JobProcess
+from workers.process.forkclient import JobProcess
 
 
 def fake_job() -> tuple[JobProcess, int, int, socket.socket]:

@@ -1,11 +1,12 @@
 """The job supervisor: runs one attempt in its own process group and reports how it ended.
 
 It claims the attempt (fenced: a stale or duplicate delivery is dropped here), has the node's
-fork server start the job process pinned to its cores, relays the job's events to Redis and to
-the Celery task state (so Flower shows progress), keeps its log, runs the watchdogs on every
-tick, and records exactly one outcome. A crash, an OOM or a cancel takes only that job's process
-group, never the node. Its thread blocks on the job's pipes and exit, never on a timer: output
-is read as it comes, the outcome recorded as soon as the process is gone.
+fork server start the job process pinned to its cores, calls its hooks on every tick (the relay
+of events, log and progress in `workers.attempt.relay`; the watchdogs in `workers.attempt.watch`)
+and records exactly one outcome, decided from what it saw by `workers.attempt.outcome`. A crash,
+an OOM or a cancel takes only that job's process group, never the node. Its thread blocks on the
+job's pipes and exit, never on a timer: output is read as it comes, the outcome recorded as soon
+as the process is gone.
 
 Fencing (DESIGN.md, invariant 8): the node's lease is passed on to the fork server
 (`renew_lease`), which kills the jobs of a node that could not renew it; the checkpoints an
@@ -23,32 +24,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
-from fleet.store import keys
 from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
-from fleet.observe.logs import LOG_LINES_CAP, LOG_NAME, attempt_dir
-from fleet.store.jobstore import JobStore, Outcome
+from fleet.observe.logs import LOG_NAME, attempt_dir
 from fleet.private import private_dir
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
-from fleet.states import EndReason
 from fleet.resources import Resources
+from fleet.states import EndReason
+from fleet.store.jobstore import JobStore, Outcome
 from workers import runners
-from workers.node import disk, load
-from workers.checkpoint import make_private_dir
 from workers.attempt.commits import CheckpointCommits
-from workers.context import Allotment
-from workers.node.cores import Pinning
-from workers.process.forkserver import ForkServer, LeaseLapsed
-from workers.attempt.outputlog import OutputLog
-from workers.process.pipes import JobPipes
-from workers.node.probe import TreeMemory, find_cgroup
+from workers.attempt.outcome import Decision, Ending, decide
+from workers.attempt.relay import REDIS_DOWN, CeleryProgress, LogCapture, Relay
 from workers.attempt.watch import (
     CancelWatch,
     MemoryWatch,
@@ -59,18 +52,23 @@ from workers.attempt.watch import (
     Watch,
     first_verdict,
 )
+from workers.checkpoint import make_private_dir
+from workers.context import Allotment
+from workers.node import disk
+from workers.node.cgroup import OomKillCounter
+from workers.node.cores import Pinning
+from workers.node.usage import TreeMemory
+from workers.process.forkclient import ForkServer, JobProcess, LeaseLapsed
+from workers.process.forkserver import kill_group
+from workers.process.pipes import JobPipes
 
 log = logging.getLogger("fleet.supervisor")
 
 TICK_S = 0.2
-SPILL_BYTES = 4 << 20  # output read past this is written out at once, not at the next tick
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
-PROGRESS_TO_CELERY_S = 1.0  # Flower's view of progress: at most this often, and not before
 # A job gets neither a broker credential nor the path of the file that holds one.
 SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE"}
-# Redis away: refused, reset, or silent past the client's socket timeout
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 LEASE_WAIT_S = 0.2  # between tries to start a job while the node's lease is not renewed
 
 
@@ -103,7 +101,7 @@ class Supervisor:
         # Job processes see no broker credential; they are forked with the rest of this env.
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         self.forks = ForkServer({**env, "PYTHONUNBUFFERED": "1"})
-        self._oom_counter: list[Callable[[], int | None]] | None = None  # readers, own first
+        self.oom_kills = OomKillCounter()  # the node cgroup's, found at the first job
         self.disk = disk.DiskHealth(settings.artifacts_dir / "jobs")  # the agent reports it
 
     def start(self) -> None:
@@ -125,7 +123,9 @@ class Supervisor:
             return list(self.running.values())
 
     # -- one attempt -------------------------------------------------------------------------
-    def run(self, payload: dict[str, Any], on_progress: Callable[[dict], None] | None = None) -> dict:
+    def run(
+        self, payload: dict[str, Any], on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Run the attempt a task names; returns a small JSON summary for the Celery result."""
         job_id, attempt = str(payload["job_id"]), int(payload["attempt"])
         if payload.get("node") != self.node or payload.get("incarnation") != self.incarnation:
@@ -154,7 +154,7 @@ class Supervisor:
         entry = Running(job_id, attempt, cores, gpu_ids)
         with self._lock:
             self.running[job_id] = entry
-        unsent: list[dict] = []
+        unsent: list[dict[str, Any]] = []
         try:
             outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits)
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
@@ -177,9 +177,9 @@ class Supervisor:
         return Outcome(EndReason.WORKER_LOST, error=f"supervisor error: {exc}")
 
     def _record(
-        self, job_id: str, attempt: int, outcome: Outcome, progress: list[dict] | None = None,
-        commits: CheckpointCommits | None = None,
-    ) -> dict:
+        self, job_id: str, attempt: int, outcome: Outcome,
+        progress: list[dict[str, Any]] | None = None, commits: CheckpointCommits | None = None,
+    ) -> dict[str, Any]:
         """Record the outcome (and the progress reports and checkpoint not sent yet), waiting
         out a Redis outage: an outcome is never dropped. Retried soon after Redis is back (at
         most 2 s apart): until it is recorded, a node lost meanwhile makes the job run again."""
@@ -199,8 +199,9 @@ class Supervisor:
                 "applied": applied, "state": state}
 
     def _run_process(
-        self, job_id: str, spec: dict, entry: Running, on_progress: Callable[[dict], None] | None,
-        unsent: list[dict], commits: CheckpointCommits,
+        self, job_id: str, spec: dict[str, Any], entry: Running,
+        on_progress: Callable[[dict[str, Any]], None] | None, unsent: list[dict[str, Any]],
+        commits: CheckpointCommits,
     ) -> Outcome:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
@@ -219,7 +220,7 @@ class Supervisor:
         }
         given = Allotment.from_order(order["resources"])
         make_private_dir(commits.root)
-        oom_before = self._oom_kills()
+        oom_before = self.oom_kills.read()
         proc = self._spawn(runners.job_env(given), workdir, json.dumps(order).encode())
         entry.pid = proc.pid
         pipes = JobPipes(proc)
@@ -233,74 +234,50 @@ class Supervisor:
             watches.append(StallWatch(float(spec["stall_timeout"])))
         now = time.time()
         vitals = Vitals(now=now, started_at=now, last_report_at=now, memory=0, peak_memory=0)
-        relay = _Relay(self, job_id, attempt, log_path, on_progress, now, commits)
-        verdict: Verdict | None = None
-        superseded = disk_stop = False
+        capture = LogCapture(self.r, job_id, attempt, log_path, self.settings.log_max_bytes)
+        relay = Relay(self.store, job_id, attempt, capture, CeleryProgress(on_progress, now),
+                      commits)
         try:
-            next_tick = time.monotonic() + TICK_S
-            # Blocks until the job exits, it writes something, or the next tick is due.
-            while pipes.wait(max(0.0, next_tick - time.monotonic())) is None:
-                if time.monotonic() < next_tick:
-                    relay.spill(pipes)  # output flowing fast is written as it comes
-                    continue
-                next_tick = time.monotonic() + TICK_S
-                vitals.now = time.time()
-                vitals.memory = memory.sample()
-                vitals.peak_memory = max(vitals.peak_memory, vitals.memory)
-                if relay.pump(pipes, vitals):
-                    entry.step = relay.step
-                if relay.superseded:
-                    superseded = True
-                    break
-                if relay.disk_error is not None:  # its output cannot be kept: stop it
-                    disk_stop = True
-                    break
-                verdict = first_verdict(watches, vitals)
-                if verdict is not None:
-                    break
+            stop = _tick_until_exit(pipes, relay, memory, watches, vitals, entry)
             if proc.returncode is None:
-                _kill_group(proc.pid, pipes)
-            _sweep_group(proc.pid)
+                _stop_group(proc.pid, pipes)
+            kill_group(proc.pid)
             pipes.drain(DRAIN_S)
             vitals.now = time.time()
             relay.pump(pipes, vitals, final=True)
             unsent.extend(relay.unsent)
         finally:
             if proc.returncode is None:  # leaving on an error: the job must not outlive us
-                _sweep_group(proc.pid)
-            relay.close()
+                kill_group(proc.pid)
+            capture.close()
             pipes.close()
         vitals.peak_memory = max(vitals.peak_memory, proc.maxrss)
         extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid,
                  "supervisor_cpu": round(time.thread_time() - cpu_at_start, 3)}
-        if superseded:
-            return Outcome(EndReason.NODE_LOST, error="attempt superseded", extra=extra)
-        if proc.fenced:
+        decision = decide(Ending(
+            returncode=proc.returncode, result=relay.result, job_error=relay.error,
+            superseded=stop.superseded, fenced=proc.fenced, verdict=stop.verdict,
+            log_disk_error=capture.disk_error, stopped_for_disk=stop.for_disk,
+            server_lost=proc.server_lost, oom_kills_before=oom_before,
+            oom_kills_now=self.oom_kills.read, disk_fault=self._disk_fault,
+        ))
+        return self._outcome(job_id, attempt, decision, extra)
+
+    def _outcome(
+        self, job_id: str, attempt: int, decision: Decision, extra: dict[str, Any],
+    ) -> Outcome:
+        """Act on the decision: the node's disk told, the record's extra fields completed."""
+        for fault in decision.disk_faults:
+            self.disk.fail(fault)
+        if decision.row == "fenced":
             log.warning("%s attempt %s stopped: this node's lease ran out under it", job_id,
                         attempt)
-            return Outcome(EndReason.NODE_LOST, extra=extra,
-                           error="fenced: the node could not renew its lease in time")
-        if relay.disk_error is not None:
-            self.disk.fail(relay.disk_error)
-            if disk_stop:
-                return Outcome(EndReason.DISK, relay.disk_error, extra=extra)
-            extra["log_error"] = relay.disk_error  # the job was over: its own outcome stands
-        if verdict is not None:
-            return Outcome(verdict.reason, verdict.error, final=verdict.final, extra=extra)
-        if proc.returncode == 0 and relay.result is not None:
-            return Outcome(EndReason.SUCCEEDED, result=relay.result, extra=extra)
-        after = self._oom_kills()
-        if proc.returncode == -signal.SIGKILL and None not in (oom_before, after) and after > oom_before:  # type: ignore[operator]
-            return Outcome(EndReason.OOM, "OOM: killed by the kernel's OOM killer", extra=extra)
-        if proc.server_lost:
-            return Outcome(EndReason.WORKER_LOST, "the node's fork server died under the job",
-                           extra=extra)
-        error = relay.error or f"exited with code {proc.returncode}"
-        if (failed := self._disk_failed(error)) is not None:
-            return Outcome(EndReason.DISK, f"{failed} (the job: {error})", extra=extra)
-        return Outcome(EndReason.ERROR, error, extra=extra)
+        if decision.log_error is not None:
+            extra["log_error"] = decision.log_error  # the job was over: its own outcome stands
+        return Outcome(decision.reason, decision.error, result=decision.result,
+                       final=decision.final, extra=extra)
 
-    def _spawn(self, env: dict[str, str], workdir: Path, order: bytes) -> Any:
+    def _spawn(self, env: dict[str, str], workdir: Path, order: bytes) -> JobProcess:
         """Have the fork server start the job; while the node's lease is not renewed it starts
         none, so wait up to one heartbeat TTL for a renewal (LeaseLapsed past that)."""
         deadline = time.monotonic() + self.settings.heartbeat_ttl
@@ -312,31 +289,12 @@ class Supervisor:
                     raise
                 time.sleep(LEASE_WAIT_S)
 
-    def _disk_failed(self, error: str) -> str | None:
-        """When a job died of a disk errno (`OSError: [Errno 28] ...`, e.g. writing its
-        checkpoint) and the node's artifact disk is indeed full or read-only: what is wrong
-        with the disk (the node is marked unhealthy). None for the job's own error."""
-        if disk.errno_in(error) is None:
-            return None
+    def _disk_fault(self) -> str | None:
+        """What is wrong with the node's artifact disk now (full or read-only), else None."""
         try:
             disk.check_room(self.disk.directory)
         except OSError as exc:
-            self.disk.fail(disk.describe(exc))
             return disk.describe(exc)
-        return None
-
-    def _oom_kills(self) -> int | None:
-        """The node cgroup's oom_kill counter. Where to read it is found once: the worker
-        confines itself before its first job and its cgroup does not change after."""
-        if self._oom_counter is None:
-            view = find_cgroup()
-            name = "memory.events" if view is not None and view.version == 2 else "memory.oom_control"
-            self._oom_counter = [] if view is None else [
-                partial(view.read, d, name, load.parse_oom_kill) for d in view.chain("memory")]
-        for read in self._oom_counter:
-            count = read()
-            if count is not None:
-                return count
         return None
 
     def _cancel_requested(self, job_id: str) -> bool:
@@ -346,142 +304,39 @@ class Supervisor:
             return False
 
 
-class _Relay:
-    """Moves a job's events and output to Redis (fenced), the log file and Celery.
+class _Stop(NamedTuple):
+    """Why the supervisor stopped a job that still ran (all false: it exited on its own)."""
 
-    Output goes to the file as the bytes the job wrote (capped, see workers.attempt.outputlog) and to
-    Redis as lines, only the last LOG_LINES_CAP of each batch (the list keeps no more): a job
-    printing a GiB costs a write per MiB and one split of its tail, not a call per line. A
-    disk error on the file is kept in `disk_error`, named, and the file is no more written.
-    """
-
-    def __init__(
-        self, sup: Supervisor, job_id: str, attempt: int, log_path: Path,
-        on_progress: Callable[[dict], None] | None, started: float,
-        commits: CheckpointCommits | None = None,
-    ) -> None:
-        self.sup, self.job_id, self.attempt = sup, job_id, attempt
-        self.commits = commits
-        self.log_path = log_path
-        self.log_file: OutputLog | None = None  # opened with the first output
-        self.disk_error: str | None = None
-        self.on_progress = on_progress
-        self.result: dict | None = None
-        self.error: str | None = None
-        self.step: int | None = None
-        self.superseded = False
-        self.unsent: list[dict] = []  # the final pump's progress, left for finish.lua
-        self._last_celery = started  # a job over within a second shows no progress in Flower
-        self._latest: dict | None = None
-        self._tail = bytearray()  # output written to the file, its last lines not yet to Redis
-
-    def pump(self, pipes: JobPipes, vitals: Vitals, final: bool = False) -> bool:
-        """Relay what arrived; True when progress moved. The progress of the `final` pump
-        (the job has ended) is kept in `unsent`, to be recorded with the outcome."""
-        moved = False
-        reports: list[dict] = []
-        logged: list[str] = []
-        output, events = pipes.take()
-        for event in events:
-            kind = event.get("type")
-            if kind == "progress":
-                self.step = int(event.get("step", 0))
-                vitals.last_report_at = vitals.now
-                self._latest = {**event, "attempt": self.attempt}
-                reports.append(self._latest)
-                moved = True
-            elif kind == "resumed":
-                self._write(partial(self.sup.store.progress, self.job_id, self.attempt, event,
-                                    kind="resumed"))
-            elif kind == "result":
-                self.result = event.get("result") or {}
-            elif kind == "error":
-                self.error = str(event.get("error"))
-            elif kind == "log":
-                logged.append(str(event.get("message", "")))
-            elif kind == "checkpoint" and self.commits is not None:
-                self.commits.announce(event.get("step"))
-        if self.commits is not None and self.commits.pending is not None:
-            self._write(self.commits.flush)  # before the progress that came after it
-        if reports and final:
-            self.unsent.extend(reports)
-        elif reports:
-            self._write(partial(self.sup.store.progress_many, self.job_id, self.attempt, reports))
-        if logged:
-            output += ("\n".join(logged) + "\n").encode(errors="replace")
-        self._output(output)
-        if self._tail:
-            self._write_lines(_last_lines(self._tail, LOG_LINES_CAP))
-            self._tail = bytearray()
-        if (self._latest and self.on_progress and not final
-                and vitals.now - self._last_celery >= PROGRESS_TO_CELERY_S):
-            self._last_celery = vitals.now
-            try:
-                self.on_progress(self._latest)
-            except Exception:  # Flower's view is best effort; the record is in fleet's keys
-                log.debug("celery progress update failed", exc_info=True)
-        return moved
-
-    def spill(self, pipes: JobPipes) -> None:
-        """Between ticks: write out the output read so far once it is big, so a fast job's
-        output is never held long in memory. Events, and the lines for Redis, wait for the
-        tick (only the tail of what was spilled is kept for it)."""
-        if pipes.backlog >= SPILL_BYTES:
-            self._output(pipes.take_output())
-            self._tail = self._tail[_tail_start(self._tail, LOG_LINES_CAP):]
-
-    def _output(self, data: bytes | bytearray) -> None:
-        """To the file, and to the tail that goes to Redis at the tick."""
-        if not data:
-            return
-        self._tail += data
-        if self.disk_error is None:
-            try:
-                if self.log_file is None:
-                    self.log_file = OutputLog(self.log_path, self.sup.settings.log_max_bytes)
-                self.log_file.write(data)
-            except OSError as exc:
-                if not disk.is_disk_error(exc):
-                    raise
-                self.disk_error = disk.describe(exc, self.log_path)
-                self.close()
-
-    def _write(self, op: Callable[[], bool]) -> None:
-        try:
-            if not op():
-                self.superseded = True
-        except REDIS_DOWN:
-            pass  # progress is advisory while Redis is away; the outcome is retried
-
-    def _write_lines(self, batch: list[str]) -> None:
-        key = keys.job_logs(self.job_id, self.attempt)
-        try:
-            pipe = self.sup.r.pipeline(transaction=False)
-            pipe.rpush(key, *batch)
-            pipe.ltrim(key, -LOG_LINES_CAP, -1)
-            pipe.execute()
-        except REDIS_DOWN:
-            pass  # the log file keeps them
-        except redis.exceptions.ResponseError as exc:  # e.g. a logs key of the wrong type
-            log.warning("log lines of %s not kept in redis: %s", self.job_id, exc)
-
-    def close(self) -> None:
-        log_file, self.log_file = self.log_file, None
-        if log_file is not None:
-            log_file.close()
+    superseded: bool = False
+    for_disk: bool = False
+    verdict: Verdict | None = None
 
 
-def _tail_start(data: bytes | bytearray, n: int) -> int:
-    """Where the last `n` lines of `data` (complete lines) begin."""
-    parts = data.rsplit(b"\n", n + 1)
-    return len(parts[0]) + 1 if len(parts) == n + 2 else 0
-
-
-def _last_lines(data: bytes | bytearray, n: int) -> list[str]:
-    """The last `n` lines of `data` (complete lines, each ending in a newline), decoded: a
-    split from the right, so its cost is the tail's, whatever came before."""
-    parts = data.rsplit(b"\n", n + 1)[:-1]  # after the last newline: nothing
-    return [p.decode(errors="replace") for p in parts[-n:]]
+def _tick_until_exit(
+    pipes: JobPipes, relay: Relay, memory: TreeMemory, watches: list[Watch], vitals: Vitals,
+    entry: Running,
+) -> _Stop:
+    """Relay and watch the job on every tick until it exits or must be stopped."""
+    next_tick = time.monotonic() + TICK_S
+    # Blocks until the job exits, it writes something, or the next tick is due.
+    while pipes.wait(max(0.0, next_tick - time.monotonic())) is None:
+        if time.monotonic() < next_tick:
+            relay.capture.spill(pipes)  # output flowing fast is written as it comes
+            continue
+        next_tick = time.monotonic() + TICK_S
+        vitals.now = time.time()
+        vitals.memory = memory.sample()
+        vitals.peak_memory = max(vitals.peak_memory, vitals.memory)
+        if relay.pump(pipes, vitals):
+            entry.step = relay.step
+        if relay.superseded:
+            return _Stop(superseded=True)
+        if relay.capture.disk_error is not None:  # its output cannot be kept: stop it
+            return _Stop(for_disk=True)
+        verdict = first_verdict(watches, vitals)
+        if verdict is not None:
+            return _Stop(verdict=verdict)
+    return _Stop()
 
 
 def _prepare(workdir: Path, artifacts: Path) -> Path:
@@ -495,15 +350,7 @@ def _prepare(workdir: Path, artifacts: Path) -> Path:
     return path
 
 
-def _sweep_group(pgid: int) -> None:
-    """Children the job left behind (data loader workers, shells) go with it."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_group(pgid: int, pipes: JobPipes) -> None:
+def _stop_group(pgid: int, pipes: JobPipes) -> None:
     """SIGTERM the job's whole process group, then SIGKILL what is left; its output is read
     meanwhile, so that a job writing as it stops cannot block on a full pipe."""
     for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):

@@ -25,8 +25,8 @@ from fleet.errors import FleetError
 from fleet.resources import NAMES
 from fleet.settings import Settings
 from workers.attempt import fence
-from workers.node.load import Capacity
-from workers.node.probe import UsageProbe
+from workers.node.parsing import Capacity
+from workers.node.usage import UsageProbe
 from workers.attempt.supervisor import Supervisor
 
 log = logging.getLogger("fleet.agent")

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from workers.node.probe import find_cgroup
+from workers.node.cgroup import find_cgroup
 
 log = logging.getLogger("fleet.confine")
 

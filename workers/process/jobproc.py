@@ -101,7 +101,7 @@ def main() -> int:
     out = os.fdopen(int(os.environ[EVENT_FD_ENV]), "w", buffering=1)
     lock = threading.Lock()
 
-    def emit(event: dict) -> None:
+    def emit(event: dict[str, Any]) -> None:
         line = json.dumps(event, default=float)
         with lock:
             out.write(line + "\n")

@@ -9,9 +9,9 @@ After a read the pipes rest (only the job's exit is watched meanwhile), for as l
 output pipe takes to fill halfway at the rate it was just filling, between `MIN_GAP_S` and
 `READ_GAP_S` (the shortest after a read that found the pipe full). A training loop that
 reports and checkpoints hundreds of times a second (a few KB/s) gets the long rest, so it does
-not wake the supervisor as often on the job's own core (waking it on every write cost the job
-~1.2% of its time); a job printing tens of MiB/s gets short rests and 1 MiB reads, so it never
-waits on a full pipe for long (0.2 s after each 64 KiB read would hold it to 0.32 MiB/s). What
+not wake the supervisor as often on the job's own core (that cost the job ~1.2% of its time);
+a job printing tens of MiB/s gets short rests and 1 MiB reads, so it never waits on a full pipe
+for long (0.2 s after each 64 KiB read held such a job to 0.32 MiB/s). What
 the job writes meanwhile waits in the kernel's pipe buffer, so nothing is lost even when the job
 is SIGKILLed (its pipes are drained after it ends).
 """
@@ -24,8 +24,9 @@ import json
 import os
 import select
 import time
+from typing import Any
 
-from workers.process.forkserver import JobProcess
+from workers.process.forkclient import JobProcess
 
 READ_GAP_S = 0.2  # the longest rest after a read: a job writing a little, often
 MIN_GAP_S = 0.001  # the shortest: output flowing as fast as the job can write it
@@ -39,7 +40,7 @@ class JobPipes:
 
     def __init__(self, proc: JobProcess) -> None:
         self.proc = proc
-        self._events: list[dict] = []
+        self._events: list[dict[str, Any]] = []
         self._output = bytearray()  # complete lines of output not taken yet
         self._partial: dict[int, bytes] = {proc.events: b"", proc.output: b""}
         self._poll = select.poll()
@@ -146,7 +147,7 @@ class JobPipes:
                 self._events.append(event)
         return rest
 
-    def take(self) -> tuple[bytearray, list[dict]]:
+    def take(self) -> tuple[bytearray, list[dict[str, Any]]]:
         """The output (complete lines, as written) and the events read since the last call."""
         output, events = self._output, self._events
         self._output, self._events = bytearray(), []

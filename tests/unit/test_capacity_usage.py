@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.node import load, probe
+from workers.node import capacity as node_capacity
+from workers.node import cgroup, parsing, usage
+from workers.node import gpus as node_gpus
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cgroup"
 GIB, MIB = 2**30, 2**20
@@ -21,14 +23,14 @@ HOST_CPUS, HOST_MEMORY = 64, 256 * GIB  # a fixture tree's host: bigger than any
 @pytest.fixture
 def fake_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fixture trees describe some other machine: pin the host and its GPUs to known values."""
-    monkeypatch.setattr(probe, "host_resources", lambda: (HOST_CPUS, HOST_MEMORY))
-    monkeypatch.setattr(probe, "read_gpus", lambda: ([], "none (test)"))
+    monkeypatch.setattr(node_capacity, "host_resources", lambda: (HOST_CPUS, HOST_MEMORY))
+    monkeypatch.setattr(node_gpus, "read_gpus", lambda: ([], "none (test)"))
 
 
-def capacity(tree: str | Path, **kw: object) -> load.Capacity:
+def capacity(tree: str | Path, **kw: object) -> parsing.Capacity:
     root = tree if isinstance(tree, Path) else FIXTURES / tree
     kw.setdefault("affinity", ())
-    return probe.read_capacity(root=root, **kw)  # type: ignore[arg-type]
+    return node_capacity.read_capacity(root=root, **kw)  # type: ignore[arg-type]
 
 
 # read_capacity on fixture trees
@@ -143,8 +145,8 @@ def test_unreadable_and_malformed_files_fall_back_and_are_recorded(tmp_path: Pat
 
 
 def test_gpus_counted_in_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
-    gpus = load.parse_nvidia_smi((FIXTURES / "nvidia-smi.csv").read_text())
-    monkeypatch.setattr(probe, "read_gpus", lambda: (gpus, "nvidia-smi"))
+    gpus = parsing.parse_nvidia_smi((FIXTURES / "nvidia-smi.csv").read_text())
+    monkeypatch.setattr(node_gpus, "read_gpus", lambda: (gpus, "nvidia-smi"))
     cap = capacity("v2")
     assert (cap.gpus, cap.gpu_memory, cap.source["gpus"]) == (3, 81559 * MIB, "nvidia-smi")
 
@@ -170,27 +172,27 @@ def write_script(path: Path, body: str) -> None:
 
 def test_read_gpus_parses_nvidia_smi(fake_smi: Path) -> None:
     write_script(fake_smi, f"{CAT} {FIXTURES / 'nvidia-smi.csv'}")
-    gpus, source = probe.read_gpus()
+    gpus, source = node_gpus.read_gpus()
     assert source == "nvidia-smi"
     assert [g.index for g in gpus] == [0, 1, 2]
 
 
 def test_read_gpus_failure_means_no_gpus(fake_smi: Path) -> None:
     write_script(fake_smi, "echo 'NVIDIA-SMI has failed' >&2; exit 9")
-    gpus, source = probe.read_gpus()
+    gpus, source = node_gpus.read_gpus()
     assert gpus == [] and source.startswith("none (nvidia-smi failed")
 
 
 def test_read_gpus_hung_nvidia_smi_means_no_gpus(
     fake_smi: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(probe, "NVIDIA_SMI_TIMEOUT", 0.2)
+    monkeypatch.setattr(node_gpus, "NVIDIA_SMI_TIMEOUT", 0.2)
     write_script(fake_smi, f"exec {SLEEP} 30")
-    assert probe.read_gpus() == ([], "none (nvidia-smi failed: TimeoutExpired)")
+    assert node_gpus.read_gpus() == ([], "none (nvidia-smi failed: TimeoutExpired)")
 
 
 def test_read_gpus_without_any_tool(fake_smi: Path) -> None:
-    assert probe.read_gpus() == ([], "none (no pynvml, no nvidia-smi)")
+    assert node_gpus.read_gpus() == ([], "none (no pynvml, no nvidia-smi)")
 
 
 # oom_kill counter
@@ -201,11 +203,11 @@ def test_read_gpus_without_any_tool(fake_smi: Path) -> None:
     [("v2", 2), ("v2-nested", 1), ("v1", 3), ("v1-nested", 0), ("v1-unlimited", None)],
 )
 def test_oom_kill_count(tree: str, count: int | None) -> None:
-    assert probe.oom_kill_count(FIXTURES / tree) == count
+    assert cgroup.OomKillCounter(FIXTURES / tree).read() == count
 
 
 def test_oom_kill_count_none_without_cgroup(tmp_path: Path) -> None:
-    assert probe.oom_kill_count(tmp_path) is None
+    assert cgroup.OomKillCounter(tmp_path).read() is None
 
 
 # UsageProbe on fixture cgroups
@@ -215,7 +217,7 @@ def test_oom_kill_count_none_without_cgroup(tmp_path: Path) -> None:
 def test_usage_probe_reads_a_limited_cgroup(tmp_path: Path) -> None:
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "v2", root)
-    usage_probe = probe.UsageProbe(root=root)
+    usage_probe = usage.UsageProbe(root=root)
     assert usage_probe.mode == "cgroup"
     first = usage_probe.sample()
     assert first.cpus == 0.0
@@ -228,7 +230,7 @@ def test_usage_probe_reads_a_limited_cgroup(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("fake_host")
 def test_usage_probe_v1_cgroup_counters() -> None:
-    usage_probe = probe.UsageProbe(root=FIXTURES / "v1")
+    usage_probe = usage.UsageProbe(root=FIXTURES / "v1")
     assert usage_probe.mode == "cgroup"
     assert usage_probe.sample().memory == 480 * MIB
     assert usage_probe.cpu_seconds == 7.25
@@ -236,7 +238,7 @@ def test_usage_probe_v1_cgroup_counters() -> None:
 
 @pytest.mark.usefixtures("fake_host")
 def test_usage_probe_unlimited_cgroup_measures_the_process_tree() -> None:
-    usage_probe = probe.UsageProbe(root=FIXTURES / "v2-unlimited")
+    usage_probe = usage.UsageProbe(root=FIXTURES / "v2-unlimited")
     assert (usage_probe.mode, usage_probe.root_pid) == ("tree", os.getpid())
 
 
@@ -264,7 +266,7 @@ def spawn(mode: str) -> subprocess.Popen[str]:
 
 
 def test_usage_probe_tree_sees_a_child_burn_cpu_and_grow() -> None:
-    usage_probe = probe.UsageProbe(root_pid=os.getpid())
+    usage_probe = usage.UsageProbe(root_pid=os.getpid())
     assert usage_probe.mode == "tree"
     child = spawn("stay")
     try:
@@ -280,14 +282,14 @@ def test_usage_probe_tree_sees_a_child_burn_cpu_and_grow() -> None:
         assert usage_probe.cpu_seconds is not None and seconds_before is not None
         assert usage_probe.cpu_seconds - seconds_before >= 0.5
         assert after.memory >= before.memory + 90 * MIB
-        assert probe.TreeMemory(child.pid).sample() >= 100 * MIB
+        assert usage.TreeMemory(child.pid).sample() >= 100 * MIB
     finally:
         child.kill()
         child.communicate()  # waits, and closes the pipes
 
 
 def test_usage_probe_counts_a_child_that_ended_between_samples() -> None:
-    usage_probe = probe.UsageProbe(root_pid=os.getpid())
+    usage_probe = usage.UsageProbe(root_pid=os.getpid())
     child = spawn("exit")
     usage_probe.sample()
     seconds_before = usage_probe.cpu_seconds
@@ -298,10 +300,10 @@ def test_usage_probe_counts_a_child_that_ended_between_samples() -> None:
 
 
 def test_tree_memory_of_a_child_and_after_it_is_gone() -> None:
-    mine = probe.TreeMemory(os.getpid(), rescan_s=0.0)  # finds the tree on every sample
+    mine = usage.TreeMemory(os.getpid(), rescan_s=0.0)  # finds the tree on every sample
     before = mine.sample()
     child = spawn("stay")
-    theirs = probe.TreeMemory(child.pid)
+    theirs = usage.TreeMemory(child.pid)
     try:
         assert child.stdin is not None and child.stdout is not None
         child.stdin.write("go\n")
@@ -316,8 +318,8 @@ def test_tree_memory_of_a_child_and_after_it_is_gone() -> None:
 
 
 def test_read_capacity_on_this_machine_is_sane() -> None:
-    cap = probe.read_capacity()
-    host_cpus, host_memory = probe.host_resources()
+    cap = node_capacity.read_capacity()
+    host_cpus, host_memory = node_capacity.host_resources()
     assert 0 < cap.cpus <= host_cpus
     assert 0 < cap.memory <= host_memory
     assert cap.cpuset and set(cap.cpuset) <= set(os.sched_getaffinity(0))

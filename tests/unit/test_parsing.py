@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.node import load
-from workers.node.load import GpuInfo
+from workers.node import parsing
+from workers.node.parsing import GpuInfo
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cgroup"
 GIB = 2**30
@@ -33,13 +33,13 @@ def fixture(tree: str, rel: str) -> str:
     ],
 )
 def test_cpu_max_gives_cores_or_none_when_unlimited(text: str, cores: float | None) -> None:
-    assert load.parse_cpu_max(text) == cores
+    assert parsing.parse_cpu_max(text) == cores
 
 
 def test_cpu_max_fixture_files() -> None:
-    assert load.parse_cpu_max(fixture("v2", "sys/fs/cgroup/cpu.max")) == 1.0
-    assert load.parse_cpu_max(fixture("v2-unlimited", "sys/fs/cgroup/cpu.max")) is None
-    assert load.parse_cpu_max(fixture("v2-nested", "sys/fs/cgroup/docker/abc/cpu.max")) == 2.5
+    assert parsing.parse_cpu_max(fixture("v2", "sys/fs/cgroup/cpu.max")) == 1.0
+    assert parsing.parse_cpu_max(fixture("v2-unlimited", "sys/fs/cgroup/cpu.max")) is None
+    assert parsing.parse_cpu_max(fixture("v2-nested", "sys/fs/cgroup/docker/abc/cpu.max")) == 2.5
 
 
 @pytest.mark.parametrize(
@@ -49,20 +49,20 @@ def test_cpu_max_fixture_files() -> None:
 def test_cfs_quota_gives_cores_or_none_when_unlimited(
     quota: str, period: str, cores: float | None
 ) -> None:
-    assert load.parse_cfs(quota, period) == cores
+    assert parsing.parse_cfs(quota, period) == cores
 
 
 def test_cfs_fixture_files() -> None:
     d = "sys/fs/cgroup/cpu,cpuacct/"
     assert (
-        load.parse_cfs(
+        parsing.parse_cfs(
             fixture("v1", d + "cpu.cfs_quota_us"), fixture("v1", d + "cpu.cfs_period_us")
         )
         == 1.5
     )
     u = "sys/fs/cgroup/cpu/"
     assert (
-        load.parse_cfs(
+        parsing.parse_cfs(
             fixture("v1-unlimited", u + "cpu.cfs_quota_us"),
             fixture("v1-unlimited", u + "cpu.cfs_period_us"),
         )
@@ -85,7 +85,7 @@ def test_cfs_fixture_files() -> None:
     ],
 )
 def test_cpuset_lists_each_cpu_once_in_order(text: str, cpus: tuple[int, ...]) -> None:
-    assert load.parse_cpuset(text) == cpus
+    assert parsing.parse_cpuset(text) == cpus
 
 
 # memory limit
@@ -103,19 +103,19 @@ def test_cpuset_lists_each_cpu_once_in_order(text: str, cpus: tuple[int, ...]) -
     ],
 )
 def test_memory_limit_none_when_it_cannot_bind(text: str, limit: int | None) -> None:
-    assert load.parse_memory_limit(text, HOST_MEMORY) == limit
+    assert parsing.parse_memory_limit(text, HOST_MEMORY) == limit
 
 
 def test_memory_limit_fixture_files() -> None:
-    assert load.parse_memory_limit(fixture("v2", "sys/fs/cgroup/memory.max"), HOST_MEMORY) == GIB
+    assert parsing.parse_memory_limit(fixture("v2", "sys/fs/cgroup/memory.max"), HOST_MEMORY) == GIB
     assert (
-        load.parse_memory_limit(
+        parsing.parse_memory_limit(
             fixture("v1", "sys/fs/cgroup/memory/memory.limit_in_bytes"), HOST_MEMORY
         )
         == 2 * GIB
     )
     assert (
-        load.parse_memory_limit(
+        parsing.parse_memory_limit(
             fixture("v1-unlimited", "sys/fs/cgroup/memory/memory.limit_in_bytes"), HOST_MEMORY
         )
         is None
@@ -126,14 +126,14 @@ def test_memory_limit_fixture_files() -> None:
 
 
 def test_proc_self_cgroup_v2_unified_line() -> None:
-    assert load.parse_proc_self_cgroup("0::/x\n") == {"": "/x"}
-    assert load.parse_proc_self_cgroup(fixture("v2-nested", "proc/self/cgroup")) == {
+    assert parsing.parse_proc_self_cgroup("0::/x\n") == {"": "/x"}
+    assert parsing.parse_proc_self_cgroup(fixture("v2-nested", "proc/self/cgroup")) == {
         "": "/docker/abc"
     }
 
 
 def test_proc_self_cgroup_v1_splits_comounted_controllers() -> None:
-    paths = load.parse_proc_self_cgroup(fixture("v1", "proc/self/cgroup"))
+    paths = parsing.parse_proc_self_cgroup(fixture("v1", "proc/self/cgroup"))
     assert paths["cpu"] == paths["cpuacct"] == "/docker/abc123"
     assert paths["cpuset"] == paths["memory"] == "/docker/abc123"
     assert paths["name=systemd"] == "/docker/abc123"
@@ -141,14 +141,14 @@ def test_proc_self_cgroup_v1_splits_comounted_controllers() -> None:
 
 
 def test_proc_self_cgroup_ignores_garbage_lines() -> None:
-    assert load.parse_proc_self_cgroup("garbage\n\n4:memory:/a:b\n") == {"memory": "/a:b"}
+    assert parsing.parse_proc_self_cgroup("garbage\n\n4:memory:/a:b\n") == {"memory": "/a:b"}
 
 
 # GPUs
 
 
 def test_nvidia_smi_csv_in_bytes_with_missing_utilisation() -> None:
-    gpus = load.parse_nvidia_smi((FIXTURES / "nvidia-smi.csv").read_text())
+    gpus = parsing.parse_nvidia_smi((FIXTURES / "nvidia-smi.csv").read_text())
     assert gpus == [
         GpuInfo(0, "NVIDIA H100 80GB HBM3", 81559 * 2**20, 1024 * 2**20, 37.0),
         GpuInfo(1, "NVIDIA H100 80GB HBM3", 81559 * 2**20, 0, None),
@@ -158,14 +158,14 @@ def test_nvidia_smi_csv_in_bytes_with_missing_utilisation() -> None:
 
 def test_nvidia_smi_skips_malformed_rows_and_keeps_commas_in_names() -> None:
     text = "No devices were found\n0, Weird, GPU, 100, 1, 2\nx, a, 1, 2, 3\n"
-    assert load.parse_nvidia_smi(text) == [GpuInfo(0, "Weird,GPU", 100 * 2**20, 2**20, 2.0)]
-    assert load.parse_nvidia_smi("") == []
+    assert parsing.parse_nvidia_smi(text) == [GpuInfo(0, "Weird,GPU", 100 * 2**20, 2**20, 2.0)]
+    assert parsing.parse_nvidia_smi("") == []
 
 
 # combine_capacity
 
 
-def combine(**kw: object) -> load.Capacity:
+def combine(**kw: object) -> parsing.Capacity:
     args: dict[str, object] = {
         "cgroup_cpus": None,
         "cpuset": (),
@@ -174,7 +174,7 @@ def combine(**kw: object) -> load.Capacity:
         "host_memory": HOST_MEMORY,
     }
     args.update(kw)
-    return load.combine_capacity(**args)  # type: ignore[arg-type]
+    return parsing.combine_capacity(**args)  # type: ignore[arg-type]
 
 
 def test_capacity_is_the_host_only_when_nothing_limits() -> None:
@@ -213,7 +213,7 @@ def test_configured_limits_lose_when_higher() -> None:
 
 
 def test_capacity_gpus_count_and_largest_memory() -> None:
-    gpus = load.parse_nvidia_smi((FIXTURES / "nvidia-smi.csv").read_text())
+    gpus = parsing.parse_nvidia_smi((FIXTURES / "nvidia-smi.csv").read_text())
     cap = combine(gpus=gpus)
     assert (cap.gpus, cap.gpu_memory) == (3, 81559 * 2**20)
     assert (combine().gpus, combine().gpu_memory) == (0, 0)
@@ -230,35 +230,35 @@ def test_capacity_keeps_extra_notes_and_serialises() -> None:
 
 
 def test_cpu_stat_usage_seconds_v2_and_v1() -> None:
-    assert load.parse_cpu_stat_usage(fixture("v2", "sys/fs/cgroup/cpu.stat"), 2) == 12.5
+    assert parsing.parse_cpu_stat_usage(fixture("v2", "sys/fs/cgroup/cpu.stat"), 2) == 12.5
     assert (
-        load.parse_cpu_stat_usage(fixture("v1", "sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"), 1)
+        parsing.parse_cpu_stat_usage(fixture("v1", "sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"), 1)
         == 7.25
     )
 
 
 def test_memory_current_and_failcnt() -> None:
-    assert load.parse_memory_current(fixture("v2", "sys/fs/cgroup/memory.current")) == 300 * 2**20
+    assert parsing.parse_memory_current(fixture("v2", "sys/fs/cgroup/memory.current")) == 300 * 2**20
     assert (
-        load.parse_memory_current(fixture("v1", "sys/fs/cgroup/memory/memory.usage_in_bytes"))
+        parsing.parse_memory_current(fixture("v1", "sys/fs/cgroup/memory/memory.usage_in_bytes"))
         == 512 * 2**20
     )
-    assert load.parse_memory_current(fixture("v1", "sys/fs/cgroup/memory/memory.failcnt")) == 7
+    assert parsing.parse_memory_current(fixture("v1", "sys/fs/cgroup/memory/memory.failcnt")) == 7
 
 
 def test_oom_kill_counter_v2_events_and_v1_oom_control() -> None:
-    assert load.parse_oom_kill(fixture("v2", "sys/fs/cgroup/memory.events")) == 2
-    assert load.parse_oom_kill(fixture("v1", "sys/fs/cgroup/memory/memory.oom_control")) == 3
+    assert parsing.parse_oom_kill(fixture("v2", "sys/fs/cgroup/memory.events")) == 2
+    assert parsing.parse_oom_kill(fixture("v1", "sys/fs/cgroup/memory/memory.oom_control")) == 3
     # kernels before 4.13 have no oom_kill line in memory.oom_control
     assert (
-        load.parse_oom_kill(fixture("v1-unlimited", "sys/fs/cgroup/memory/memory.oom_control"))
+        parsing.parse_oom_kill(fixture("v1-unlimited", "sys/fs/cgroup/memory/memory.oom_control"))
         is None
     )
 
 
 def test_working_set_leaves_out_inactive_page_cache() -> None:
-    v2 = load.working_set(300 * 2**20, fixture("v2", "sys/fs/cgroup/memory.stat"), 2)
+    v2 = parsing.working_set(300 * 2**20, fixture("v2", "sys/fs/cgroup/memory.stat"), 2)
     assert v2 == 260 * 2**20
-    v1 = load.working_set(512 * 2**20, fixture("v1", "sys/fs/cgroup/memory/memory.stat"), 1)
+    v1 = parsing.working_set(512 * 2**20, fixture("v1", "sys/fs/cgroup/memory/memory.stat"), 1)
     assert v1 == 480 * 2**20
-    assert load.working_set(100, "", 2) == 100
+    assert parsing.working_set(100, "", 2) == 100

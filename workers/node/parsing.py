@@ -1,10 +1,10 @@
 """A node's capacity and usage from the text of cgroup, /proc and nvidia-smi files: pure parsing.
 
-Nothing here opens a file or starts a process (that is `workers.node.probe`); every function takes the
-text it parses, so each is tested on fixture strings. Inside a container the host's cpu_count and
-memory mean nothing: the limits are the cgroup's cpu quota, its cpuset and its memory limit, and
-`combine_capacity` takes the smallest of what is known, falling back to the host only when nothing
-limits.
+Nothing here opens a file or starts a process (that is `workers.node.cgroup`, `gpus`, `capacity`
+and `usage`); every function takes the text it parses, so each is tested on fixture strings.
+Inside a container the host's cpu_count and memory mean nothing: the limits are the cgroup's cpu
+quota, its cpuset and its memory limit, and `combine_capacity` takes the smallest of what is
+known, falling back to the host only when nothing limits.
 """
 
 from __future__ import annotations
