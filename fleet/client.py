@@ -45,8 +45,8 @@ from fleet.master import intake
 from fleet.observe.logs import JobLogs, LogLine
 from fleet.placement import NodeView, Request, never_fits
 from fleet.settings import Settings
-from fleet.statefile import redis_url as resolve_redis_url
 from fleet.spec import JobSpec, load_spec, parse_spec
+from fleet.statefile import redis_url as resolve_redis_url
 from fleet.states import TERMINAL_NAMES
 from fleet.store.jobstore import new_job_id
 from fleet.store.protocol import Store

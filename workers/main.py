@@ -18,18 +18,18 @@ import uuid
 
 import redis
 
-from fleet.store import keys, registry
 from fleet.broker import make_app
 from fleet.errors import FleetError
 from fleet.settings import Settings
 from fleet.statefile import redis_url
+from fleet.store import keys, registry
 from fleet.units import parse_memory
 from workers import tasks, transport
+from workers.attempt.supervisor import Supervisor
 from workers.node.agent import Agent
+from workers.node.capacity import read_capacity
 from workers.node.confine import confine
 from workers.node.cores import Pinning
-from workers.node.capacity import read_capacity
-from workers.attempt.supervisor import Supervisor
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

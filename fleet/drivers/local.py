@@ -28,17 +28,17 @@ from typing import Any
 
 import redis
 
-from fleet.store import registry
 from fleet.drivers import sweep
-from fleet.drivers.processes import STOP_GRACE_S, alive, stop_processes, wait_exit
 from fleet.drivers.base import NodeShape, UpResult
+from fleet.drivers.processes import STOP_GRACE_S, alive, stop_processes, wait_exit
+from fleet.drivers.redis_server import RedisServer, free_port, new_server
 from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
 from fleet.private import private_dir
-from fleet.drivers.redis_server import RedisServer, free_port, new_server
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings
 from fleet.statefile import read_state, remove_state, write_state
+from fleet.store import registry
 from fleet.units import format_cpus
 
 FLOWER_USER = "admin"

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet.errors import NotFound
-from fleet.states import TERMINAL_NAMES
-from fleet.store import keys
 
 if TYPE_CHECKING:
     from fleet.store.protocol import JobReads

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fleet.placement import RESOURCES
 from fleet.placement.nodes import ALLOCATED, RESOURCES
 from fleet.sim.trace import Trace
 

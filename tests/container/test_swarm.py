@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from fleet.client import Client
-from fleet.drivers.swarm import SwarmDriver
 from fleet.drivers.redis_server import free_port
+from fleet.drivers.swarm import SwarmDriver
 from fleet.settings import Settings
 from tests.container.conftest import REPO, assert_no_secret, fleet_cli, secret_value
 from tests.integration.support import eventually

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet.store import registry
 from fleet.client import Client
 from fleet.drivers.base import NodeShape
 from fleet.drivers.local import LocalDriver
 from fleet.drivers.processes import stop_processes
-from fleet.drivers.secret_files import write_secret
 from fleet.drivers.redis_server import RedisServer
+from fleet.drivers.secret_files import write_secret
 from fleet.settings import SECRET_ENV, Settings
+from fleet.store import registry
 from fleet.units import parse_memory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.store import keys, registry
 from fleet.client import Client
 from fleet.errors import SpecError
+from fleet.store import keys, registry
 from tests.integration.support import Fleet
 from tests.unit.test_spec import json_like, mutate, paths
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import redis
 
+from fleet.drivers.redis_server import RedisServer
+from fleet.observe.metrics import read_snapshot
+from fleet.spec import parse_spec
 from fleet.store import keys, records, registry
 from fleet.store.jobstore import JobStore
-from fleet.observe.metrics import read_snapshot
-from fleet.drivers.redis_server import RedisServer
-from fleet.spec import parse_spec
 from tests.integration.support import Fleet, eventually
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.store import registry
 from fleet.private import private_dir
 from fleet.settings import Settings
+from fleet.store import registry
 from tests.integration.support import Fleet, eventually
 
 pytestmark = pytest.mark.integration

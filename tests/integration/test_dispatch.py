@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from fleet.store import keys, registry
 from fleet.broker import make_app
 from fleet.client import Client
-from fleet.master.loop import PENDING_WINDOW, Master
 from fleet.drivers.redis_server import RedisServer
+from fleet.master.loop import PENDING_WINDOW, Master
 from fleet.settings import Settings
+from fleet.store import keys, registry
 from tests.integration.support import Fleet
 
 pytestmark = pytest.mark.integration

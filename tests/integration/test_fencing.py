@@ -28,13 +28,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from fleet.store import keys, registry
 from fleet.drivers.base import NodeShape
-from fleet.store.jobstore import JobStore, Outcome
 from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
 from fleet.spec import JobSpec
 from fleet.states import EndReason
+from fleet.store import keys, registry
+from fleet.store.jobstore import JobStore, Outcome
 from fleet.units import parse_memory
 from tests.integration.support import Fleet, eventually
 from workers import checkpoint

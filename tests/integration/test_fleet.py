@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
-from fleet.store import keys
 from fleet.broker import make_app, task_id
 from fleet.errors import SpecError
+from fleet.store import keys
 from tests.integration.support import EXAMPLES, Fleet, eventually
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from fleet.store import keys
 from fleet.client import Client
 from fleet.settings import SECRET_ENV, Settings
 from fleet.statefile import read_state
+from fleet.store import keys
 from tests.integration.procscan import read_proc
 from tests.integration.support import eventually
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fleet.store.jobstore import JobStore
 from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
+from fleet.store.jobstore import JobStore
 from tests.integration.support import Fleet
 
 pytestmark = pytest.mark.integration

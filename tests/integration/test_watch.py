@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from fleet.store import keys
 from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
+from fleet.store import keys
 from tests.integration.support import EXAMPLES, REPO, Fleet, eventually
 
 pytestmark = pytest.mark.integration

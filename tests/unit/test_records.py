@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from fleet.store import records
 from fleet.cli.context import no_master_line
 from fleet.observe.metrics import Snapshot
+from fleet.store import records
 from fleet.store.quarantine import Found
 from fleet.store.records import BadRecord
 from tests.unit.test_watch_metrics import scrape

@@ -33,9 +33,9 @@ from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
 from fleet.observe.logs import LOG_NAME, attempt_dir
 from fleet.private import private_dir
+from fleet.resources import Resources
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
-from fleet.resources import Resources
 from fleet.states import EndReason
 from fleet.store.jobstore import JobStore, Outcome
 from workers import runners

@@ -20,14 +20,14 @@ from typing import Any
 
 import redis
 
-from fleet.store import keys, registry
 from fleet.errors import FleetError
 from fleet.resources import NAMES
 from fleet.settings import Settings
+from fleet.store import keys, registry
 from workers.attempt import fence
+from workers.attempt.supervisor import Supervisor
 from workers.node.parsing import Capacity
 from workers.node.usage import UsageProbe
-from workers.attempt.supervisor import Supervisor
 
 log = logging.getLogger("fleet.agent")
 
