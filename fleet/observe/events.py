@@ -1,4 +1,4 @@
-"""The fleet's lifecycle events: read and follow the `fleet:events` stream.
+"""The fleet's lifecycle events: the `fleet:events` stream read, decoded and shown.
 
 The Lua steps append one entry per event in the same atomic step as the change they record
 (`fleet/store/lua/`): submitted, placed (node, attempt), started (node, attempt), resumed (attempt,
@@ -9,7 +9,7 @@ documented in docs/watching.md; fields are only ever added.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -56,32 +56,6 @@ def read_events(
         if limit is not None:
             events = events[-limit:]
     return events
-
-
-def follow_events(
-    client: redis.Redis, *, job: str | None = None, since: str = "$", block_ms: int = 1000,
-    stop_after: float | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Events after stream id `since` ("$": from now on) as they are appended.
-
-    Blocks on XREAD; `stop_after` (seconds, for tests and scripts) ends the iteration.
-    """
-    last = since
-    deadline = None if stop_after is None else time.monotonic() + stop_after
-    while deadline is None or time.monotonic() < deadline:
-        found: Any = client.xread({keys.EVENTS: last}, block=block_ms, count=100)
-        for _stream, entries in found or []:
-            for entry_id, fields in entries:
-                last = keys.decode(entry_id)
-                event = decode_event(entry_id, fields)
-                if job is None or event.get("job") == job:
-                    yield event
-
-
-def last_event_id(client: redis.Redis) -> str:
-    """The id of the newest event ("0-0" when none): follow from here to miss nothing."""
-    newest: Any = client.xrevrange(keys.EVENTS, count=1)
-    return keys.decode(newest[0][0]) if newest else "0-0"
 
 
 def event_line(event: Mapping[str, Any]) -> str:
