@@ -90,7 +90,7 @@ def check_job_function(module: str, function: str) -> tuple[str, str]:
         return module, function
     if not isinstance(found, Path):
         raise SpecError("entrypoint", f"module {module!r} not found")
-    if function not in _functions_defined(found):
+    if function not in functions_defined(found):
         raise SpecError("entrypoint", f"{module} defines no function {function!r} (classes, "
                                       "modules and imported names are not job functions)")
     return module, function
@@ -118,7 +118,8 @@ def _module_source(module: str) -> Path | str | None:
     return "missing"
 
 
-def _functions_defined(path: Path) -> frozenset[str]:
+def functions_defined(path: Path) -> frozenset[str]:
+    """The functions a module source file defines at its top level (read, never imported)."""
     stat = path.stat()
     return _parse_functions(str(path), stat.st_mtime_ns, stat.st_size)
 

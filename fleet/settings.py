@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(
         default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"
     )
+    code_bundles: bool = Field(
+        default=True, description="run producers' code bundles (`off`: installed, allowlisted code only)"
+    )
+    bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
     master_lease_ttl: float = Field(default=5.0, gt=0)
     result_expires: int = Field(default=7 * DAY, gt=0)
 

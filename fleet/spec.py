@@ -146,6 +146,8 @@ class JobSpec(BaseModel):
     max_retries: Integer = Field(default=2, ge=0, le=100)  # retries of the job's own failures
     policy: str | None = Field(default=None, max_length=32)  # placement override for this job
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels the node must have
+    code: str | None = Field(default=None, max_length=4096)  # a folder the Client packs
+    bundle: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")  # its digest
 
     @field_validator("schema_version")
     @classmethod
@@ -218,7 +220,8 @@ def parse_spec(
         spec = JobSpec.model_validate(dict(data))
     except ValidationError as exc:
         raise _spec_error(exc) from None
-    check_job_function(*check_entrypoint(spec.entrypoint, allowlist))
+    if spec.code is None and spec.bundle is None:  # a bundle's entry point: fleet.bundles.entry
+        check_job_function(*check_entrypoint(spec.entrypoint, allowlist))
     if max_timeout is not None and spec.timeout > max_timeout:
         raise SpecError("timeout", f"{spec.timeout} s is over the fleet's limit of {max_timeout} s")
     return spec
@@ -342,6 +345,8 @@ def load_spec(
         raise SpecError("file", f"{path}: the file is empty")
     if overrides and isinstance(data, dict):
         data = apply_overrides(data, overrides)
+    if isinstance(data, dict) and isinstance(data.get("code"), str):  # relative to the file
+        data["code"] = str(Path(path).parent / Path(data["code"]).expanduser())
     return parse_spec(data, allowlist=allowlist, max_timeout=max_timeout)
 
 

@@ -23,8 +23,10 @@ same code runs over the in-memory store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +50,9 @@ MAX_SPEC_BYTES = 256 * 1024  # a spec as JSON (params alone may have 64 KiB)
 RETRY_S = 30.0  # how long an entry a fleet step refuses is kept for later rounds
 MAX_FIELDS = 8
 MAX_FIELD_NAME = 16
-OPS = ("submit", "cancel")
+OPS = ("submit", "cancel", "bundle")
+BUNDLE_HEADROOM = 16 * 2**20  # a bundle entry's archive may exceed the cap by its tar headers
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 BAD_KIND = "intake"  # the field of keys.BAD_RECORDS this module counts under
 
 
@@ -57,6 +61,7 @@ class Request:
     op: str
     job_id: str
     spec: JobSpec | None = None  # submit only
+    data: bytes | None = None  # bundle only: the archive; `job_id` holds its digest
 
 
 class BadEntry(ValueError):
@@ -75,11 +80,19 @@ def entry(op: str, job_id: str, spec: JobSpec | None = None) -> dict[str, str]:
     return fields
 
 
+def bundle_entry(digest: str, data: bytes) -> dict[str, str | bytes]:
+    """A code bundle's bytes, appended before the submit that names it (fleet.bundles.pack):
+    a producer may write nothing but its intake, so the master stores them."""
+    return {"op": "bundle", "digest": digest, "data": data}
+
+
 def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
     """Validate an entry as untrusted input: sizes first, then JSON, then the spec."""
     if len(fields) > MAX_FIELDS or any(len(k) > MAX_FIELD_NAME for k in fields):
         raise BadEntry(f"more than {MAX_FIELDS} fields or a field name over {MAX_FIELD_NAME}")
     raw = {keys.decode(k): v for k, v in fields.items()}
+    if keys.decode(raw.get("op", b"")) == "bundle":
+        return _parse_bundle(raw, settings)
     job_id = raw.get("job_id", b"")
     if len(job_id) > 80 or not is_job_id(keys.decode(job_id)):
         raise BadEntry(f"job_id: not a job id ({keys.decode(job_id[:40])!r})")
@@ -102,7 +115,32 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
         raise BadEntry(str(exc), job_id) from None
     except Exception as exc:  # a validator's bug is still a refusal, never the master's death
         raise BadEntry(f"spec: could not be validated ({type(exc).__name__})", job_id) from None
+    if parsed.code is not None or parsed.bundle is not None:
+        if not settings.code_bundles:
+            raise BadEntry("code: this fleet runs no code bundles (FLEET_CODE_BUNDLES=off); "
+                           "submit an installed, allowlisted entry point", job_id)
+        if parsed.bundle is None:
+            raise BadEntry("code: a folder on the producer's machine: submit it with the Client "
+                           "(`fleet submit SPEC --code DIR`), which packs and uploads it", job_id)
     return Request(op, job_id, parsed)
+
+
+def _parse_bundle(raw: Mapping[str, Any], settings: Settings) -> Request:
+    """A bundle entry: its digest well formed, its size under the cap, its bytes what the
+    digest names (else it is refused and never stored)."""
+    digest = keys.decode(raw.get("digest", b""))[:80]
+    if not DIGEST.fullmatch(digest):
+        raise BadEntry(f"bundle: not a digest ({digest[:20]!r}...)")
+    data = raw.get("data", b"")
+    data = data.encode() if isinstance(data, str) else bytes(data)
+    if not settings.code_bundles:
+        raise BadEntry(f"bundle {digest}: this fleet runs no code bundles (FLEET_CODE_BUNDLES=off)")
+    if len(data) > settings.bundle_cap + BUNDLE_HEADROOM:
+        raise BadEntry(f"bundle {digest}: {len(data)} bytes, over the cap ({settings.bundle_cap})")
+    got = hashlib.sha256(data).hexdigest()
+    if digest != f"sha256:{got}":
+        raise BadEntry(f"bundle {digest}: its bytes are sha256:{got}, refused")
+    return Request("bundle", digest, data=data)
 
 
 class Ingest:
@@ -151,7 +189,11 @@ class Ingest:
                 self.store.reject(exc.job_id, str(exc), submitted_by=intake, now=now)
             return True
         try:
-            if request.spec is None:
+            if request.data is not None:
+                if self.store.bundle_put(request.job_id, request.data):
+                    log.info("intake %s: bundle %s stored (%d bytes)", intake, request.job_id,
+                             len(request.data))
+            elif request.spec is None:
                 self._cancel(intake, request.job_id)
             else:
                 self._submit(intake, request.job_id, request.spec, now)
@@ -169,7 +211,13 @@ class Ingest:
     def _submit(self, intake: str, job_id: str, spec: JobSpec, now: float) -> None:
         """Submit; a job id that exists is this entry applied twice, unless what exists is no
         readable job record (written over before the master took the entry): then that key is
-        moved aside and the acknowledged submission still becomes its job."""
+        moved aside and the acknowledged submission still becomes its job. A bundle job
+        whose bundle is not stored (its entry refused, or never sent) is rejected: FAILED."""
+        if spec.bundle is not None and not self.store.bundle_exists(spec.bundle):
+            self.store.reject(job_id, f"bundle: {spec.bundle} is not stored in this fleet; submit "
+                              "with the Client (code=DIR), which uploads it", submitted_by=intake,
+                              now=now)
+            return
         try:
             self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
             return

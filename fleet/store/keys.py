@@ -33,6 +33,12 @@ def intake(name: str) -> str:
     return f"{PREFIX}:intake:{name}"
 
 
+def bundle(hex_digest: str) -> str:
+    """String: a code bundle's archive (fleet.bundles.pack), named by the hex of its sha256;
+    written once (SET NX) by the master after it checked the digest."""
+    return f"{PREFIX}:bundle:{hex_digest}"
+
+
 def job(job_id: str) -> str:
     """Hash: the job record (spec, state, current attempt, node, placement, result)."""
     return f"{PREFIX}:job:{job_id}"

@@ -23,7 +23,7 @@ from typing import Any
 from fleet import acl
 from fleet.resources import Resources
 from fleet.settings import Settings
-from fleet.store import records, registry
+from fleet.store import keys, records, registry
 from fleet.store.memory_jobs import MemoryJobs
 from fleet.store.protocol import Entry, Lease, RawEntry, Repairs, Store
 
@@ -59,8 +59,9 @@ class MemoryStore(MemoryJobs):
         self.node_names: set[str] = set()
         self.drained: set[str] = set()
         self.histories: dict[str, list[str]] = {}
-        self.intakes: dict[str, list[Entry]] = {}
+        self.intakes: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
         self.extra_intakes: list[str] = []
+        self.bundles: dict[str, bytes] = {}  # digest -> archive, as fleet:bundle:<hex> holds
         self.master = _Lease()
         self._entry_at = (0, 0)  # (ms, seq) of the last intake entry
 
@@ -189,7 +190,7 @@ class MemoryStore(MemoryJobs):
     def intake_len(self, name: str) -> int:
         return len(self.intakes.get(name, []))
 
-    def intake_append(self, name: str, fields: Mapping[str, str], cap: int) -> str:
+    def intake_append(self, name: str, fields: Mapping[str, str | bytes], cap: int) -> str:
         with self.lock:
             ms = int(time.time() * 1000)
             last_ms, last_seq = self._entry_at
@@ -201,9 +202,25 @@ class MemoryStore(MemoryJobs):
             self._wake()  # the doorbell: an entry wakes the master at once
         return entry_id
 
+    def bundle_exists(self, digest: str) -> bool:
+        with self.lock:
+            return digest in self.bundles
+
+    def bundle_put(self, digest: str, data: bytes) -> bool:
+        with self.lock:
+            if digest in self.bundles:
+                return False
+            self.bundles[digest] = bytes(data)
+            return True
+
+    def bundle_get(self, digest: str) -> bytes | None:
+        with self.lock:
+            return self.bundles.get(digest)
+
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         with self.lock:
-            return list(reversed(self.intakes.get(name, [])[-count:]))
+            return [(i, {k: keys.decode(v) for k, v in f.items()})
+                    for i, f in reversed(self.intakes.get(name, [])[-count:])]
 
     def intake_holds(self, name: str, entry_id: str) -> bool:
         with self.lock:

@@ -165,7 +165,7 @@ class Intakes(Protocol):
 
     def intake_len(self, name: str) -> int: ...
 
-    def intake_append(self, name: str, fields: Mapping[str, str], cap: int) -> str: ...
+    def intake_append(self, name: str, fields: Mapping[str, str | bytes], cap: int) -> str: ...
 
     def intake_newest(self, name: str, count: int) -> list[Entry]: ...
 
@@ -183,6 +183,19 @@ class Intakes(Protocol):
     def count_bad(self, kind: str) -> None:
         """Count one unusable record of `kind` (keys.BAD_RECORDS)."""
         ...
+
+
+class Bundles(Protocol):
+    """Code bundles by digest ("sha256:<hex>"): a producer reads, only the master writes, and
+    only bytes it checked against the digest; a stored bundle is never written over (SET NX)."""
+
+    def bundle_exists(self, digest: str) -> bool: ...
+
+    def bundle_put(self, digest: str, data: bytes) -> bool:
+        """Store `data` unless the digest has bytes already; True when written."""
+        ...
+
+    def bundle_get(self, digest: str) -> bytes | None: ...
 
 
 class Lease(Protocol):
@@ -254,5 +267,5 @@ class MasterRecords(Protocol):
 
 
 @runtime_checkable
-class Store(JobSteps, JobReads, NodeRecords, Intakes, MasterRecords, Protocol):
+class Store(JobSteps, JobReads, NodeRecords, Intakes, Bundles, MasterRecords, Protocol):
     """Everything: what a master, a Client or a CLI command is given."""

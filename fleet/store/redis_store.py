@@ -115,10 +115,20 @@ class RedisStore(JobStore):
     def intake_len(self, name: str) -> int:
         return int(self.r.xlen(keys.intake(name)))
 
-    def intake_append(self, name: str, fields: Mapping[str, str], cap: int) -> str:
+    def intake_append(self, name: str, fields: Mapping[str, str | bytes], cap: int) -> str:
         entry_id = self.r.xadd(keys.intake(name), dict(fields),  # type: ignore[arg-type]
                                maxlen=cap, approximate=True)
         return keys.decode(entry_id)
+
+    def bundle_exists(self, digest: str) -> bool:
+        return bool(self.r.exists(keys.bundle(digest.removeprefix("sha256:"))))
+
+    def bundle_put(self, digest: str, data: bytes) -> bool:
+        return bool(self.r.set(keys.bundle(digest.removeprefix("sha256:")), data, nx=True))
+
+    def bundle_get(self, digest: str) -> bytes | None:
+        data: Any = self.r.get(keys.bundle(digest.removeprefix("sha256:")))
+        return None if data is None else bytes(data if isinstance(data, bytes) else data.encode())
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         newest: Any = self.r.xrevrange(keys.intake(name), count=count)
