@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from fleet import acl
+from fleet.bundles.upload import attach, code_override
 from fleet.entrypoints import is_job_id
 from fleet.errors import (
     ConnectionFailed,
@@ -143,6 +144,7 @@ class Client:
         self.r = getattr(store, "r", None)  # the Redis connection, when the store has one
         self.intake = store.intake
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
+        self._sent: set[str] = set()  # digests of the bundles this Client sent
 
     # -- submit ------------------------------------------------------------------------------
     def spec_from(
@@ -161,11 +163,17 @@ class Client:
 
     def submit(
         self, source: JobSpec | Mapping[str, Any] | str | Path, *, overrides: Sequence[str] = (),
-        job_id: str | None = None,
+        job_id: str | None = None, code: str | Path | None = None,
     ) -> str:
         """Validate, check it can fit some node, then append it to the intake. Returns the job
-        id at once; the master accepts it within milliseconds (or rejects it: FAILED)."""
-        spec = self.spec_from(source, overrides)
+        id at once; the master accepts it within milliseconds (or rejects it: FAILED). `code`
+        (overriding the spec's `code`): a folder packed and sent as the job's code bundle,
+        once (fleet.bundles.upload)."""
+        if isinstance(source, JobSpec) and code is not None:
+            source = source.model_dump()
+        spec = self.spec_from(source, [*overrides, *code_override(code)])
+        attached = attach(spec, self.settings, self.store, self._sent)
+        spec = attached.spec
         request = Request.of(spec.resources.value(), spec.node_selector)
         too_big = never_fits(self._live_nodes(), request)
         if too_big is not None and self._nodes is not None:
@@ -176,10 +184,13 @@ class Client:
         job_id = job_id or new_job_id(spec.name)
         if not is_job_id(job_id):
             raise SpecError("job_id", "expected lowercase letters, digits, '.', '_' or '-'")
+        if attached.bundle is not None:  # before the submit: the master applies them in order
+            self._append(intake.bundle_entry(attached.bundle.digest, attached.bundle.data))
+            self._sent.add(attached.bundle.digest)
         self._append(intake.entry("submit", job_id, spec))
         return job_id
 
-    def _append(self, fields: dict[str, str]) -> str:
+    def _append(self, fields: Mapping[str, str | bytes]) -> str:
         """One request into this credential's intake; its entry id."""
         waiting = self.store.intake_len(self.intake)
         if waiting >= intake.INTAKE_CAP:

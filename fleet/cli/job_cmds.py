@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
 def submit(
     file: Path = typer.Argument(..., help="job spec (YAML or JSON)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: key=value (dotted keys)"),
+    code: Path | None = typer.Option(
+        None, "--code", help="your code folder, sent as the job's code bundle (over `code:`)"),
     wait: bool = typer.Option(False, "--wait", help="show progress until the job ends"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
@@ -27,7 +29,7 @@ def submit(
     from fleet.cli.render import JobProgress, state_text, why_line
 
     c = client()
-    job_id = c.submit(file, overrides=set_)
+    job_id = c.submit(file, overrides=set_, code=code)
     if not wait:
         if json_out:
             print_json({"id": job_id, "state": "PENDING"})
