@@ -39,6 +39,7 @@ from fleet.settings import Settings
 from fleet.states import EndReason
 from fleet.store.jobstore import JobStore, Outcome
 from workers import runners
+from workers.attempt import bundles
 from workers.attempt.commits import CheckpointCommits
 from workers.attempt.outcome import Decision, Ending, decide
 from workers.attempt.relay import REDIS_DOWN, CeleryProgress, LogCapture, Relay
@@ -52,6 +53,7 @@ from workers.attempt.watch import (
     Watch,
     first_verdict,
 )
+from workers.bundle_cache import BundleRejected
 from workers.checkpoint import make_private_dir
 from workers.context import Allotment
 from workers.node import disk
@@ -137,10 +139,15 @@ class Supervisor:
         if spec is None:  # claimed, but its record is unreadable: end it, with why
             return self._record(job_id, attempt, Outcome(EndReason.REJECTED, error=why, final=True))
         try:
-            check_entrypoint(spec["entrypoint"], self.settings.allowlist)
-        except SpecError as exc:
+            code = bundles.code_root(spec, self.r, self.settings)  # None: installed code
+            if code is None:
+                check_entrypoint(spec["entrypoint"], self.settings.allowlist)
+        except (SpecError, BundleRejected) as exc:
             outcome = Outcome(EndReason.REJECTED, error=str(exc), final=True)
             return self._record(job_id, attempt, outcome)
+        except REDIS_DOWN as exc:
+            return self._record(job_id, attempt, Outcome(
+                EndReason.WORKER_LOST, error=f"redis unreachable before the job started: {exc}"))
         try:
             committed = self.store.committed_checkpoints(job_id)
         except REDIS_DOWN as exc:
@@ -156,7 +163,7 @@ class Supervisor:
             self.running[job_id] = entry
         unsent: list[dict[str, Any]] = []
         try:
-            outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits)
+            outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits, code)
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
             outcome = self._failed(job_id, exc)
         finally:
@@ -201,7 +208,7 @@ class Supervisor:
     def _run_process(
         self, job_id: str, spec: dict[str, Any], entry: Running,
         on_progress: Callable[[dict[str, Any]], None] | None, unsent: list[dict[str, Any]],
-        commits: CheckpointCommits,
+        commits: CheckpointCommits, code: Path | None = None,
     ) -> Outcome:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
@@ -215,7 +222,7 @@ class Supervisor:
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
             "allowlist": list(self.settings.allowlist), "workdir": str(workdir),
             "checkpoint_dir": str(commits.folder),
-            "restore": commits.restore,
+            "restore": commits.restore, "code_root": None if code is None else str(code),
             "resources": {**res, "cpuset": list(entry.cores), "gpu_ids": list(entry.gpu_ids)},
         }
         given = Allotment.from_order(order["resources"])

@@ -40,6 +40,7 @@ _PR_SET_PDEATHSIG = 1
 def preload() -> None:
     """What `main` loads, loaded ahead (by the fork server, so its children need not)."""
     from fleet import entrypoints  # noqa: F401
+    from fleet.bundles import entry  # noqa: F401
     from workers import context, runners  # noqa: F401
 
     libc_prctl()
@@ -106,6 +107,7 @@ def main() -> int:
         with lock:
             out.write(line + "\n")
 
+    from fleet.bundles.entry import check_bundle_module, imported_from
     from fleet.entrypoints import check_entrypoint
     from workers import runners
     from workers.context import Allotment, JobContext
@@ -116,9 +118,17 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a polite stop: drain or cancel
     try:
-        module_name, func_name = check_entrypoint(order["entrypoint"], order["allowlist"])
+        code_root = order.get("code_root")
+        if code_root:  # the producer's bundle: its modules need no allowlist, others do
+            module_name, func_name = check_bundle_module(order["entrypoint"], Path(code_root))
+            sys.path.insert(0, code_root)
+        else:
+            module_name, func_name = check_entrypoint(order["entrypoint"], order["allowlist"])
         runners.prepare(order["framework"], resources)
-        function = _job_function(importlib.import_module(module_name), func_name)
+        module = importlib.import_module(module_name)
+        if code_root and not imported_from(module, Path(code_root)):
+            raise ImportError(f"{module_name} was not imported from the job's code bundle")
+        function = _job_function(module, func_name)
         restore = order.get("restore")
         ctx = JobContext(
             job_id=order["job_id"], attempt=int(order["attempt"]), resources=resources,
