@@ -25,9 +25,10 @@ PRODUCER_INTAKE = "default"  # the `producer` user's: team `default`
 INTAKES = (OPERATOR_INTAKE, PRODUCER_INTAKE)  # always read; more are named in keys.INTAKES
 
 # What a producer's Client reads: job records and their attempts, metrics, logs and cancel
-# flags (all under fleet:job:*), the job index, the line, events, nodes, the master's lease.
+# flags (all under fleet:job:*), the job index, the line, events, nodes, the master's lease,
+# and whether a code bundle is stored already (so that it is sent once).
 PRODUCER_READS = (keys.job("*"), keys.JOBS, keys.PENDING, keys.EVENTS, keys.MASTER_LEASE,
-                  keys.MASTER_SEEN, keys.node("*"), keys.NODES)
+                  keys.MASTER_SEEN, keys.node("*"), keys.NODES, keys.bundle("*"))
 READ_COMMANDS = ("get", "exists", "hget", "hmget", "hgetall", "hlen", "smembers", "scard",
                  "zrange", "zrevrange", "zrangebyscore", "zscore", "zcard", "lrange", "llen",
                  "lindex", "xrange", "xrevrange", "xread", "xlen", "time")

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-from fleet.client import NOT_ACCEPTED
+from fleet.client import NOT_ACCEPTED, Client
 from fleet.errors import SpecError
 from fleet.store import keys
 from tests.integration.support import Fleet, eventually
@@ -77,23 +78,28 @@ def test_a_folder_outside_the_checkout_trains_through_the_fleet(
     folder = code_folder(tmp_path / "elsewhere")
     fleet.master()
     fleet.node("node-1")
-    job = fleet.client.submit(SPEC, code=folder)
-    final = fleet.wait_job(job, 120)
+    assert fleet.server.producer_url  # a producer's credential: it may only append and read
+    producer = Client(fleet.settings, redis_url=fleet.server.producer_url)
+    job = producer.submit(SPEC, code=folder)
+    final = producer.wait(job, timeout=120)
     assert final["state"] == "SUCCEEDED", final
     assert final["result"]["loss"] < 0.1
-    metrics = fleet.client.metrics(job)
+    metrics = producer.metrics(job)
     assert [m["step"] for m in metrics] == list(range(1, 9))
     assert metrics[-1]["metrics"]["loss"] < metrics[0]["metrics"]["loss"]
-    assert len(list(fleet.r.scan_iter(match=keys.bundle("*")))) == 1
+    stored = list(fleet.r.scan_iter(match=keys.bundle("*")))
+    assert len(stored) == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):  # only the master writes them
+        redis.Redis.from_url(fleet.server.producer_url).set(stored[0], b"x")
 
     sent: list[str] = []  # the same folder again, from another Client: no bundle entry
-    again = type(fleet.client)(fleet.settings)
+    again = Client(fleet.settings, redis_url=fleet.server.producer_url)
     append = again.store.intake_append
     again.store.intake_append = lambda name, fields, cap: (  # type: ignore[method-assign]
         sent.append(str(fields["op"])), append(name, fields, cap))[1]
     second = again.submit(SPEC, code=folder)
     assert sent == ["submit"]
-    assert fleet.wait_job(second, 120)["state"] == "SUCCEEDED"
+    assert again.wait(second, timeout=120)["state"] == "SUCCEEDED"
 
     spec_file = tmp_path / "mine.yaml"  # the command line, as a user types it
     spec_file.write_text("name: mine\nentrypoint: mymodel.train:train\n"
