@@ -150,6 +150,18 @@ def test_a_tampered_bundle_is_rejected_not_run(fleet: Fleet, tmp_path: Path) -> 
     assert hashlib.sha256(data).hexdigest() == digest
 
 
+def test_a_bundle_key_written_over_with_garbage_rejects_its_job(fleet: Fleet) -> None:
+    digest = hashlib.sha256(b"never packed").hexdigest()
+    fleet.r.hset(keys.bundle(digest), "not", "a bundle")  # the operator's key, of another type
+    fleet.master()
+    fleet.node("node-1")
+    job = fleet.client.submit({**SPEC, "bundle": f"sha256:{digest}"})
+    final = fleet.wait_job(job, 60)
+    assert (final["state"], final["reason"]) == ("FAILED", "REJECTED"), final
+    assert "unreadable in the fleet's store" in final["error"]
+    assert fleet.client.nodes()[0]["node"] == "node-1"  # the node serves on
+
+
 def test_a_module_not_in_the_folder_is_refused_at_submit(fleet: Fleet, tmp_path: Path) -> None:
     folder = code_folder(tmp_path / "elsewhere")
     with pytest.raises(SpecError) as err:

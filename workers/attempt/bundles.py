@@ -34,7 +34,10 @@ def code_root(spec: Mapping[str, Any], r: redis.Redis, settings: Settings) -> Pa
     found = lookup(str(digest), root)  # a malformed digest is refused here
     if found is not None:
         return found
-    data: Any = r.get(keys.bundle(str(digest).removeprefix("sha256:")))
+    try:
+        data: Any = r.get(keys.bundle(str(digest).removeprefix("sha256:")))
+    except redis.exceptions.ResponseError as exc:  # written over with another type
+        raise BundleRejected(f"bundle {digest} is unreadable in the fleet's store: {exc}") from None
     if data is None:
         raise BundleRejected(f"bundle {digest} is not in the fleet's store")
     return unpack(bytes(data), str(digest), root, settings.bundle_cap)
