@@ -148,6 +148,8 @@ class Supervisor:
         except REDIS_DOWN as exc:
             return self._record(job_id, attempt, Outcome(
                 EndReason.WORKER_LOST, error=f"redis unreachable before the job started: {exc}"))
+        except OSError as exc:  # the bundle cache's disk: full or read-only
+            return self._record(job_id, attempt, self._failed(job_id, exc))
         try:
             committed = self.store.committed_checkpoints(job_id)
         except REDIS_DOWN as exc:
