@@ -38,6 +38,7 @@ BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0  # a service that lived this long starts its backoff over
 POLL_S = 0.2
 UP_TIMEOUT_S = 300.0
+KEEPER_EXIT_S = 30.0  # a keeper that reported failure has only to exit
 
 
 def next_delay(failures: int, lived: float) -> tuple[float, int]:
@@ -87,10 +88,22 @@ def start(settings: Settings, workers: int, shape: NodeShape, *, flower: bool,
         raise FleetError(f"the fleet's keeper {what} before the fleet was up (log: {keeper_log})")
     report = json.loads(line)
     if "error" in report:
+        # The keeper reports only after stopping what it started; wait for it to exit too,
+        # so a failed `fleet up` returns with nothing of the fleet still running.
+        _reap(proc)
         raise FleetError(report["error"])
     up = report["up"]
     return UpResult(up["redis_url"], up["flower_url"], up["flower_user"],
                     up["flower_password_file"], tuple(up["nodes"]))
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a keeper that reported failure to exit; kill it if it hangs on the way out."""
+    try:
+        proc.wait(KEEPER_EXIT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _read_line(fd: int, timeout: float) -> str:

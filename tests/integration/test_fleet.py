@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from fleet.broker import make_app, task_id
+from fleet.client import NOT_ACCEPTED
 from fleet.errors import SpecError
 from fleet.store import keys
 from tests.integration.support import EXAMPLES, Fleet, eventually
@@ -71,12 +72,18 @@ def test_job_bigger_than_every_node_is_rejected_at_submit(fleet: Fleet) -> None:
 def test_job_that_fits_only_later_waits_pending_then_runs(fleet: Fleet) -> None:
     fleet.master()
     fleet.node("node-1", cpus=1, memory="1Gi")
-    first = fleet.client.submit(job("sleep", name="first", memory="800Mi", seconds=4, steps=4))
+    # Half a CPU each, so memory alone keeps the second job waiting.
+    first = fleet.client.submit(job("sleep", name="first", cpus=0.5, memory="800Mi", seconds=4,
+                                    steps=4))
     fleet.wait_state(first, "RUNNING")
-    second = fleet.client.submit(job("noop", name="second", memory="800Mi"))
-    waiting = fleet.wait_state(second, "PENDING")
-    eventually(lambda: fleet.client.status(second)["waiting"], 10, what="a waiting reason")
-    assert "memory" in fleet.client.status(second)["waiting"] or waiting
+    second = fleet.client.submit(job("noop", name="second", cpus=0.5, memory="800Mi"))
+    # One read for the state and the reason: the job may be placed (and its reason cleared)
+    # any time after the first job ends.
+    waiting = eventually(
+        lambda: (s := fleet.client.status(second))["state"] == "PENDING"
+        and s["waiting"] not in (None, NOT_ACCEPTED) and s["waiting"],
+        10, what="the master's reason the second job waits")
+    assert "memory" in waiting, waiting
     assert fleet.wait_job(first, 60)["state"] == "SUCCEEDED"
     final = fleet.wait_job(second, 60)
     assert final["state"] == "SUCCEEDED"

@@ -21,8 +21,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,6 +31,8 @@ from fleet.drivers.redis_server import RedisServer
 from fleet.settings import Settings
 from fleet.store import keys
 from tests.integration.support import EXAMPLES, REPO, Fleet, eventually
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
@@ -339,21 +342,25 @@ def test_prometheus_endpoint_parses_and_matches_nodes_and_jobs(slow_fleet: Fleet
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         eventually(lambda: _try_scrape(url), 30, what="the exporter to answer")
-        for _ in range(10):  # until one node report held still across the three reads
-            before = _scrape(url)
-            nodes = json.loads(f.cli("nodes", "--json", check=True).stdout)
-            jobs = json.loads(f.cli("jobs", "--json", "--limit", "1000", check=True).stdout)
-            after = _scrape(url)
-            stamp = ("fleet_node_report_timestamp_seconds", (("node", "node-1"),))
-            if before[stamp] == after[stamp] == nodes[0]["time"]:
+        # The jobs hold still from here on; the node reports anew every 3 s, and `fleet nodes`
+        # may take longer than that to start on a busy machine. So the metrics compared are
+        # those of a scrape that saw the very report `fleet nodes` read: scrapes run back to
+        # back from before it starts until after it ends, one of them (unless two reports
+        # came within one scrape) while that report was the node's last.
+        jobs = json.loads(f.cli("jobs", "--json", "--limit", "1000", check=True).stdout)
+        stamp = ("fleet_node_report_timestamp_seconds", (("node", "node-1"),))
+        for _ in range(10):
+            scrapes, listed = _scraping(url, lambda: f.cli("nodes", "--json", check=True))
+            nodes = json.loads(listed.stdout)
+            m = next((s for s in scrapes if s[stamp] == nodes[0]["time"]), None)
+            if m is not None:
                 break
         else:
-            raise AssertionError("node reports never held still across two scrapes")
+            raise AssertionError("no scrape saw the node report `fleet nodes` read")
     finally:
         exporter.terminate()
         exporter.wait(10)
 
-    m = after
     by_state: dict[str, int] = {}
     for j in jobs:
         by_state[j["state"]] = by_state.get(j["state"], 0) + 1
@@ -382,6 +389,27 @@ def test_prometheus_endpoint_parses_and_matches_nodes_and_jobs(slow_fleet: Fleet
     assert m[("fleet_job_wait_seconds_bucket", (("le", "+Inf"),))] == 2
     f.client.cancel(running)
     f.client.cancel(waiting)
+
+
+def _scraping(url: str, run: Callable[[], T]) -> tuple[list[dict[tuple[str, tuple], float]], T]:
+    """`run()`'s value and the scrapes of `url` taken back to back from before it starts until
+    after it returns, in order."""
+    scrapes = [_scrape(url)]
+    done = threading.Event()
+
+    def scrape_until_done() -> None:
+        while not done.is_set():
+            scrapes.append(_scrape(url))
+
+    scraper = threading.Thread(target=scrape_until_done, daemon=True)
+    scraper.start()
+    try:
+        value = run()
+    finally:
+        done.set()
+        scraper.join()
+    scrapes.append(_scrape(url))
+    return scrapes, value
 
 
 def _try_scrape(url: str) -> bool:
