@@ -20,7 +20,9 @@ from fleet.store import keys, quarantine, records
 INT_FIELDS = ("attempt", "step")
 
 
-def decode_event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+def decode_event(
+    entry_id: bytes | str, fields: Mapping[str, str] | Mapping[bytes | str, bytes | str],
+) -> dict[str, Any]:
     """A stream entry as the documented JSON object: {id, time, event, job, ...fields}."""
     event: dict[str, Any] = {"id": keys.decode(entry_id)}
     for k, v in fields.items():

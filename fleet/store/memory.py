@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet import acl
+from fleet.observe.events import decode_event  # the one decoder of an event entry
 from fleet.resources import Resources
 from fleet.settings import Settings
 from fleet.store import keys, records, registry
@@ -68,7 +69,7 @@ class MemoryStore(MemoryJobs):
     # -- reads beside the job steps' -------------------------------------------------------
     def events(self, job: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            found = [_event(i, f) for i, f in self.event_log
+            found = [decode_event(i, f) for i, f in self.event_log
                      if job is None or f.get("job") == job]
         return found if limit is None else found[-limit:] if limit else []
 
@@ -76,7 +77,7 @@ class MemoryStore(MemoryJobs):
         deadline = time.monotonic() + block_ms / 1000
         with self.lock:
             while True:
-                after = [_event(i, f) for i, f in self.event_log if _id(i) > _id(since)]
+                after = [decode_event(i, f) for i, f in self.event_log if _id(i) > _id(since)]
                 left = deadline - time.monotonic()
                 if after or left <= 0:
                     return after[:100]
@@ -347,19 +348,6 @@ class _Repairs:
 def _id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms or 0), int(seq or 0)
-
-
-def _event(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    """An event in `fleet.observe.events.decode_event`'s shape."""
-    event: dict[str, Any] = {"id": entry_id, **fields}
-    event["time"] = float(fields.get("time") or 0.0)
-    for name in ("attempt", "step"):
-        if name in event:
-            try:
-                event[name] = int(float(event[name]))
-            except ValueError:
-                pass
-    return event
 
 
 def _conforms(store: MemoryStore) -> Store:

@@ -8,37 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from fleet.bundles.pack import pack
 from fleet.client import Client
-from fleet.drivers.redis_server import new_server
 from fleet.errors import SpecError
 from fleet.master.intake import Ingest, bundle_entry
 from fleet.settings import Settings
 from fleet.store import keys
-from fleet.store.memory import MemoryStore
 from fleet.store.protocol import Store
-from fleet.store.redis_store import RedisStore
 from tests.unit.test_store_round import node_report
 
 TRAIN = "def train(ctx, steps=1):\n    return {'steps': steps}\n"
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server = new_server(tmp_path / "redis", binary=Settings().redis_server).start()
-    try:
-        yield RedisStore(redis.Redis.from_url(server.url))
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from typer.testing import CliRunner, Result
 from fleet.cli import context
 from fleet.cli.main import app
 from fleet.client import NOT_ACCEPTED, Client
-from fleet.drivers.redis_server import new_server
 from fleet.errors import NotFound, RedisUnavailable
 from fleet.master.loop import Master
 from fleet.settings import Settings
@@ -65,18 +63,6 @@ class Harness:
         else:
             assert isinstance(self.store, RedisStore)
             self.store.r.rpush(keys.job_logs(job_id, attempt), *lines)
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server = new_server(tmp_path / "redis", binary=Settings().redis_server).start()
-    try:
-        yield RedisStore(redis.Redis.from_url(server.url))
-    finally:
-        server.stop()
 
 
 @pytest.fixture

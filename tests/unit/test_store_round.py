@@ -9,23 +9,18 @@ its own server, as the integration tests do.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from fleet.client import NOT_ACCEPTED, Client
-from fleet.drivers.redis_server import new_server
 from fleet.master.loop import Master
 from fleet.settings import Settings
 from fleet.spec import JobSpec
 from fleet.states import EndReason
 from fleet.store.jobstore import Outcome
-from fleet.store.memory import MemoryStore
 from fleet.store.protocol import Store
-from fleet.store.redis_store import RedisStore
 
 NOOP = JobSpec(name="noop", entrypoint="workers.jobs.synthetic:noop",
                resources={"cpus": 1, "memory": "100Mi"})
@@ -35,18 +30,6 @@ GIB = 2**30
 def node_report(node: str, incarnation: str, cpus: float = 1.0) -> dict[str, Any]:
     return {"node": node, "incarnation": incarnation,
             "capacity": {"cpus": cpus, "memory": GIB, "gpus": 0}}
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server = new_server(tmp_path / "redis", binary=Settings().redis_server).start()
-    try:
-        yield RedisStore(redis.Redis.from_url(server.url))
-    finally:
-        server.stop()
 
 
 @pytest.fixture
