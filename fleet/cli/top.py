@@ -46,10 +46,15 @@ def view(nodes: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[str, Any]],
     for n in nodes:
         cap, res, use = n["capacity"], n["reserved"], n["usage"]
         running = []
-        for j in n.get("jobs") or []:
-            job = by_id.get(j["job"])
-            line = progress_line(job) if job else f"step {j.get('step')}"
-            running.append(f"{j['job']} {line}".strip())
+        reported = [j["job"] for j in n.get("jobs") or []]
+        # a job the store has placed here shows before the node's next report names it
+        placed = [j["id"] for j in jobs
+                  if j.get("node") == n["node"] and j["state"] in ("PLACED", "RUNNING")]
+        steps = {j["job"]: j.get("step") for j in n.get("jobs") or []}
+        for job_id in dict.fromkeys([*reported, *placed]):
+            job = by_id.get(job_id)
+            line = progress_line(job) if job else f"step {steps.get(job_id)}"
+            running.append(f"{job_id} {line}".strip())
         name = n["node"] + (" (draining)" if n.get("draining") else "")
         node_table.add_row(
             name,

@@ -40,3 +40,15 @@ def test_top_frame_lists_nodes_running_and_pending_jobs() -> None:
     text = console.export_text()
     assert "node-1" in text and "run-1 epoch 3/5" in text
     assert "pending (1)" in text and "wait-1" in text and "no room for cpus" in text
+
+
+def test_top_shows_a_job_the_store_placed_before_the_nodes_report_names_it() -> None:
+    node = {"node": "node-1", "capacity": {"cpus": 1.0, "memory": 2**30},
+            "reserved": {"cpus": 1.0, "memory": 2**29}, "usage": {"cpus": 0.0, "memory": 0},
+            "jobs": []}
+    jobs = [{"id": "new-1", "state": "RUNNING", "node": "node-1", "progress": {}},
+            {"id": "done-1", "state": "SUCCEEDED", "node": "node-1", "progress": {}}]
+    console = Console(width=200, record=True)
+    console.print(view([node], jobs, now=10.0))
+    text = console.export_text()
+    assert "new-1" in text and "done-1" not in text
