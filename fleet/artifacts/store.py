@@ -22,6 +22,7 @@ from fleet.errors import FleetError
 from fleet.observe.logs import attempt_dir
 
 OUTPUT_NAME = "output"
+MAX_DEPTH = 64  # folders deeper than this are listed as skipped: a job may nest without end
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block
 
@@ -152,14 +153,16 @@ def _is_link_or_not_dir(exc: OSError) -> bool:
     return exc.errno in (errno.ELOOP, errno.ENOTDIR)
 
 
-def _walk(fd: int, prefix: str, skipped: list[str]) -> Iterator[tuple[str, int]]:
+def _walk(fd: int, prefix: str, skipped: list[str], depth: int = 1) -> Iterator[tuple[str, int]]:
     """(name, size) of every regular file under the folder `fd`, sorted by name, no link
-    followed; what is neither file nor folder goes to `skipped`."""
+    followed; what is neither file nor folder, or nested past MAX_DEPTH, goes to `skipped`."""
     with os.scandir(fd) as found:
         entries = sorted(found, key=lambda e: e.name)
     for entry in entries:
         name = prefix + entry.name
-        if entry.is_dir(follow_symlinks=False):
+        if entry.is_dir(follow_symlinks=False) and depth >= MAX_DEPTH:
+            skipped.append(name + "/")
+        elif entry.is_dir(follow_symlinks=False):
             try:
                 inner = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
@@ -168,7 +171,7 @@ def _walk(fd: int, prefix: str, skipped: list[str]) -> Iterator[tuple[str, int]]
                 skipped.append(name)
                 continue
             try:
-                yield from _walk(inner, name + "/", skipped)
+                yield from _walk(inner, name + "/", skipped, depth + 1)
             finally:
                 os.close(inner)
         elif entry.is_file(follow_symlinks=False):

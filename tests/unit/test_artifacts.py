@@ -23,6 +23,7 @@ from fleet.artifacts import (
     member_path,
     output_dir,
 )
+from fleet.artifacts.store import MAX_DEPTH
 from fleet.cli import context
 from fleet.cli.main import app
 from fleet.client import Client
@@ -128,6 +129,15 @@ def test_the_store_lists_regular_files_and_never_follows_a_link(tmp_path: Path) 
     for name in ("leak", "leakdir/secret.txt", "pipe"):  # swapped in after a listing
         with pytest.raises(FleetError, match="not followed|not a regular file|no longer"):
             store.open("j-1", 1, name).close()
+
+
+def test_folders_nested_past_the_cap_are_skipped_not_walked(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    deep = "/".join(["d"] * (MAX_DEPTH + 3))
+    write_output(root, "j-1", 1, {f"{deep}/x": b"x", "top": b"t"})
+    listing = LocalArtifacts(root).listing("j-1", 1)
+    assert listing.files == [Artifact("top", 1)]
+    assert listing.skipped == ["/".join(["d"] * MAX_DEPTH) + "/"]
 
 
 def test_an_output_folder_or_job_folder_swapped_for_a_link_is_not_followed(
