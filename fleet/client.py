@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from fleet import acl
+from fleet.artifacts import Download, LocalArtifacts, download_job
 from fleet.bundles.upload import attach, code_override
 from fleet.entrypoints import is_job_id
 from fleet.errors import (
@@ -351,6 +352,13 @@ class Client:
 
     def _logs(self, job_id: str) -> JobLogs:
         return JobLogs(self.store, self.settings.artifacts_dir, job_id)
+
+    def artifacts(self, job_id: str, dest: str | Path | None = None, *,
+                  attempt: int | None = None) -> Download:
+        """Copy what the job wrote under `ctx.output_dir` into `dest` (new or empty; default
+        `./<job id>`): its succeeded attempt's, else its latest's (`note` says), or `attempt`'s."""
+        return download_job(self.store, LocalArtifacts(self.settings.artifacts_dir), job_id,
+                            dest, attempt)
 
     def events(
         self, job: str | None = None, *, limit: int | None = None, follow: bool = False,

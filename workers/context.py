@@ -17,6 +17,9 @@ until the supervisor commits one with the attempt's fencing token (`checkpoint` 
 fenced Redis step), and `restore()` resumes only from committed ones (`restore_from`): what a
 superseded attempt wrote is never resumed from. Every call into the context first checks the
 node's lease (`fence`): past it, the job's process group ends at once.
+
+What a job writes under `ctx.output_dir` (its attempt's own folder, 0700) is kept with the job:
+`fleet artifacts JOB` downloads the output of the attempt that succeeded (fleet.artifacts).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class JobContext:
         stop: threading.Event | None = None,
         fence: Fence | None = None,
         restore_from: Sequence[tuple[int, Path]] | None = None,
+        output_dir: Path | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -93,6 +97,8 @@ class JobContext:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.output_dir = Path(output_dir) if output_dir is not None else self.workdir / "output"
+        checkpoints.make_private_dir(self.output_dir)
         self.events: list[Event] = []
         self._emit = emit if emit is not None else self.events.append
         self._stop = stop if stop is not None else threading.Event()

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from fleet.cli import fleet_cmds, job_cmds, node_cmds, observe_cmds
+from fleet.cli import artifact_cmds, fleet_cmds, job_cmds, node_cmds, observe_cmds
 
 app = typer.Typer(
     name="fleet",
@@ -19,6 +19,7 @@ fleet_cmds.register(app)
 job_cmds.register(app)
 node_cmds.register(app)
 observe_cmds.register(app)
+artifact_cmds.register(app)
 
 
 @app.command("sim")

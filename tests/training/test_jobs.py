@@ -123,6 +123,29 @@ def test_digits_checkpoints_every_nth_epoch_and_never_loses_the_last(
         digits.train(_context(tmp_path / "bad"), checkpoint_every=0)
 
 
+def test_digits_writes_its_trained_model_to_the_output_dir(
+    digits: ModuleType, tmp_path: Path
+) -> None:
+    ctx = _context(tmp_path)
+    result = digits.train(ctx, epochs=3)
+    saved = ctx.output_dir / digits.MODEL_FILE
+    assert ctx.output_dir == tmp_path / "work" / "output" and saved.is_file()
+    x, y = digits.load_split()["test"]
+    if digits.__name__.endswith("torch"):
+        import torch
+        from torch import nn
+
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        model.load_state_dict(torch.load(saved, weights_only=True))
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+    else:
+        import keras
+
+        predicted = keras.models.load_model(saved).predict(x, verbose=0).argmax(axis=1)
+    assert abs(float((predicted == y).mean()) - result["accuracy"]) < 1e-6  # the same model
+
+
 # -- synthetic jobs -------------------------------------------------------------------------
 
 

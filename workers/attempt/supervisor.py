@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from fleet.artifacts.store import OUTPUT_NAME
 from fleet.entrypoints import check_entrypoint
 from fleet.errors import SpecError
 from fleet.observe.logs import LOG_NAME, attempt_dir
@@ -224,6 +225,7 @@ class Supervisor:
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
             "allowlist": list(self.settings.allowlist), "workdir": str(workdir),
             "checkpoint_dir": str(commits.folder),
+            "output_dir": str(workdir / OUTPUT_NAME),
             "restore": commits.restore, "code_root": None if code is None else str(code),
             "resources": {**res, "cpuset": list(entry.cores), "gpu_ids": list(entry.gpu_ids)},
         }
@@ -349,10 +351,10 @@ def _tick_until_exit(
 
 
 def _prepare(workdir: Path, artifacts: Path) -> Path:
-    """Make the attempt's folder (0700, its parents too) and its empty output.log (0600), and
-    check the disk has room: a full or read-only disk fails the attempt here, before the job
-    starts, with the path named. Returns the log's path."""
-    private_dir(workdir, tighten=[artifacts])
+    """Make the attempt's folder and its `output` (0700, parents too) and its empty output.log
+    (0600), and check the disk has room: a full or read-only disk fails the attempt here, before
+    the job starts, with the path named. Returns the log's path."""
+    private_dir(workdir / OUTPUT_NAME, tighten=[artifacts])
     path = workdir / LOG_NAME
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     disk.check_room(workdir)

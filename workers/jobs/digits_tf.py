@@ -3,7 +3,8 @@
 Same data split, model shape, parameters and result keys, so the two frameworks compare
 directly. A Keras callback reports each epoch, checkpoints as `digits_torch` does, and ends
 training early when a stop is asked; a resumed attempt restores weights and optimizer state and
-continues with `initial_epoch` after the last saved epoch.
+continues with `initial_epoch` after the last saved epoch. The trained model ends in
+`ctx.output_dir/model.keras`, kept with the job (`fleet artifacts JOB`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from workers.context import JobContext
 from workers.jobs.digits_torch import N_CLASSES, N_FEATURES, load_split
+
+MODEL_FILE = "model.keras"  # the trained model (Keras 3 format), in ctx.output_dir
 
 
 def train(
@@ -66,6 +69,7 @@ def train(
             shuffle=True,
             verbose=0,
         )
+    model.save(str(ctx.output_dir / MODEL_FILE))  # the whole model, kept: `fleet artifacts JOB`
     test_loss, test_accuracy = model.evaluate(*data["test"], verbose=0)
     _, val_accuracy = model.evaluate(*data["val"], verbose=0)
     result: dict[str, Any] = {

@@ -4,7 +4,8 @@ The data ships with scikit-learn, so nothing is downloaded. The split into train
 and test is fixed (SPLIT_SEED), whatever the training seed, so runs compare on the same test
 set. Every `checkpoint_every`-th epoch is checkpointed (each, by default), and the last one
 done whenever training ends, a stop included; a resumed attempt continues after the last saved
-epoch, with the same per-epoch shuffling an uninterrupted run would have used.
+epoch, with the same per-epoch shuffling an uninterrupted run would have used. The trained
+model's weights end in `ctx.output_dir/model.pt`, kept with the job (`fleet artifacts JOB`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1  # of the whole set
 N_FEATURES = 64
 N_CLASSES = 10
+MODEL_FILE = "model.pt"  # the trained weights (a state_dict), in ctx.output_dir
 
 
 def load_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -105,6 +107,7 @@ def train(
     if done > saved:  # the last epochs, or a stop between checkpoints: nothing done is lost
         runner.save(ctx, done, model, optimizer)
 
+    torch.save(model.state_dict(), ctx.output_dir / MODEL_FILE)  # `fleet artifacts` gets it
     test_loss, test_accuracy = _evaluate(model, loss_fn, *data["test"])
     _, val_accuracy = _evaluate(model, loss_fn, *data["val"])
     result: dict[str, Any] = {

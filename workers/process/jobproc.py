@@ -136,6 +136,7 @@ def main() -> int:
             emit=emit, stop=stop, fence=guard,
             restore_from=None if restore is None else [
                 (int(c["step"]), Path(c["dir"])) for c in restore],
+            output_dir=Path(order["output_dir"]) if order.get("output_dir") else None,
         )
         result = function(ctx, **order.get("params", {})) or {}
         emit({"type": "result", "result": json.loads(json.dumps(result, default=float))})

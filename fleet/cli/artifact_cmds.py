@@ -1,0 +1,35 @@
+"""`fleet artifacts JOB [-o DIR] [--attempt N]`: download what a job wrote to `ctx.output_dir`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fleet.cli.context import client, console, err_console
+from fleet.units import format_memory
+
+
+def register(app: typer.Typer) -> None:
+    app.command("artifacts")(artifacts)
+
+
+def artifacts(
+    job: str = typer.Argument(..., help="job id"),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="a new or empty folder to download into (default: ./JOB)"),
+    attempt: int = typer.Option(
+        None, "--attempt", "-a", min=1, help="this attempt's output (default: the one that "
+        "succeeded, else the latest)"),
+) -> None:
+    """Download the files a job wrote under ctx.output_dir (its succeeded attempt's)."""
+    done = client().artifacts(job, output, attempt=attempt)
+    if done.note:
+        err_console.print(f"[yellow]note:[/yellow] {done.note}", highlight=False, soft_wrap=True)
+    if done.skipped:
+        err_console.print(f"[yellow]note:[/yellow] not copied (links and special files are "
+                          f"never followed): {', '.join(done.skipped)}", highlight=False,
+                          soft_wrap=True)
+    files = f"{len(done.paths)} file{'' if len(done.paths) == 1 else 's'}"
+    console.print(f"{done.dest}: {files} ({format_memory(done.size)}) of {done.job_id}, "
+                  f"attempt {done.attempt}", highlight=False, soft_wrap=True)
