@@ -10,10 +10,11 @@ is how the job talks to it:
     ctx.log(text)          a line in `fleet logs`, as print() writes one
     ctx.should_stop()      True once the job is cancelled or its node drains
     ctx.wait(seconds)      sleep, waking at once on a stop
+    ctx.output_dir         a folder kept with the job: `fleet artifacts JOB` downloads it
 
 If the job's node dies, the fleet starts it again elsewhere and `ctx.restore()` hands back the
 last checkpoint: training goes on from the epoch after it, with the same per-epoch shuffling
-an uninterrupted run would have used.
+an uninterrupted run would have used. The trained weights end in `ctx.output_dir/model.pt`.
 """
 
 from __future__ import annotations
@@ -90,10 +91,7 @@ def train(ctx: Any, epochs: int = 30, hidden: int = 32, lr: float = 0.01, batch_
         if epoch_pause and epoch < epochs and ctx.wait(epoch_pause):
             break
 
-    output = getattr(ctx, "output_dir", None)  # kept with the job, where the fleet offers it
-    if output is not None:
-        Path(output).mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), Path(output) / MODEL_FILE)
+    torch.save(model.state_dict(), ctx.output_dir / MODEL_FILE)  # `fleet artifacts JOB`
     return {"epochs": done, "loss": train_loss, "val_loss": val_loss,
             "resumed_from": start if found is not None else None}
 

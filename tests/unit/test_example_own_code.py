@@ -63,3 +63,11 @@ def test_it_learns_and_a_resumed_run_ends_as_an_uninterrupted_one(tmp_path: Path
     assert [e["step"] for e in second.events if e["type"] == "resumed"] == [2]
     assert [e["step"] for e in second.events if e["type"] == "progress"] == [3, 4]
     assert resumed == {**whole, "resumed_from": 2}
+    import torch
+
+    model = mytrain.make_model(32)
+    model.load_state_dict(torch.load(second.output_dir / mytrain.MODEL_FILE, weights_only=True))
+    x, y = mytrain.make_data(256, 0)
+    with torch.no_grad():
+        val_loss = torch.nn.MSELoss()(model(x[230:]), y[230:]).item()
+    assert val_loss == pytest.approx(resumed["val_loss"])  # the model it trained, kept
