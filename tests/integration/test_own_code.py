@@ -1,11 +1,13 @@
 """examples/own-code as a new user runs it: the folder copied somewhere outside the checkout, a
 fleet started with plain `fleet up` (no FLEET_ALLOWLIST, no PYTHONPATH naming the folder, no
-restart), and the job sent with `fleet submit job.yaml --code DIR --wait`. Then its node is
-killed with SIGKILL mid-run, and the job finishes on the other node from its checkpoint.
+restart), and the job sent with `fleet submit job.yaml --code DIR --wait`; its progress, logs,
+checkpoints and trained model (`fleet artifacts`) are there. Then its node is killed with
+SIGKILL mid-run, and the job finishes on the other node from its checkpoint.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -90,6 +92,26 @@ def test_the_example_trains_from_its_folder_with_one_command(user: UserFleet) ->
     assert "epoch 1/6 loss" in logs and "epoch 6/6 loss" in logs, logs
     committed = user.client.store.committed_checkpoints(job)
     assert committed and committed[0]["step"] == 6, committed
+    assert_model_kept(user, job, status["result"])
+
+
+def assert_model_kept(user: UserFleet, job: str, result: dict[str, Any]) -> None:
+    """`fleet artifacts` gives the weights the job trained: the validation loss it reported."""
+    import torch
+
+    out = user.home.parent / f"out-{job}"
+    got = user.fleet("artifacts", job, "-o", str(out))
+    assert got.returncode == 0, got.stdout + got.stderr
+    found = importlib.util.spec_from_file_location("mytrain", user.folder / "mytrain.py")
+    assert found is not None and found.loader is not None
+    mytrain = importlib.util.module_from_spec(found)
+    found.loader.exec_module(mytrain)
+    model = mytrain.make_model(32)
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    x, y = mytrain.make_data(2048, 0)
+    with torch.no_grad():
+        val_loss = torch.nn.MSELoss()(model(x[1843:]), y[1843:]).item()
+    assert val_loss == pytest.approx(result["val_loss"], rel=1e-5)
 
 
 def test_its_node_killed_mid_run_it_resumes_on_the_other_from_its_checkpoint(
@@ -120,3 +142,4 @@ def test_its_node_killed_mid_run_it_resumes_on_the_other_from_its_checkpoint(
     resumed = user.fleet("logs", job, "--attempt", "2").stdout
     assert f"resuming after epoch {attempts[1]['resumed_from_step']}" in resumed, resumed
     assert "epoch 1/14 " not in resumed  # the second attempt did not start over
+    assert_model_kept(user, job, final["result"])  # the output of the attempt that succeeded
