@@ -60,7 +60,9 @@ class Bundle:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
+    """A file to pack, as the walk found it; its bytes are read only by `build`."""
+
     name: str  # the path inside the bundle, '/'-separated
     source: str  # where its bytes are read from (a link's target, resolved)
     size: int
@@ -70,6 +72,11 @@ class _Entry:
 def pack(folder: Path, cap: int = DEFAULT_CAP) -> Bundle:
     """The bundle of `folder`: what `.fleetignore` and the defaults leave, checked against `cap`
     (bytes of file content) from the sizes on disk before any file is read."""
+    return build(scan(folder, cap))
+
+
+def scan(folder: Path, cap: int = DEFAULT_CAP) -> list[Entry]:
+    """The files `pack` would hold, sorted, their sizes checked against `cap`; none read yet."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(f"code folder {folder} does not exist or is not a folder")
@@ -79,9 +86,14 @@ def pack(folder: Path, cap: int = DEFAULT_CAP) -> Bundle:
     total = sum(e.size for e in entries)
     if total > cap:
         raise BundleError(_over_cap(folder, total, cap, entries))
+    return entries
+
+
+def build(entries: list[Entry]) -> Bundle:
+    """The archive of what `scan` found, the files read now."""
     data = _archive(entries)
     return Bundle(data=data, digest="sha256:" + hashlib.sha256(data).hexdigest(),
-                  files=len(entries), size=total)
+                  files=len(entries), size=sum(e.size for e in entries))
 
 
 def _ignore_spec(folder: Path) -> pathspec.GitIgnoreSpec:
@@ -98,11 +110,11 @@ def _ignore_spec(folder: Path) -> pathspec.GitIgnoreSpec:
         raise BundleError(f"{ignore}: {exc}") from exc
 
 
-def _walk(root: Path, spec: pathspec.GitIgnoreSpec) -> list[_Entry]:
+def _walk(root: Path, spec: pathspec.GitIgnoreSpec) -> list[Entry]:
     """Every file to pack, sorted by name. Links are followed (inside the folder only);
     `ancestors` are the real directories on the way down, to catch a link loop."""
     root_real = str(root)
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
 
     def visit(directory: str, prefix: str, ancestors: frozenset[str]) -> None:
         try:
@@ -135,7 +147,7 @@ def _walk(root: Path, spec: pathspec.GitIgnoreSpec) -> list[_Entry]:
                 visit(path, rel + "/", ancestors | {real})
             elif stat.S_ISREG(st.st_mode):
                 _check_name(rel)
-                entries.append(_Entry(rel, target, st.st_size, bool(st.st_mode & 0o111)))
+                entries.append(Entry(rel, target, st.st_size, bool(st.st_mode & 0o111)))
             else:
                 raise BundleError(f"{rel}: a {_kind(st.st_mode)}, not a regular file; "
                                   f"remove it or add it to {IGNORE_FILE}")
@@ -165,14 +177,14 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _over_cap(folder: Path, total: int, cap: int, entries: Iterable[_Entry]) -> str:
+def _over_cap(folder: Path, total: int, cap: int, entries: Iterable[Entry]) -> str:
     largest = sorted(entries, key=lambda e: (-e.size, e.name))[:LARGEST_NAMED]
     named = ", ".join(f"{e.name} {format_memory(e.size)}" for e in largest)
     return (f"code folder {folder} is {format_memory(total)}, over the {format_memory(cap)} cap; "
             f"largest: {named}; add what the job does not need to {IGNORE_FILE}")
 
 
-def _archive(entries: Iterable[_Entry]) -> bytes:
+def _archive(entries: Iterable[Entry]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
@@ -187,7 +199,7 @@ def _archive(entries: Iterable[_Entry]) -> bytes:
     return buffer.getvalue()
 
 
-def _read(entry: _Entry) -> bytes:
+def _read(entry: Entry) -> bytes:
     """The file's bytes, which must still be the size seen by the walk (the cap was checked
     on those sizes: a file growing meanwhile must not slip past it)."""
     try:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.bundles.entry import check_folder_entrypoint
-from fleet.bundles.pack import Bundle, pack
+from fleet.bundles.memo import PACKS
+from fleet.bundles.pack import Bundle
 from fleet.errors import SpecError
 from fleet.settings import Settings
 from fleet.spec import JobSpec
@@ -56,7 +57,7 @@ def attach(spec: JobSpec, settings: Settings, store: Store, sent: set[str]) -> A
             raise SpecError("bundle", f"{spec.bundle} is not stored in this fleet: submit the "
                                       "folder with code=DIR (`--code DIR`), which uploads it")
         return Attached(spec)
-    bundle = pack(Path(folder).expanduser(), settings.bundle_cap)
+    bundle = PACKS.pack(Path(folder).expanduser(), settings.bundle_cap)  # again only if changed
     check_folder_entrypoint(spec.entrypoint, Path(folder).expanduser(), _members(bundle))
     spec = spec.model_copy(update={"code": None, "bundle": bundle.digest})
     if bundle.digest in sent or store.bundle_exists(bundle.digest):
