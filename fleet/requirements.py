@@ -46,7 +46,7 @@ def check_requirement(text: str) -> str:
         raise ValueError(f"not a pip requirement: {str(exc).splitlines()[0]}") from None
     if req.url:
         raise ValueError(f"direct references (name @ URL) are refused: {ONLY_INDEX}")
-    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    extras = f"[{','.join(sorted({canonicalize_name(e) for e in req.extras}))}]" if req.extras else ""
     marker = f"; {req.marker}" if req.marker else ""
     return f"{canonicalize_name(req.name)}{extras}{req.specifier}{marker}"
 

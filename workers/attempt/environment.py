@@ -92,7 +92,7 @@ class Environments:
                                          wait_s=self.settings.env_build_timeout + WAIT_MARGIN_S)
             with self._lock:
                 self._held[job_id] = lease
-            seconds = round(time.monotonic() - started, 3)
+            seconds = round(time.monotonic() - started, 4)
             how = "built" if lease.built else "built by another job" if lease.waited else "cached"
             capture.say(f"env {name} ready ({how}) in {seconds:.3f} s")
         except BuildFailed as exc:
