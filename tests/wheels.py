@@ -1,7 +1,7 @@
 """Tiny pure-Python wheels and a PEP 503 index of them, made by the tests themselves: no network.
 
 A wheel is a zip with the package, `METADATA`, `WHEEL` and a `RECORD` of sha256 hashes; the
-index is a folder `simple/<project>/<wheel>` served by `python -m http.server` on 127.0.0.1,
+index is a folder `simple/<project>/<wheel>` served by http.server's handler on 127.0.0.1,
 whose directory listings are the simple index's pages.
 """
 
@@ -53,15 +53,30 @@ def simple_index(root: Path, wheels: Mapping[str, Path]) -> Path:
     return root / "simple"
 
 
+# http.server's handler, each answer `delay` s late, and `hang` s for a path with "hang" in it
+SERVER = """
+import functools, http.server, sys, time
+class Slow(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(float(sys.argv[3]) if "hang" in self.path else float(sys.argv[2]))
+        super().do_GET()
+    def log_message(self, *args):
+        pass
+handler = functools.partial(Slow, directory=sys.argv[1])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[4])), handler).serve_forever()
+"""
+
+
 @contextmanager
-def served(folder: Path) -> Iterator[str]:
-    """`folder` over HTTP on 127.0.0.1 (a free port) for as long as the block runs; its URL."""
+def served(folder: Path, delay: float = 0.0, hang: float = 0.0) -> Iterator[str]:
+    """`folder` over HTTP on 127.0.0.1 (a free port) for as long as the block runs; its URL.
+    Each answer comes `delay` s late; one for a path holding "hang", `hang` s late."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-c", SERVER, str(folder), str(delay), str(hang), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:

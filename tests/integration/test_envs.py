@@ -168,3 +168,48 @@ def test_two_jobs_needing_one_new_env_at_once_build_it_once(
               if "built by another job" in line]
     assert len(waited) == 1, [fleet_lines(fleet, job) for job in jobs]
     print(f"two jobs, one build: both done in {time.monotonic() - started:.1f} s")
+
+
+def test_the_build_has_its_own_timeout_and_a_cancel_stops_it(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    wheel = make_wheel(tmp_path / "wheels", "fleetprobe-pkg", "1.0",
+                       {"fleetprobe_pkg/__init__.py": "VALUE = 42\n"})
+    simple = simple_index(tmp_path / "index", {"fleetprobe-pkg": wheel})
+    with served(simple, delay=1.0, hang=120) as url:  # each answer a second late
+        fleet = Fleet(Settings(home=tmp_path / "home", redis_url=redis_server.url,
+                               heartbeat_interval=0.5, heartbeat_ttl=3.0, pip_index_url=url,
+                               env_build_timeout=12), redis_server)
+        try:
+            folder = probe_folder(tmp_path / "elsewhere")
+            fleet.master()
+            fleet.node("node-1")
+            # A build of 2 s and more (two answers) under a job timeout of 1 s: not counted.
+            job = fleet.client.submit({**SPEC, "requirements": ["fleetprobe-pkg"], "timeout": 1},
+                                      code=folder)
+            final = fleet.wait_job(job, 120)
+            assert final["state"] == "SUCCEEDED", final
+            assert final["attempts"][0]["env_seconds"] > 2.0
+
+            # pip waiting on the index past FLEET_ENV_BUILD_TIMEOUT: stopped, FAILED once.
+            started = time.monotonic()
+            job = fleet.client.submit({**SPEC, "requirements": ["fleetprobe-hang"]}, code=folder)
+            final = fleet.wait_job(job, 120)
+            assert (final["state"], final["reason"]) == ("FAILED", "ENV_FAILED"), final
+            assert "ran past 12 s (FLEET_ENV_BUILD_TIMEOUT)" in final["error"]
+            assert len(final["attempts"]) == 1
+            assert time.monotonic() - started < 60
+
+            # Cancelled while PREPARING: pip is stopped, the job CANCELLED.
+            job = fleet.client.submit({**SPEC, "requirements": ["fleetprobe-hang", "numpy"]},
+                                      code=folder)
+            eventually(lambda: fleet.client.status(job)["phase"] == "PREPARING", 60,
+                       what="the PREPARING phase")
+            asked = time.monotonic()
+            fleet.client.cancel(job, wait=0)
+            final = fleet.wait_job(job, 60)
+            assert final["state"] == "CANCELLED", final
+            print(f"cancelled while preparing: ended {time.monotonic() - asked:.2f} s later")
+            assert time.monotonic() - asked < 10
+        finally:
+            fleet.stop()
+            print(fleet.log_tails())
