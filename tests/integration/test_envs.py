@@ -204,6 +204,9 @@ def test_the_build_has_its_own_timeout_and_a_cancel_stops_it(
                                       code=folder)
             eventually(lambda: fleet.client.status(job)["phase"] == "PREPARING", 60,
                        what="the PREPARING phase")
+            shown = fleet.cli("status", job)
+            assert "RUNNING" in shown.stdout and "phase: PREPARING" in shown.stdout, shown
+            assert "preparing env" in fleet.cli("jobs").stdout
             asked = time.monotonic()
             fleet.client.cancel(job, wait=0)
             final = fleet.wait_job(job, 60)
