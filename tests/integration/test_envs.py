@@ -106,6 +106,12 @@ def test_the_first_job_builds_the_env_and_the_next_one_finds_it(
     assert attempt["env_seconds"] <= 0.5, attempt
     assert not any("building env" in line for line in fleet_lines(fleet, second))
 
+    # A bundle named by its digest alone: the node reads its requirements.txt, same env.
+    digest = fleet.client.store.get(first)["spec"]["bundle"]  # type: ignore[index]
+    by_digest = fleet.wait_job(fleet.client.submit({**SPEC, "bundle": digest}), 60)
+    assert by_digest["state"] == "SUCCEEDED", by_digest
+    assert by_digest["attempts"][0]["env"] == attempt["env"]
+
     # [] overrides the bundle's requirements.txt: no env, so no fleetprobe_pkg
     bare = fleet.client.submit({**SPEC, "requirements": [], "max_retries": 0}, code=folder)
     control = fleet.wait_job(bare, 60)

@@ -23,6 +23,8 @@ from typing import Any
 
 import redis
 
+from fleet.errors import SpecError
+from fleet.requirements import FILE_NAME, parse_file
 from fleet.settings import Settings
 from fleet.states import EndReason
 from fleet.store.jobstore import JobStore, Outcome
@@ -61,14 +63,18 @@ class Environments:
     def prepare(
         self, store: JobStore, job_id: str, attempt: int, spec: Mapping[str, Any],
         log_path: Path, cores: Sequence[int], cancelled: Callable[[], bool],
+        code: Path | None = None,
     ) -> Path | None:
         """The site-packages folder of the job's env, held for it; None when it asks for no
         packages. NotPrepared when the attempt must end instead."""
         try:
             wanted = requirements_of(spec.get("requirements"))
-        except ValueError as exc:
-            raise NotPrepared(Outcome(EndReason.ENV_FAILED, f"requirements: {exc}",
-                                      final=True)) from None
+            listed = None if code is None else code / FILE_NAME
+            if spec.get("requirements") is None and listed is not None and listed.is_file():
+                wanted = parse_file(listed.read_bytes())  # a bundle submitted by digest alone
+        except (ValueError, SpecError) as exc:
+            why = str(exc) if isinstance(exc, SpecError) else f"requirements: {exc}"
+            raise NotPrepared(Outcome(EndReason.ENV_FAILED, why, final=True)) from None
         if not wanted:
             return None
         key = env_key(wanted, f"{sys.executable} {sys.version}",

@@ -226,7 +226,7 @@ class Supervisor:
         workdir = attempt_dir(self.settings.artifacts_dir, job_id, attempt)
         log_path = _prepare(workdir, self.settings.artifacts_dir)  # a full disk fails here
         site = self.envs.prepare(self.store, job_id, attempt, spec, log_path, entry.cores,
-                                 lambda: self._cancel_requested(job_id))  # before its timeout
+                                 lambda: self._cancel_requested(job_id), code)  # before its timeout
         order = {
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
