@@ -32,8 +32,12 @@ def run(ctx):
     import numpy
 
     print("probe imported", fleetprobe_pkg.VALUE, flush=True)
+    def where(module):
+        return sys.path.index(os.path.dirname(os.path.dirname(module.__file__)))
+
     return {"value": fleetprobe_pkg.VALUE, "probe": fleetprobe_pkg.__file__,
-            "numpy": numpy.__file__, "path": sys.path[:3], "cwd_code": os.path.isdir("probe")}
+            "numpy": numpy.__file__, "code_first": __file__.startswith(sys.path[0]),
+            "env_before_node": where(fleetprobe_pkg) < where(numpy)}
 
 
 def noop(ctx):
@@ -88,6 +92,7 @@ def test_the_first_job_builds_the_env_and_the_next_one_finds_it(
     assert final["result"]["value"] == 42
     assert "/envs/" in final["result"]["probe"]  # from the job's env
     assert "/envs/" not in final["result"]["numpy"]  # the node's own, not installed again
+    assert final["result"]["code_first"] and final["result"]["env_before_node"]
     assert final["attempts"][0]["env_built"] is True
     lines = fleet.client.log_lines(first, 1)
     assert any("Successfully installed fleetprobe-pkg-1.0" in line for line in lines), lines
