@@ -77,6 +77,16 @@ class Settings(BaseSettings):
         default=True, description="run producers' code bundles (`off`: installed, allowlisted code only)"
     )
     bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
+    pip_index_url: str | None = Field(
+        default=None, description="the index jobs' requirements come from; else pip's own config"
+    )
+    pip_find_links: str | None = Field(
+        default=None, description="a folder or URL of wheels pip also looks in (--find-links)"
+    )
+    env_build_timeout: float = Field(default=600.0, gt=0, description="one job env's pip install")
+    env_cache_bytes: int = Field(
+        default=10 * 2**30, ge=0, description="job envs a node keeps; least recently used go first"
+    )
     master_lease_ttl: float = Field(default=5.0, gt=0)
     result_expires: int = Field(default=7 * DAY, gt=0)
 

@@ -38,6 +38,7 @@ from fleet.entrypoints import (  # noqa: F401 - re-exported for callers of fleet
     split_entrypoint,
 )
 from fleet.errors import SpecError
+from fleet.requirements import Requirements
 from fleet.resources import KINDS, Kind, Resources
 from fleet.units import parse_memory
 
@@ -49,7 +50,6 @@ MAX_LABELS = 64
 MAX_LABEL_CHARS = 128
 # Bytes above 2**53 lose precision as the doubles that JSON readers and Redis Lua compare.
 MAX_BYTES = 2**53
-
 
 
 def _no_bool(value: Any) -> Any:
@@ -148,6 +148,7 @@ class JobSpec(BaseModel):
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels the node must have
     code: str | None = Field(default=None, max_length=4096)  # a folder the Client packs
     bundle: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")  # its digest
+    requirements: Requirements = None  # pip packages for the job's env (fleet.requirements)
 
     @field_validator("schema_version")
     @classmethod

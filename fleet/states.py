@@ -38,6 +38,7 @@ class EndReason(str, Enum):
     WORKER_LOST = "WORKER_LOST"  # its supervisor died under it
     REJECTED = "REJECTED"  # refused at the worker (allowlist, bad payload)
     DISK = "DISK"  # the node could not write its artifacts (full, quota, read-only, I/O error)
+    ENV_FAILED = "ENV_FAILED"  # its requirements could not be installed (pip failed or timed out)
 
     @property
     def infrastructure(self) -> bool:

@@ -18,6 +18,7 @@ def job_view(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]] | Non
         "id": job["id"],
         "name": job.get("name"),
         "state": job.get("state"),
+        "phase": job.get("phase") or None if job.get("state") == "RUNNING" else None,
         "terminal": job.get("terminal", False),
         "node": job.get("node") or None,
         "attempt": job.get("attempt", 0),
@@ -41,6 +42,7 @@ def job_view(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]] | Non
     }
     if attempts is not None:
         fields = ("attempt", "node", "incarnation", "placed_at", "started_at", "ended_at",
-                  "end_reason", "error", "counted", "resumed_from_step", "peak_memory")
+                  "end_reason", "error", "counted", "resumed_from_step", "peak_memory",
+                  "env", "env_built", "env_seconds")
         view["attempts"] = [{**{f: None for f in fields}, **a} for a in attempts]
     return view

@@ -19,6 +19,7 @@ from fleet.bundles.entry import check_folder_entrypoint
 from fleet.bundles.memo import PACKS
 from fleet.bundles.pack import Bundle
 from fleet.errors import SpecError
+from fleet.requirements import FILE_NAME, parse_file
 from fleet.settings import Settings
 from fleet.spec import JobSpec
 from fleet.store.protocol import Store
@@ -60,9 +61,22 @@ def attach(spec: JobSpec, settings: Settings, store: Store, sent: set[str]) -> A
     bundle = PACKS.pack(Path(folder).expanduser(), settings.bundle_cap)  # again only if changed
     check_folder_entrypoint(spec.entrypoint, Path(folder).expanduser(), _members(bundle))
     spec = spec.model_copy(update={"code": None, "bundle": bundle.digest})
+    if spec.requirements is None:  # none in the spec: the bundle's requirements.txt, if any
+        spec = spec.model_copy(update={"requirements": _requirements_file(bundle)})
     if bundle.digest in sent or store.bundle_exists(bundle.digest):
         return Attached(spec)
     return Attached(spec, bundle)
+
+
+def _requirements_file(bundle: Bundle) -> list[str] | None:
+    """The bundle's top-level requirements.txt, checked (SpecError naming its line)."""
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:") as tar:
+        try:
+            member = tar.getmember(FILE_NAME)
+        except KeyError:
+            return None
+        f = tar.extractfile(member) if member.isfile() else None
+        return None if f is None else parse_file(f.read())
 
 
 def _members(bundle: Bundle) -> set[str]:

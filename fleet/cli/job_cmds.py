@@ -61,6 +61,9 @@ def status(job: str, json_out: bool = typer.Option(False, "--json", help="print 
         return
     console.print(f"{s['id']}: {state_text(s['state'])}  attempt {s['attempt']}  "
                   f"node {s.get('node') or '-'}", highlight=False)
+    if s.get("phase"):
+        console.print(f"  phase: {s['phase']} (its env is being built: `fleet logs {job}`)",
+                      highlight=False)
     if s.get("progress"):
         console.print(f"  progress: {progress_line(s)}", highlight=False)
     if s.get("waiting") and not s["terminal"]:

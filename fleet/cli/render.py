@@ -26,7 +26,7 @@ def state_text(state: str | None) -> str:
 
 def progress_line(status: Mapping[str, Any]) -> str:
     """`epoch 3/12 loss 0.412 accuracy 0.931 on node-1`."""
-    parts = []
+    parts = ["preparing env"] if status.get("phase") == "PREPARING" else []
     progress = status.get("progress") or {}
     epochs = (status.get("params") or {}).get("epochs")
     if progress.get("step") is not None:

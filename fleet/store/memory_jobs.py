@@ -135,6 +135,7 @@ class MemoryJobs(MemoryReads):
                 return False, f"job is {job.get('state', 'nil')}", None
             self.placing_since.pop(job_id, None)
             job.update(state=JobState.RUNNING.value, started_at=at, updated_at=at)
+            job.pop("phase", None)
             self._update_attempt(job_id, attempt, {"started_at": float(at)})
             self._event("started", job_id, at, node=node, attempt=attempt)
             raw = job.get("spec", "")
@@ -159,8 +160,23 @@ class MemoryJobs(MemoryReads):
                 self._update_attempt(job_id, attempt, {"resumed_from_step": step})
                 self._event("resumed", job_id, at, attempt=attempt, step=step)
                 return True
+            if kind in ("preparing", "prepared"):  # the job's env (progress.lua says how)
+                self._phase(job_id, attempt, kind, reports[0], at)
+                return True
             self._record_progress(job_id, reports, at)
         return True
+
+    def _phase(self, job_id: str, attempt: int, kind: str, r: Mapping[str, Any], at: str) -> None:
+        job, env = self.jobs[job_id], r.get("env")
+        if kind == "preparing":
+            job.update(phase="PREPARING", updated_at=at)
+            self._event(kind, job_id, at, attempt=attempt, env=env)
+            return
+        job.pop("phase", None)
+        built, seconds = str(r.get("built")).lower(), r.get("seconds")
+        self._update_attempt(job_id, attempt, {"env": env, "env_built": r.get("built"),
+                                               "env_seconds": seconds})
+        self._event(kind, job_id, at, attempt=attempt, env=env, built=built, seconds=seconds)
 
     def finish(self, job_id: str, attempt: int, node: str, outcome: Outcome,
                now: float | None = None,

@@ -23,6 +23,11 @@ What the rows say, and why in this order:
 A node asked to drain ends no attempt (it only takes no new one), so drain has no row; what
 arrives while the job's pipes drain after its exit counts as seen after the end (see `log_error`).
 
+Endings before any process exists are not in the table: a bundle that cannot be used (REJECTED,
+`workers.attempt.bundles`) and an env that cannot be built (ENV_FAILED, pip's last lines in the
+reason, `workers.attempt.environment`) end the job at once, final, since a retry would meet the
+same bundle or the same requirements; a cancel while the env builds ends it CANCELLED.
+
 Two facts cost I/O: the oom_kill counter after the job, and whether the node's disk is full.
 They are callables in `Ending`, asked only when their row is reached.
 """

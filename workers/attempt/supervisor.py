@@ -42,6 +42,7 @@ from fleet.store.jobstore import JobStore, Outcome
 from workers import runners
 from workers.attempt import bundles
 from workers.attempt.commits import CheckpointCommits
+from workers.attempt.environment import Environments, NotPrepared
 from workers.attempt.outcome import Decision, Ending, decide
 from workers.attempt.relay import REDIS_DOWN, CeleryProgress, LogCapture, Relay
 from workers.attempt.watch import (
@@ -70,8 +71,9 @@ log = logging.getLogger("fleet.supervisor")
 TICK_S = 0.2
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
-# A job gets neither a broker credential nor the path of the file that holds one.
-SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE"}
+# A job gets neither a broker credential nor the path of the file that holds one (nor the
+# package index's URL, which may hold a token).
+SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE", "FLEET_PIP_INDEX_URL"}
 LEASE_WAIT_S = 0.2  # between tries to start a job while the node's lease is not renewed
 
 
@@ -104,6 +106,7 @@ class Supervisor:
         # Job processes see no broker credential; they are forked with the rest of this env.
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
         self.forks = ForkServer({**env, "PYTHONUNBUFFERED": "1"})
+        self.envs = Environments(settings, env)  # jobs' requirements, built before they start
         self.oom_kills = OomKillCounter()  # the node cgroup's, found at the first job
         self.disk = disk.DiskHealth(settings.artifacts_dir / "jobs")  # the agent reports it
 
@@ -167,12 +170,15 @@ class Supervisor:
         unsent: list[dict[str, Any]] = []
         try:
             outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits, code)
+        except NotPrepared as exc:  # its env could not be had: no process was started
+            outcome = exc.outcome
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
             outcome = self._failed(job_id, exc)
         finally:
             with self._lock:
                 self.running.pop(job_id, None)
             self.pinning.give_back(cores, gpu_ids)
+            self.envs.release(job_id)
         return self._record(job_id, attempt, outcome, unsent, commits)
 
     def _failed(self, job_id: str, exc: Exception) -> Outcome:
@@ -220,6 +226,8 @@ class Supervisor:
         res = spec["resources"]
         workdir = attempt_dir(self.settings.artifacts_dir, job_id, attempt)
         log_path = _prepare(workdir, self.settings.artifacts_dir)  # a full disk fails here
+        site = self.envs.prepare(self.store, job_id, attempt, spec, log_path, entry.cores,
+                                 lambda: self._cancel_requested(job_id), code)  # before its timeout
         order = {
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
@@ -227,6 +235,7 @@ class Supervisor:
             "checkpoint_dir": str(commits.folder),
             "output_dir": str(workdir / OUTPUT_NAME),
             "restore": commits.restore, "code_root": None if code is None else str(code),
+            "env_site": None if site is None else str(site),
             "resources": {**res, "cpuset": list(entry.cores), "gpu_ids": list(entry.gpu_ids)},
         }
         given = Allotment.from_order(order["resources"])

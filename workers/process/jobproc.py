@@ -9,6 +9,9 @@ log. It dies with its supervisor: a SIGKILLed worker leaves no orphan training o
 its node's lease (`workers.attempt.fence`): a forked job checks the lease deadline in every call into
 `ctx` and in a watchdog thread between them.
 
+Packages: `env_site` names the site-packages of the job's env (its `requirements`, built by
+`workers.attempt.environment`), put ahead of the node's own; the code root goes before both.
+
 Checkpoints: the order names the attempt's own checkpoint folder (`checkpoint_dir`) and the
 checkpoints its job committed so far (`restore`: [{"step", "dir"}], newest first), the only
 ones `ctx.restore()` may resume from. An order without `restore` (a direct run) resumes from
@@ -118,6 +121,8 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a polite stop: drain or cancel
     try:
+        if order.get("env_site"):  # the job's requirements (workers.env), then the bundle first
+            _layer_env(order["env_site"])
         code_root = order.get("code_root")
         if code_root:  # the producer's bundle: its modules need no allowlist, others do
             module_name, func_name = check_bundle_module(order["entrypoint"], Path(code_root))
@@ -148,6 +153,20 @@ def main() -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _layer_env(site_dir: str) -> None:
+    """The job's env ahead of the node's own site-packages (after the standard library, as in
+    any virtualenv), with its .pth files read. Modules the fork server imported already (fleet,
+    workers and what they import) stay the node's."""
+    import site
+
+    before = list(sys.path)
+    site.addsitedir(site_dir)
+    added = [p for p in sys.path if p not in before]
+    node = {*site.getsitepackages(), site.getusersitepackages()}
+    at = next((i for i, p in enumerate(before) if p in node), len(before))
+    sys.path[:] = before[:at] + added + before[at:]
 
 
 def _job_function(module: Any, name: str) -> Any:

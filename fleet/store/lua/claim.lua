@@ -8,6 +8,7 @@ if j[2] ~= A.attempt or j[3] ~= A.node or j[4] ~= A.incarnation then return {0, 
 if j[1] ~= 'PLACED' then return {0, 'job is ' .. tostring(j[1])} end
 redis.pcall('ZREM', K.placing, A.job_id)
 redis.call('HSET', K.job, 'state', 'RUNNING', 'started_at', A.now, 'updated_at', A.now)
+redis.call('HDEL', K.job, 'phase')  -- an earlier attempt's
 update_attempt(K.attempts, A.attempt, {started_at = tonumber(A.now)})
 event(K.events, 'started', A.job_id, A.now, 'node', A.node, 'attempt', A.attempt)
 return {1, 'ok', redis.call('HGET', K.job, 'spec')}
