@@ -29,6 +29,7 @@ CONTAINER_UID = 10001  # the images' user (docker/Dockerfile)
 
 # numpy only: what the stock images have. It returns where it was imported from and who ran it.
 TRAIN = '''\
+import json
 import os
 import sys
 
@@ -37,17 +38,23 @@ import numpy as np
 from mymodel.data import points
 
 
-def train(ctx, steps=6, lr=0.5):
+def train(ctx, steps=6, lr=0.5, step_seconds=0.0):
     x, y = points()
-    w = np.zeros(2)
-    for step in range(1, steps + 1):
+    w, start = np.zeros(2), 0
+    found = ctx.restore()
+    if found is not None:
+        start, w = found[0], np.array(json.loads((found[1] / "w.json").read_text()))
+    for step in range(start + 1, steps + 1):
+        if step_seconds and ctx.wait(step_seconds):
+            return {"stopped": step}
         w = w - lr * 2 * x.T @ (x @ w - y) / len(y)
         loss = float(np.mean((x @ w - y) ** 2))
+        ctx.checkpoint(step, lambda d, w=w: (d / "w.json").write_text(json.dumps(w.tolist())))
         ctx.report(step, loss=loss)
         print(f"step {step} loss {loss:.5f}", flush=True)
     print("trained from a bundle", flush=True)
     return {"loss": loss, "uid": os.getuid(), "euid": os.geteuid(), "file": __file__,
-            "path0": sys.path[0]}
+            "path0": sys.path[0], "resumed_from": start}
 '''
 
 DATA = '''\
@@ -126,7 +133,7 @@ def image_ids(docker_client: Any, names: tuple[str, ...]) -> dict[str, str]:
 
 
 # -- fleet up --driver docker ----------------------------------------------------------------
-def test_a_bundle_job_runs_on_the_docker_driver_with_the_stock_image(
+def test_a_bundle_job_runs_on_the_docker_driver_and_resumes_when_its_node_is_killed(
     tmp_path: Path, docker_client: Any,
 ) -> None:
     home = tmp_path / "home"
@@ -134,19 +141,36 @@ def test_a_bundle_job_runs_on_the_docker_driver_with_the_stock_image(
     before = image_ids(docker_client, ("fleet/control", "fleet/worker"))
     fid = None
     try:
-        fleet_cli("up", "--driver", "docker", "--workers", "1", "--cpus", "1", "--memory", "1g",
+        fleet_cli("up", "--driver", "docker", "--workers", "2", "--cpus", "1", "--memory", "1g",
                   "--detach", env=env, timeout=900)
         state = Settings(home=home).state_file.read_text()
         fid = re.search(r'"fleet_id": "([0-9a-f]+)"', state)[1]  # type: ignore[index]
         job, folder = submit_and_wait(tmp_path / "elsewhere", env)
-        workers = docker_client.containers.list(filters={"label": [
-            f"fleet.id={fid}", "fleet.role=worker"]})
-        assert len(workers) == 1
+        workers = {c.labels["fleet.node"]: c for c in docker_client.containers.list(
+            filters={"label": [f"fleet.id={fid}", "fleet.role=worker"]})}
+        assert len(workers) == 2
         client = Client(Settings(home=home))
-        assert_ran_from_its_cache(client.status(job), folder, workers[0])
+        status = client.status(job)
+        assert_ran_from_its_cache(status, folder, workers[status["node"]])
         every = docker_client.containers.list(filters={"label": f"fleet.id={fid}"})
         assert_no_mount_of(folder, every)
         assert image_ids(docker_client, tuple(before)) == before  # nothing rebuilt
+
+        # kill -9 of the container running it, which stays down: the job resumes on the other
+        # node from its last checkpoint, with the same bundle
+        long = client.submit(str(folder.parent / "mine.yaml"), code=folder, overrides=[
+            "params.steps=12", "params.step_seconds=0.4"])
+        eventually(lambda: ((client.status(long).get("progress") or {}).get("step") or 0) >= 4,
+                   60, what="4 steps done", interval=0.2)
+        victim = client.status(long)["node"]
+        workers[victim].update(restart_policy={"Name": "no"})
+        workers[victim].kill(signal="SIGKILL")
+        final = client.wait(long, timeout=180)
+        assert final["state"] == "SUCCEEDED", final
+        assert [a["end_reason"] for a in final["attempts"]] == ["NODE_LOST", "SUCCEEDED"], final
+        assert final["node"] != victim
+        assert final["result"]["resumed_from"] >= 4 and final["result"]["loss"] < 0.1, final
+        assert_ran_from_its_cache(final, folder, workers[final["node"]])
     finally:
         if fid:
             for c in docker_client.containers.list(filters={"label": [
