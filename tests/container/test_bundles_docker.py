@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +74,8 @@ def own_project(root: Path) -> tuple[Path, Path]:
     """(spec file, code folder): a model no image holds, in a folder outside the checkout."""
     folder = root / "my-project"
     (folder / "mymodel").mkdir(parents=True)
-    (folder / "mymodel" / "__init__.py").write_text("")
+    # a new digest each run: the fleet must receive and unpack it, not find it from a run before
+    (folder / "mymodel" / "__init__.py").write_text(f"# {secrets.token_hex(8)}\n")
     (folder / "mymodel" / "train.py").write_text(TRAIN)
     (folder / "mymodel" / "data.py").write_text(DATA)
     assert not folder.resolve().is_relative_to(REPO)
