@@ -52,6 +52,11 @@ def stack(docker_client: Any, compose_secrets: Path, tmp_path: Path) -> Iterator
         while time.monotonic() < deadline and docker_client.containers.list(
                 all=True, sparse=True, filters={"label": label}):
             time.sleep(1)
+        for volume in docker_client.volumes.list(filters={"label": label}):
+            try:  # `stack rm` keeps them: the next deploy would find this one's Redis data
+                volume.remove(force=True)
+            except Exception as exc:  # still in use: left, and said
+                print(f"volume {volume.name} not removed: {exc}")
         if joined_here:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True,
                            timeout=60)

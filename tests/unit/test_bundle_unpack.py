@@ -10,7 +10,8 @@ import os
 import stat
 import tarfile
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,27 @@ def test_losing_the_race_keeps_the_winners_copy(code: Path, tmp_path: Path,
     path = unpack(bundle.data, bundle.digest, cache, CAP)
     assert (path / "pkg/winner").exists()
     assert os.listdir(cache) == [path.name]
+
+
+@pytest.fixture
+def no_data_filter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """tarfile as on a Python without the `data` filter: Debian bookworm's 3.11.2, the one the
+    stock worker images run, so every bundle in a container is unpacked this way."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    with warnings.catch_warnings():  # 3.12+ warns that extractall has no filter: meant here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS))
+def test_without_tarfiles_data_filter_a_malicious_archive_is_still_refused(
+        tmp_path: Path, case: str, no_data_filter: None) -> None:
+    test_a_malicious_archive_is_refused_leaving_nothing(tmp_path, case)
+
+
+def test_without_tarfiles_data_filter_the_unpacked_tree_is_the_same_and_read_only(
+        code: Path, tmp_path: Path, no_data_filter: None) -> None:
+    assert not hasattr(tarfile, "data_filter")
+    test_unpacks_read_only_into_the_digests_folder(code, tmp_path)
+    test_explicit_folders_are_accepted_and_made_read_only(tmp_path / "other")  # setuid cleared
+    test_a_failure_while_extracting_leaves_nothing(tmp_path / "third")
