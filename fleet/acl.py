@@ -26,9 +26,10 @@ INTAKES = (OPERATOR_INTAKE, PRODUCER_INTAKE)  # always read; more are named in k
 
 # What a producer's Client reads: job records and their attempts, metrics, logs and cancel
 # flags (all under fleet:job:*), the job index, the line, events, nodes, the master's lease,
-# and whether a code bundle is stored already (so that it is sent once).
+# whether a code bundle is stored already (so that it is sent once), and the fleet's published
+# settings (fleet.store.published: a submit is checked against what the nodes will check).
 PRODUCER_READS = (keys.job("*"), keys.JOBS, keys.PENDING, keys.EVENTS, keys.MASTER_LEASE,
-                  keys.MASTER_SEEN, keys.node("*"), keys.NODES, keys.bundle("*"))
+                  keys.MASTER_SEEN, keys.node("*"), keys.NODES, keys.bundle("*"), keys.SETTINGS)
 READ_COMMANDS = ("get", "exists", "hget", "hmget", "hgetall", "hlen", "smembers", "scard",
                  "zrange", "zrevrange", "zrangebyscore", "zscore", "zcard", "lrange", "llen",
                  "lindex", "xrange", "xrevrange", "xread", "xlen", "time")

@@ -145,6 +145,7 @@ class Client:
         self.intake = store.intake
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
         self._sent: set[str] = set()  # digests of the bundles this Client sent
+        self._published: tuple[float, Settings] | None = None  # (read at, the fleet's settings)
 
     # -- submit ------------------------------------------------------------------------------
     def spec_from(
@@ -172,7 +173,7 @@ class Client:
         if isinstance(source, JobSpec) and code is not None:
             source = source.model_dump()
         spec = self.spec_from(source, [*overrides, *code_override(code)])
-        attached = attach(spec, self.settings, self.store, self._sent)
+        attached = attach(spec, self._fleet_settings(), self.store, self._sent)
         spec = attached.spec
         request = Request.of(spec.resources.value(), spec.node_selector)
         too_big = never_fits(self._live_nodes(), request)
@@ -221,7 +222,16 @@ class Client:
         return self._nodes[1]
 
     def _limits(self) -> dict[str, Any]:
-        return {"allowlist": self.settings.allowlist, "max_timeout": self.settings.max_job_timeout}
+        fleet = self._fleet_settings()
+        return {"allowlist": fleet.allowlist, "max_timeout": fleet.max_job_timeout}
+
+    def _fleet_settings(self) -> Settings:
+        """This Client's settings with the fleet's published ones over them (read at most
+        once per NODES_FRESH_S): a submit is checked against what the nodes will check."""
+        now = time.monotonic()
+        if self._published is None or not 0 <= now - self._published[0] < NODES_FRESH_S:
+            self._published = (now, self.settings.with_published(self.store.published_settings()))
+        return self._published[1]
 
     # -- read --------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from fleet.private import private_dir
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings
 from fleet.statefile import read_state, remove_state, write_state
-from fleet.store import registry
+from fleet.store import published, registry
 from fleet.units import format_cpus
 
 FLOWER_USER = "admin"
@@ -94,6 +94,7 @@ class LocalDriver:
         assert server.process is not None
         self.server = server
         write_secret(self.url_file, server.url)
+        published.write(redis.Redis.from_url(server.url), self.settings)  # before any node
         state: dict[str, Any] = {
             "driver": self.name,
             "redis_url": server.url,

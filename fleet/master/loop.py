@@ -43,7 +43,7 @@ from fleet.placement import NodeView, PolicyState, Request, has_room
 from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
 from fleet.resources import Resources
-from fleet.settings import Settings
+from fleet.settings import BadSetting, Settings
 from fleet.states import JobState
 from fleet.store import keys, quarantine, records
 from fleet.store.protocol import Store
@@ -107,9 +107,11 @@ class Master(Leader):
             republish_unclaimed(self.store, self.publish, now, older_than=now,
                                 report=report)  # a takeover
             self._reconciled_at = now
+            self._guarded_at = -math.inf  # guard and publish the settings in this round
         if not 0 <= now - self._guarded_at < RECONCILE_EVERY_S:
             self._guarded_at = now
             self.repair.guard_keys()
+            self._publish_settings()
         self.intake.run(now)  # requests from the intakes become jobs (or cancels) first
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.
@@ -131,6 +133,18 @@ class Master(Leader):
         return report
 
     # -- decide + apply ----------------------------------------------------------------------
+    def _publish_settings(self) -> None:
+        """Keep this master's fleet-wide settings published (fleet.store.published): the
+        leader's are the fleet's, so that nodes and producers check what its intake checks;
+        a deleted or written-over copy is written again within a second."""
+        try:
+            current = self.store.published_settings()
+        except BadSetting:
+            current = None
+        if current != self.settings.published():
+            self.store.publish_settings(self.settings)
+            log.info("published the fleet's settings: %s", self.settings.published())
+
     def _read(self, size: int, now: float) -> tuple[list[dict[str, Any]], list[str]]:
         """The nodes' states and the head of the line (`size` pending jobs; those not cached
         are read in full and cached), in as few round trips as the store allows. A line member

@@ -24,7 +24,7 @@ from fleet import acl
 from fleet.observe.events import decode_event  # the one decoder of an event entry
 from fleet.resources import Resources
 from fleet.settings import Settings
-from fleet.store import keys, records, registry
+from fleet.store import keys, published, records, registry
 from fleet.store.memory_jobs import MemoryJobs
 from fleet.store.protocol import Entry, Lease, RawEntry, Repairs, Store
 
@@ -63,6 +63,7 @@ class MemoryStore(MemoryJobs):
         self.intakes: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
         self.extra_intakes: list[str] = []
         self.bundles: dict[str, bytes] = {}  # digest -> archive, as fleet:bundle:<hex> holds
+        self.settings_json: str | None = None  # as keys.SETTINGS holds
         self.master = _Lease()
         self._entry_at = (0, 0)  # (ms, seq) of the last intake entry
 
@@ -217,6 +218,14 @@ class MemoryStore(MemoryJobs):
     def bundle_get(self, digest: str) -> bytes | None:
         with self.lock:
             return self.bundles.get(digest)
+
+    def published_settings(self) -> dict[str, Any] | None:
+        with self.lock:
+            return published.decode(self.settings_json)
+
+    def publish_settings(self, settings: Settings) -> None:
+        with self.lock:
+            self.settings_json = published.encode(settings)
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         with self.lock:

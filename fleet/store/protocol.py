@@ -198,6 +198,16 @@ class Bundles(Protocol):
     def bundle_get(self, digest: str) -> bytes | None: ...
 
 
+class Published(Protocol):
+    """The fleet-wide settings (fleet.store.published): the operator writes, everyone reads."""
+
+    def published_settings(self) -> dict[str, Any] | None:
+        """The published values; None when none are; BadSetting when unreadable."""
+        ...
+
+    def publish_settings(self, settings: Settings) -> None: ...
+
+
 class Lease(Protocol):
     """The master's leader lease (fleet.store.lease)."""
 
@@ -267,5 +277,6 @@ class MasterRecords(Protocol):
 
 
 @runtime_checkable
-class Store(JobSteps, JobReads, NodeRecords, Intakes, Bundles, MasterRecords, Protocol):
+class Store(JobSteps, JobReads, NodeRecords, Intakes, Bundles, Published, MasterRecords,
+            Protocol):
     """Everything: what a master, a Client or a CLI command is given."""

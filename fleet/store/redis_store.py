@@ -16,7 +16,7 @@ import redis
 from fleet import acl
 from fleet.entrypoints import check_name
 from fleet.settings import Settings
-from fleet.store import keys, quarantine, records, registry
+from fleet.store import keys, published, quarantine, records, registry
 from fleet.store.jobstore import JobStore
 from fleet.store.lease import Lease
 from fleet.store.protocol import Entry, RawEntry, Repairs, Store
@@ -129,6 +129,12 @@ class RedisStore(JobStore):
     def bundle_get(self, digest: str) -> bytes | None:
         data: Any = self.r.get(keys.bundle(digest.removeprefix("sha256:")))
         return None if data is None else bytes(data if isinstance(data, bytes) else data.encode())
+
+    def published_settings(self) -> dict[str, Any] | None:
+        return published.read(self.r)
+
+    def publish_settings(self, settings: Settings) -> None:
+        published.write(self.r, settings)
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         newest: Any = self.r.xrevrange(keys.intake(name), count=count)
