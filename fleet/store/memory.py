@@ -24,7 +24,7 @@ from fleet import acl
 from fleet.observe.events import decode_event  # the one decoder of an event entry
 from fleet.resources import Resources
 from fleet.settings import Settings
-from fleet.store import keys, published, records, registry
+from fleet.store import keys, peek, published, records, registry
 from fleet.store.memory_jobs import MemoryJobs
 from fleet.store.protocol import Entry, Lease, RawEntry, Repairs, Store
 
@@ -229,16 +229,19 @@ class MemoryStore(MemoryJobs):
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         with self.lock:
-            return [(i, {k: keys.decode(v) for k, v in f.items()})
-                    for i, f in reversed(self.intakes.get(name, [])[-count:])]
+            newest = reversed(self.intakes.get(name, [])[-count:])
+            return [(i, {k: "" if isinstance(v, peek.Oversize) else keys.decode(v)
+                         for k, v in f.items()})
+                    for i, f in peek.bound([newest], count, peek.NEWEST)[0]]
 
     def intake_holds(self, name: str, entry_id: str) -> bool:
         with self.lock:
             return any(i == entry_id for i, _ in self.intakes.get(name, []))
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
+    def intake_read(self, names: Sequence[str], count: int,
+                    caps: peek.Caps) -> list[list[RawEntry] | Exception]:
         with self.lock:
-            return [list(self.intakes.get(name, [])[:count]) for name in names]
+            return list(peek.bound([self.intakes.get(name, []) for name in names], count, caps))
 
     def intake_trim(self, name: str, through: str) -> None:
         with self.lock:

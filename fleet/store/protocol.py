@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fleet.settings import Settings
     from fleet.spec import JobSpec
     from fleet.store.jobstore import Outcome
+    from fleet.store.peek import Caps
 
 #: A stream entry as the store answers it: (entry id "ms-seq", fields).
 Entry = tuple[str, dict[str, str]]
@@ -167,13 +168,17 @@ class Intakes(Protocol):
 
     def intake_append(self, name: str, fields: Mapping[str, str | bytes], cap: int) -> str: ...
 
-    def intake_newest(self, name: str, count: int) -> list[Entry]: ...
+    def intake_newest(self, name: str, count: int) -> list[Entry]:
+        """The newest `count` entries, newest first, within peek.NEWEST: no bundle's bytes."""
+        ...
 
     def intake_holds(self, name: str, entry_id: str) -> bool: ...
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
-        """The oldest `count` entries of each intake, as written (an Exception for an
-        unreadable one)."""
+    def intake_read(self, names: Sequence[str], count: int,
+                    caps: Caps) -> list[list[RawEntry] | Exception]:
+        """The oldest `count` entries of each intake, as written but within `caps` (a value
+        over its cap as fleet.store.peek.Oversize, its length; an Exception for an unreadable
+        intake)."""
         ...
 
     def intake_trim(self, name: str, through: str) -> None:

@@ -16,7 +16,7 @@ import redis
 from fleet import acl
 from fleet.entrypoints import check_name
 from fleet.settings import Settings
-from fleet.store import keys, published, quarantine, records, registry
+from fleet.store import keys, peek, published, quarantine, records, registry
 from fleet.store.jobstore import JobStore
 from fleet.store.lease import Lease
 from fleet.store.protocol import Entry, RawEntry, Repairs, Store
@@ -137,18 +137,44 @@ class RedisStore(JobStore):
         published.write(self.r, settings)
 
     def intake_newest(self, name: str, count: int) -> list[Entry]:
-        newest: Any = self.r.xrevrange(keys.intake(name), count=count)
-        return [_entry(i, f) for i, f in newest]
+        found = self._peek([name], "desc", count, peek.NEWEST)[0]
+        if isinstance(found, Exception):
+            raise found
+        return [_entry(i, f) for i, f in found]
 
     def intake_holds(self, name: str, entry_id: str) -> bool:
         return bool(self.r.xrange(keys.intake(name), entry_id, entry_id))
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
-        pipe = self.r.pipeline(transaction=False)
-        for name in names:
-            pipe.xrange(keys.intake(name), count=count)
-        return [found if isinstance(found, Exception) else [(keys.decode(i), f) for i, f in found]
-                for found in pipe.execute(raise_on_error=False)]
+    def intake_read(self, names: Sequence[str], count: int,
+                    caps: peek.Caps) -> list[list[RawEntry] | Exception]:
+        return self._peek(names, "asc", count, caps)
+
+    def _peek(self, names: Sequence[str], order: str, count: int,
+              caps: peek.Caps) -> list[list[RawEntry] | Exception]:
+        """fleet.store.peek's bounded read, its function loaded on first use (the operator's
+        credential may; a producer's falls back to plain reads of a fleet that has none)."""
+        streams = [keys.intake(n) for n in names]
+        args = [peek.FUNCTION, len(streams), *streams, *caps.args(order, count)]
+        try:
+            try:
+                return peek.decode_reply(self.r.fcall_ro(*args))
+            except redis.exceptions.NoPermissionError:
+                raise
+            except redis.exceptions.ResponseError as exc:
+                if peek.unknown_command(exc):  # Redis 6: the same Lua, as a script
+                    script = self.r.register_script(peek.SCRIPT)
+                    return peek.decode_reply(script(streams, caps.args(order, count)))
+                if "function not found" not in str(exc).lower():
+                    raise
+            peek.load(self.r)
+            return peek.decode_reply(self.r.fcall_ro(*args))
+        except redis.exceptions.NoPermissionError:  # a fleet older than the function
+            return [peek.bound([self._plain(s, order, count)], count, caps)[0] for s in streams]
+
+    def _plain(self, stream: str, order: str, count: int) -> list[RawEntry]:
+        read = self.r.xrevrange if order == "desc" else self.r.xrange
+        found: Any = read(stream, count=count)
+        return [(keys.decode(i), f) for i, f in found]
 
     def intake_trim(self, name: str, through: str) -> None:
         ms, _, seq = through.partition("-")
@@ -237,7 +263,9 @@ class RedisStore(JobStore):
 
 
 def _entry(entry_id: Any, fields: Mapping[Any, Any]) -> Entry:
-    return keys.decode(entry_id), {keys.decode(k): keys.decode(v) for k, v in fields.items()}
+    """An entry as str; a value the read left in Redis (peek.Oversize) as ''."""
+    return keys.decode(entry_id), {keys.decode(k): "" if isinstance(v, peek.Oversize)
+                                   else keys.decode(v) for k, v in fields.items()}
 
 
 class Doorbell:
