@@ -27,7 +27,7 @@ from fleet.errors import SpecError
 
 DAY = 24 * 3600
 # The fleet-wide settings nodes check jobs against, published by the operator (see above).
-PUBLISHED = ("allowlist", "code_bundles", "bundle_cap", "max_job_timeout", "bundle_retention")
+PUBLISHED = ("allowlist", "code_bundles", "bundle_cap", "max_job_timeout")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -69,10 +69,6 @@ class FleetWide(BaseModel):
         default=True, description="run producers' code bundles (`off`: installed, allowlisted code only)"
     )
     bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
-    bundle_retention: int = Field(
-        default=3 * DAY, gt=0,
-        description="a stored bundle no unfinished job uses is deleted after this many seconds",
-    )
 
     @field_validator("allowlist")
     @classmethod
@@ -100,6 +96,10 @@ class Settings(BaseSettings, FleetWide):
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
     log_max_bytes: int = Field(
         default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"
+    )
+    bundle_retention: int = Field(
+        default=3 * DAY, gt=0,
+        description="a stored bundle no unfinished job uses is deleted after this many seconds",
     )
     master_lease_ttl: float = Field(default=5.0, gt=0)
     result_expires: int = Field(default=7 * DAY, gt=0)

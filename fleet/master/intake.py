@@ -218,6 +218,7 @@ class Ingest:
                 if self.store.bundle_put(request.job_id, request.data):
                     log.info("intake %s: bundle %s stored (%d bytes)", intake, request.job_id,
                              len(request.data))
+                self.store.bundles_touch([request.job_id], now)  # its lifetime: master.bundles
             elif request.spec is None:
                 self._cancel(intake, request.job_id)
             else:
@@ -244,6 +245,8 @@ class Ingest:
                 "(code=DIR), which uploads it")
             self.store.reject(job_id, why, submitted_by=intake, now=now)
             return
+        if spec.bundle is not None:
+            self.store.bundles_touch([spec.bundle], now)
         try:
             self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
             return

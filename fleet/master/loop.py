@@ -36,6 +36,7 @@ from celery import Celery
 from celery.result import denied_join_result
 
 from fleet.broker import RUN_TASK, task_id, task_payload
+from fleet.master.bundles import BundleSweep
 from fleet.master.intake import Ingest
 from fleet.master.lead import Leader
 from fleet.master.reconcile import Publish, RoundReport, republish_unclaimed, requeue_lost
@@ -75,6 +76,7 @@ class Master(Leader):
         self.publish: Publish = celery_publisher(app) if isinstance(app, Celery) else \
             app or _nowhere
         self.intake = Ingest(self.store, settings)  # producers' requests, validated
+        self.bundles = BundleSweep(self.store, settings.bundle_retention)
         self.id = master_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = self.store.lease(self.id, settings.master_lease_ttl)
         self.policy_state = PolicyState(rng=np.random.default_rng())
@@ -112,6 +114,7 @@ class Master(Leader):
             self._guarded_at = now
             self.repair.guard_keys()
             self._publish_settings()
+            self.bundles.maybe_run(now)  # stored bundles no unfinished job uses, long idle
         self.intake.run(now)  # requests from the intakes become jobs (or cancels) first
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.

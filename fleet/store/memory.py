@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class MemoryStore(MemoryJobs):
         self.intakes: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
         self.extra_intakes: list[str] = []
         self.bundles: dict[str, bytes] = {}  # digest -> archive, as fleet:bundle:<hex> holds
+        self.bundle_use: dict[str, float] = {}  # digest -> last use, as keys.BUNDLES_USED holds
         self.settings_json: str | None = None  # as keys.SETTINGS holds
         self.master = _Lease()
         self._entry_at = (0, 0)  # (ms, seq) of the last intake entry
@@ -218,6 +219,23 @@ class MemoryStore(MemoryJobs):
     def bundle_get(self, digest: str) -> bytes | None:
         with self.lock:
             return self.bundles.get(digest)
+
+    def bundles_stored(self) -> list[str]:
+        with self.lock:
+            return list(self.bundles)
+
+    def bundles_used(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.bundle_use)
+
+    def bundles_touch(self, digests: Iterable[str], now: float) -> None:
+        with self.lock:
+            self.bundle_use.update(dict.fromkeys(digests, now))
+
+    def bundle_delete(self, digest: str) -> None:
+        with self.lock:
+            self.bundles.pop(digest, None)
+            self.bundle_use.pop(digest, None)
 
     def published_settings(self) -> dict[str, Any] | None:
         with self.lock:

@@ -202,6 +202,20 @@ class Bundles(Protocol):
 
     def bundle_get(self, digest: str) -> bytes | None: ...
 
+    def bundles_stored(self) -> list[str]:
+        """The digests of every stored bundle."""
+        ...
+
+    def bundles_used(self) -> dict[str, float]:
+        """Digest -> when a job last used it (fleet.master.bundles)."""
+        ...
+
+    def bundles_touch(self, digests: Iterable[str], now: float) -> None: ...
+
+    def bundle_delete(self, digest: str) -> None:
+        """Delete a bundle's bytes and its use time (the master's sweep only)."""
+        ...
+
 
 class Published(Protocol):
     """The fleet-wide settings (fleet.store.published): the operator writes, everyone reads."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -129,6 +129,27 @@ class RedisStore(JobStore):
     def bundle_get(self, digest: str) -> bytes | None:
         data: Any = self.r.get(keys.bundle(digest.removeprefix("sha256:")))
         return None if data is None else bytes(data if isinstance(data, bytes) else data.encode())
+
+    def bundles_stored(self) -> list[str]:
+        head = keys.bundle("")
+        return [f"sha256:{keys.decode(k)[len(head):]}"
+                for k in self.r.scan_iter(match=keys.bundle("*"), count=1000)]
+
+    def bundles_used(self) -> dict[str, float]:
+        used: Any = self.r.hgetall(keys.BUNDLES_USED)
+        return {f"sha256:{keys.decode(k)}": _float(v) for k, v in used.items()}
+
+    def bundles_touch(self, digests: Iterable[str], now: float) -> None:
+        touched = {d.removeprefix("sha256:"): now for d in digests}
+        if touched:
+            self.r.hset(keys.BUNDLES_USED, mapping=touched)  # type: ignore[arg-type]
+
+    def bundle_delete(self, digest: str) -> None:
+        hex_digest = digest.removeprefix("sha256:")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(keys.bundle(hex_digest))
+        pipe.hdel(keys.BUNDLES_USED, hex_digest)
+        pipe.execute()
 
     def published_settings(self) -> dict[str, Any] | None:
         return published.read(self.r)
@@ -260,6 +281,14 @@ class RedisStore(JobStore):
 
     def flush_notes(self) -> None:
         quarantine.found.flush(self.r)
+
+
+def _float(value: Any) -> float:
+    """A use time as stored; 0 (long idle) for one that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _entry(entry_id: Any, fields: Mapping[Any, Any]) -> Entry:
