@@ -41,9 +41,12 @@ def _module_list(value: Any) -> Any:
         text = value.strip()
         if text.startswith("["):
             try:
-                return json.loads(text)
+                value = json.loads(text)
             except ValueError:
                 raise ValueError("not a JSON list of module names") from None
+            if not all(isinstance(name, str) for name in value):
+                raise ValueError("expected a JSON list of module names (strings)")
+            return value
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
