@@ -49,6 +49,7 @@ from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
 from fleet.statefile import redis_url as resolve_redis_url
 from fleet.states import TERMINAL_NAMES
+from fleet.store import published
 from fleet.store.jobstore import new_job_id
 from fleet.store.protocol import Store
 from fleet.store.redis_store import RedisStore
@@ -145,7 +146,7 @@ class Client:
         self.intake = store.intake
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
         self._sent: set[str] = set()  # digests of the bundles this Client sent
-        self._published: tuple[float, Settings] | None = None  # (read at, the fleet's settings)
+        self.fleet = published.Reader(store, self.settings)  # what the nodes check jobs against
 
     # -- submit ------------------------------------------------------------------------------
     def spec_from(
@@ -173,7 +174,7 @@ class Client:
         if isinstance(source, JobSpec) and code is not None:
             source = source.model_dump()
         spec = self.spec_from(source, [*overrides, *code_override(code)])
-        attached = attach(spec, self._fleet_settings(), self.store, self._sent)
+        attached = attach(spec, self.fleet.settings(), self.store, self._sent)
         spec = attached.spec
         request = Request.of(spec.resources.value(), spec.node_selector)
         too_big = never_fits(self._live_nodes(), request)
@@ -222,16 +223,8 @@ class Client:
         return self._nodes[1]
 
     def _limits(self) -> dict[str, Any]:
-        fleet = self._fleet_settings()
+        fleet = self.fleet.settings()
         return {"allowlist": fleet.allowlist, "max_timeout": fleet.max_job_timeout}
-
-    def _fleet_settings(self) -> Settings:
-        """This Client's settings with the fleet's published ones over them (read at most
-        once per NODES_FRESH_S): a submit is checked against what the nodes will check."""
-        now = time.monotonic()
-        if self._published is None or not 0 <= now - self._published[0] < NODES_FRESH_S:
-            self._published = (now, self.settings.with_published(self.store.published_settings()))
-        return self._published[1]
 
     # -- read --------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:

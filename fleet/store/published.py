@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from fleet.settings import BadSetting, Settings
 from fleet.store import keys
 
+if TYPE_CHECKING:
+    from fleet.store.protocol import Store
+
 log = logging.getLogger("fleet.settings")
+FRESH_S = 1.0  # how long a Client trusts what it read
 
 
 def encode(settings: Settings) -> str:
@@ -69,3 +74,20 @@ def for_node(r: redis.Redis, settings: Settings) -> Settings:
     except BadSetting as exc:
         log.warning("the fleet's published settings are unreadable, using this node's: %s", exc)
         return settings
+
+
+class Reader:
+    """A Client's view: its own settings with the fleet's published ones over them, read at
+    most once per FRESH_S (a burst of submits costs one read), so that a submit is checked
+    against what the nodes will check. Unreadable values raise BadSetting (one line)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.own = settings
+        self._read: tuple[float, Settings] | None = None
+
+    def settings(self) -> Settings:
+        now = time.monotonic()
+        if self._read is None or not 0 <= now - self._read[0] < FRESH_S:
+            self._read = (now, self.own.with_published(self.store.published_settings()))
+        return self._read[1]
