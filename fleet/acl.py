@@ -3,7 +3,10 @@
 - The default user (the password `fleet up` generates) is the operator's, the master's and
   the nodes' (see SECURITY.md for why nodes share it).
 - `producer`: reads job and node records, and appends requests (submit, cancel) to its own
-  intake stream, `fleet:intake:default`. Nothing else: no script, no write to any fleet record.
+  intake stream, `fleet:intake:default`. Nothing else: no script of its own, no write to any
+  fleet record. It may call the fleet's read-only function (FCALL_RO of fleet.store.peek's,
+  flagged no-writes, which Redis refuses to let write), so that reading its intake never
+  hands it a bundle's bytes; loading a function is the operator's.
 
 A Lua script or function runs with its caller's ACL, commands included, so "may run only the
 fleet's scripts" would be no boundary: whatever a producer's script may write, the producer may
@@ -26,12 +29,13 @@ INTAKES = (OPERATOR_INTAKE, PRODUCER_INTAKE)  # always read; more are named in k
 
 # What a producer's Client reads: job records and their attempts, metrics, logs and cancel
 # flags (all under fleet:job:*), the job index, the line, events, nodes, the master's lease,
-# and whether a code bundle is stored already (so that it is sent once).
+# whether a code bundle is stored already (so that it is sent once), and the fleet's published
+# settings (fleet.store.published: a submit is checked against what the nodes will check).
 PRODUCER_READS = (keys.job("*"), keys.JOBS, keys.PENDING, keys.EVENTS, keys.MASTER_LEASE,
-                  keys.MASTER_SEEN, keys.node("*"), keys.NODES, keys.bundle("*"))
+                  keys.MASTER_SEEN, keys.node("*"), keys.NODES, keys.bundle("*"), keys.SETTINGS)
 READ_COMMANDS = ("get", "exists", "hget", "hmget", "hgetall", "hlen", "smembers", "scard",
                  "zrange", "zrevrange", "zrangebyscore", "zscore", "zcard", "lrange", "llen",
-                 "lindex", "xrange", "xrevrange", "xread", "xlen", "time")
+                 "lindex", "xrange", "xrevrange", "xread", "xlen", "time", "fcall_ro")
 # What a client library sends on connecting: `+@connection` would also grant CLIENT KILL.
 CONNECTION_COMMANDS = ("auth", "hello", "ping", "echo", "select", "reset", "quit",
                        "client|setname", "client|getname", "client|id")  # no setinfo: 7.2+

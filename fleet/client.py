@@ -50,6 +50,7 @@ from fleet.settings import Settings
 from fleet.spec import JobSpec, load_spec, parse_spec
 from fleet.statefile import redis_url as resolve_redis_url
 from fleet.states import TERMINAL_NAMES
+from fleet.store import published
 from fleet.store.jobstore import new_job_id
 from fleet.store.protocol import Store
 from fleet.store.redis_store import RedisStore
@@ -146,6 +147,7 @@ class Client:
         self.intake = store.intake
         self._nodes: tuple[float, NodeView] | None = None  # (read at, monotonic), nodes
         self._sent: set[str] = set()  # digests of the bundles this Client sent
+        self.fleet = published.Reader(store, self.settings)  # what the nodes check jobs against
 
     # -- submit ------------------------------------------------------------------------------
     def spec_from(
@@ -173,7 +175,7 @@ class Client:
         if isinstance(source, JobSpec) and code is not None:
             source = source.model_dump()
         spec = self.spec_from(source, [*overrides, *code_override(code)])
-        attached = attach(spec, self.settings, self.store, self._sent)
+        attached = attach(spec, self.fleet.settings(), self.store, self._sent)
         spec = attached.spec
         request = Request.of(spec.resources.value(), spec.node_selector)
         too_big = never_fits(self._live_nodes(), request)
@@ -222,7 +224,8 @@ class Client:
         return self._nodes[1]
 
     def _limits(self) -> dict[str, Any]:
-        return {"allowlist": self.settings.allowlist, "max_timeout": self.settings.max_job_timeout}
+        fleet = self.fleet.settings()
+        return {"allowlist": fleet.allowlist, "max_timeout": fleet.max_job_timeout}
 
     # -- read --------------------------------------------------------------------------------
     def status(self, job_id: str) -> dict[str, Any]:

@@ -3,22 +3,31 @@
 Every field comes from a `FLEET_*` environment variable or its default. No other module reads the
 environment. Reading settings touches no file: the state file and the secret URL file they
 point at are read and written by `fleet.statefile`.
+
+Some settings are the fleet's, not one process's: what a node accepts to run (`PUBLISHED`). The
+operator's values are published in the fleet's store (`fleet.store.published`: `fleet up` writes
+them before anything starts, the leading master on taking the lead) and every node and Client
+checks jobs against those (`Settings.with_published`), never against its own environment: a
+producer sets no FLEET_ALLOWLIST, and what a submit accepts is what the nodes will run.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from fleet.errors import SpecError
 
 DAY = 24 * 3600
+# The fleet-wide settings nodes check jobs against, published by the operator (see above).
+PUBLISHED = ("allowlist", "code_bundles", "bundle_cap", "max_job_timeout")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -32,9 +41,12 @@ def _module_list(value: Any) -> Any:
         text = value.strip()
         if text.startswith("["):
             try:
-                return json.loads(text)
+                value = json.loads(text)
             except ValueError:
                 raise ValueError("not a JSON list of module names") from None
+            if not all(isinstance(name, str) for name in value):
+                raise ValueError("expected a JSON list of module names (strings)")
+            return value
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
@@ -47,7 +59,27 @@ def _check_module_names(modules: list[str]) -> list[str]:
     return modules
 
 
-class Settings(BaseSettings):
+class FleetWide(BaseModel):
+    """The settings every node checks a job against (`PUBLISHED`): one source for the fleet,
+    the operator's, validated the same whether they come from FLEET_* or from the store."""
+
+    max_job_timeout: int = Field(default=7 * DAY, gt=0, description="the longest timeout a job may ask")
+    allowlist: Annotated[list[str], NoDecode, BeforeValidator(_module_list)] = Field(
+        default_factory=lambda: ["workers.jobs"],
+        description="modules (and their submodules) whose functions may run as jobs",
+    )
+    code_bundles: bool = Field(
+        default=True, description="run producers' code bundles (`off`: installed, allowlisted code only)"
+    )
+    bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
+
+    @field_validator("allowlist")
+    @classmethod
+    def _allowlist_names(cls, modules: list[str]) -> list[str]:
+        return _check_module_names(modules)
+
+
+class Settings(BaseSettings, FleetWide):
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     home: Path = Field(default=Path("~/.fleet"), description="state file, secrets, artifacts")
@@ -61,22 +93,17 @@ class Settings(BaseSettings):
     policy: str = Field(default="spread", description="placement policy of the fleet")
     heartbeat_interval: float = Field(default=1.0, gt=0)
     heartbeat_ttl: float = Field(default=5.0, gt=0, description="silence after which a node is dead")
-    max_job_timeout: int = Field(default=7 * DAY, gt=0, description="the longest timeout a job may ask")
     visibility_timeout: int | None = Field(
         default=None, gt=0, description="broker redelivery delay; default max_job_timeout + 1 h"
-    )
-    allowlist: Annotated[list[str], NoDecode, BeforeValidator(_module_list)] = Field(
-        default_factory=lambda: ["workers.jobs"],
-        description="modules (and their submodules) whose functions may run as jobs",
     )
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
     log_max_bytes: int = Field(
         default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"
     )
-    code_bundles: bool = Field(
-        default=True, description="run producers' code bundles (`off`: installed, allowlisted code only)"
+    bundle_retention: int = Field(
+        default=3 * DAY, gt=0,
+        description="a stored bundle no unfinished job uses is deleted after this many seconds",
     )
-    bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
     pip_index_url: str | None = Field(
         default=None, description="the index jobs' requirements come from; else pip's own config"
     )
@@ -96,17 +123,29 @@ class Settings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            name = ".".join(str(p) for p in error["loc"][:1]) or "settings"
-            reason = str(error.get("ctx", {}).get("error") or error["msg"])
-            raise BadSetting(f"FLEET_{name.upper()}", _one_line(reason)) from None
+            raise _bad(exc) from None
         except _SourceError as exc:  # a value the source could not even decode
             raise BadSetting("FLEET_*", _one_line(str(exc))) from None
 
-    @field_validator("allowlist")
-    @classmethod
-    def _allowlist_names(cls, modules: list[str]) -> list[str]:
-        return _check_module_names(modules)
+    def published(self) -> dict[str, Any]:
+        """The fleet-wide settings as JSON values, as the operator publishes them."""
+        return self.model_dump(mode="json", include=set(PUBLISHED))
+
+    def with_published(self, values: Mapping[str, Any] | None) -> Settings:
+        """These settings with the fleet's published values over them (None: none published,
+        e.g. a store no `fleet up` wrote: these settings as they are). A value that is not
+        of its form raises BadSetting naming it; a name not in PUBLISHED is ignored, so an
+        older node reads a newer operator's values."""
+        if values is None:
+            return self
+        if not isinstance(values, Mapping):
+            raise BadSetting("published settings", f"expected a JSON object, got {type(values).__name__}")
+        known = {k: v for k, v in values.items() if k in PUBLISHED}
+        try:
+            checked = FleetWide.model_validate(known)
+        except ValidationError as exc:
+            raise _bad(exc, "published ") from None
+        return self.model_copy(update={k: getattr(checked, k) for k in known})
 
     @field_validator("redis_url")
     @classmethod
@@ -143,6 +182,14 @@ class Settings(BaseSettings):
             text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             env[f"FLEET_{name.upper()}"] = text
         return env
+
+
+def _bad(exc: ValidationError, where: str = "") -> BadSetting:
+    """Pydantic's first error as one line: `[where ]FLEET_<NAME>: why`."""
+    error = exc.errors(include_url=False)[0]
+    name = ".".join(str(p) for p in error["loc"][:1]) or "settings"
+    reason = str(error.get("ctx", {}).get("error") or error["msg"])
+    return BadSetting(f"{where}FLEET_{name.upper()}", _one_line(reason))
 
 
 def _one_line(text: str) -> str:

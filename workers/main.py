@@ -22,7 +22,7 @@ from fleet.broker import make_app
 from fleet.errors import FleetError
 from fleet.settings import Settings
 from fleet.statefile import redis_url
-from fleet.store import keys, registry
+from fleet.store import keys, published, registry
 from fleet.units import parse_memory
 from workers import tasks, transport
 from workers.attempt.supervisor import Supervisor
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cpuset:
         os.sched_setaffinity(0, parse_cpuset(args.cpuset))
-    settings = Settings()
+    try:
+        settings = Settings()
+    except FleetError as exc:  # a bad FLEET_* variable: one line, not a traceback
+        logging.getLogger("fleet.worker").critical("%s", exc)
+        return 2
     url = redis_url(settings)
     # A cut connection must fail the heartbeat, not hang it: past the lease the node's jobs
     # are fenced anyway, and the next heartbeat must be able to try again.
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     beat = threading.Thread(target=agent.run, args=(stop,), daemon=True, name="heartbeat")
     beat.start()
     transport.install()
-    app = make_app(settings, url)
+    app = make_app(published.for_node(client, settings), url)  # the fleet's longest job
     app.conf.worker_consumer = "workers.consumer:DeadLetterConsumer"
     tasks.register(app, supervisor)
     try:

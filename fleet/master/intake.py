@@ -4,9 +4,12 @@ A producer may write one key only, its intake stream (`keys.intake(name)`, see f
 Client appends `{op: submit, job_id, spec}` or `{op: cancel, job_id}` and the master, which
 alone writes the fleet's records, takes every intake's entries here and applies them with the
 fleet's own atomic steps (fleet.store.jobstore). Every entry is untrusted: sizes are checked before
-anything is parsed, the spec is validated with the master's own allowlist and limits, the job
-id must have the form `new_job_id` gives. Who submitted is the intake the entry came from,
-recorded as the job's `submitted_by`; nothing in the entry can claim otherwise.
+anything is parsed, and a value past its cap (a bundle over the cap, a spec over
+MAX_SPEC_BYTES) is measured in Redis and never read (fleet.store.peek); the spec is validated
+with the master's own allowlist and limits, the job id must have the form `new_job_id` gives.
+Who submitted is the intake the entry came from, recorded as the job's `submitted_by`; nothing
+in the entry can claim otherwise. A bundle refused (over the cap, or not what its digest
+names) fails the submit that names it with the same one-line reason.
 
 Durable without a cursor: an entry leaves its intake (XTRIM MINID) only after it was applied,
 so a master killed mid-ingest finds it again, and applying an entry twice is harmless (a job id
@@ -40,6 +43,7 @@ from fleet.errors import FleetError, NotFound
 from fleet.settings import Settings
 from fleet.spec import JobSpec, parse_spec
 from fleet.store import keys, records
+from fleet.store.peek import Caps, Oversize
 from fleet.store.protocol import Refused, Store
 
 log = logging.getLogger("fleet.intake")
@@ -54,6 +58,7 @@ OPS = ("submit", "cancel", "bundle")
 BUNDLE_HEADROOM = 16 * 2**20  # a bundle entry's archive may exceed the cap by its tar headers
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 BAD_KIND = "intake"  # the field of keys.BAD_RECORDS this module counts under
+REFUSED_KEPT = 1000  # refused bundles whose reason a later submit naming them is given
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,13 @@ class Request:
 
 
 class BadEntry(ValueError):
-    """An entry that cannot be applied; `job_id` when it names a usable one."""
+    """An entry that cannot be applied; `job_id` when it names a usable one, `digest` for a
+    bundle entry (the submit naming it then fails with this reason)."""
 
-    def __init__(self, reason: str, job_id: str | None = None) -> None:
+    def __init__(self, reason: str, job_id: str | None = None, digest: str | None = None) -> None:
         super().__init__(reason)
         self.job_id = job_id
+        self.digest = digest
 
 
 def entry(op: str, job_id: str, spec: JobSpec | None = None) -> dict[str, str]:
@@ -94,6 +101,8 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
     if keys.decode(raw.get("op", b"")) == "bundle":
         return _parse_bundle(raw, settings)
     job_id = raw.get("job_id", b"")
+    if isinstance(job_id, Oversize):
+        raise BadEntry(f"job_id: {job_id} bytes, not a job id")
     if len(job_id) > 80 or not is_job_id(keys.decode(job_id)):
         raise BadEntry(f"job_id: not a job id ({keys.decode(job_id[:40])!r})")
     job_id = keys.decode(job_id)
@@ -103,8 +112,9 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
     if op == "cancel":
         return Request(op, job_id)
     spec = raw.get("spec", b"")
-    if len(spec) > MAX_SPEC_BYTES:
-        raise BadEntry(f"spec: {len(spec)} bytes; at most {MAX_SPEC_BYTES} are allowed", job_id)
+    size = spec if isinstance(spec, Oversize) else len(spec)  # Oversize: left in Redis
+    if size > MAX_SPEC_BYTES:
+        raise BadEntry(f"spec: {size} bytes; at most {MAX_SPEC_BYTES} are allowed", job_id)
     try:
         data = json.loads(spec)
     except (ValueError, RecursionError) as exc:
@@ -128,18 +138,22 @@ def parse(fields: Mapping[Any, Any], settings: Settings) -> Request:
 def _parse_bundle(raw: Mapping[str, Any], settings: Settings) -> Request:
     """A bundle entry: its digest well formed, its size under the cap, its bytes what the
     digest names (else it is refused and never stored)."""
-    digest = keys.decode(raw.get("digest", b""))[:80]
+    digest = raw.get("digest", b"")
+    digest = "" if isinstance(digest, Oversize) else keys.decode(digest)[:80]
     if not DIGEST.fullmatch(digest):
         raise BadEntry(f"bundle: not a digest ({digest[:20]!r}...)")
     data = raw.get("data", b"")
-    data = data.encode() if isinstance(data, str) else bytes(data)
     if not settings.code_bundles:
-        raise BadEntry(f"bundle {digest}: this fleet runs no code bundles (FLEET_CODE_BUNDLES=off)")
-    if len(data) > settings.bundle_cap + BUNDLE_HEADROOM:
-        raise BadEntry(f"bundle {digest}: {len(data)} bytes, over the cap ({settings.bundle_cap})")
+        raise BadEntry(f"bundle {digest}: this fleet runs no code bundles "
+                       "(FLEET_CODE_BUNDLES=off)", digest=digest)
+    size = data if isinstance(data, Oversize) else len(data)  # Oversize: never read
+    if size > settings.bundle_cap + BUNDLE_HEADROOM:
+        raise BadEntry(f"bundle {digest}: {size} bytes, over the cap ({settings.bundle_cap} "
+                       "bytes of files; FLEET_BUNDLE_CAP)", digest=digest)
+    data = data.encode() if isinstance(data, str) else bytes(data)
     got = hashlib.sha256(data).hexdigest()
     if digest != f"sha256:{got}":
-        raise BadEntry(f"bundle {digest}: its bytes are sha256:{got}, refused")
+        raise BadEntry(f"bundle {digest}: its bytes are sha256:{got}, refused", digest=digest)
     return Request("bundle", digest, data=data)
 
 
@@ -151,12 +165,18 @@ class Ingest:
         self.settings = settings
         self._unreadable: set[str] = set()  # reported once
         self._refused: dict[str, float] = {}  # entry -> when a step first refused it
+        self._bundles_refused: dict[str, str] = {}  # digest -> why (the newest REFUSED_KEPT)
+        cap = settings.bundle_cap + BUNDLE_HEADROOM
+        # An entry's bytes past these stay in Redis (fleet.store.peek): a round holds about
+        # one bundle, however many or large the entries producers wrote.
+        self.caps = Caps(data=cap, other=MAX_SPEC_BYTES, budget=cap, max_fields=MAX_FIELDS,
+                         max_name=MAX_FIELD_NAME)
 
     def run(self, now: float) -> int:
         """Apply what waits in every intake (up to BATCH each); the number of entries taken."""
         intakes = self.store.intake_names()
         taken = 0
-        for name, entries in zip(intakes, self.store.intake_read(intakes, BATCH), strict=True):
+        for name, entries in zip(intakes, self.store.intake_read(intakes, BATCH, self.caps), strict=True):
             if isinstance(entries, Exception):  # not a stream: not ours
                 if name not in self._unreadable:
                     self._unreadable.add(name)
@@ -182,6 +202,11 @@ class Ingest:
         try:
             request = parse(fields, self.settings)
         except BadEntry as exc:
+            if exc.digest is not None:  # its submit, next, fails with this reason
+                self._bundles_refused.pop(exc.digest, None)
+                self._bundles_refused[exc.digest] = str(exc)
+                while len(self._bundles_refused) > REFUSED_KEPT:
+                    del self._bundles_refused[next(iter(self._bundles_refused))]
             if exc.job_id is None:
                 self._bad(intake, str(exc))
             else:
@@ -193,6 +218,7 @@ class Ingest:
                 if self.store.bundle_put(request.job_id, request.data):
                     log.info("intake %s: bundle %s stored (%d bytes)", intake, request.job_id,
                              len(request.data))
+                self.store.bundles_touch([request.job_id], now)  # its lifetime: master.bundles
             elif request.spec is None:
                 self._cancel(intake, request.job_id)
             else:
@@ -214,10 +240,13 @@ class Ingest:
         moved aside and the acknowledged submission still becomes its job. A bundle job
         whose bundle is not stored (its entry refused, or never sent) is rejected: FAILED."""
         if spec.bundle is not None and not self.store.bundle_exists(spec.bundle):
-            self.store.reject(job_id, f"bundle: {spec.bundle} is not stored in this fleet; submit "
-                              "with the Client (code=DIR), which uploads it", submitted_by=intake,
-                              now=now)
+            why = self._bundles_refused.get(spec.bundle) or (
+                f"bundle: {spec.bundle} is not stored in this fleet; submit with the Client "
+                "(code=DIR), which uploads it")
+            self.store.reject(job_id, why, submitted_by=intake, now=now)
             return
+        if spec.bundle is not None:
+            self.store.bundles_touch([spec.bundle], now)
         try:
             self.store.submit(spec, job_id=job_id, now=now, submitted_by=intake)
             return

@@ -36,6 +36,7 @@ from celery import Celery
 from celery.result import denied_join_result
 
 from fleet.broker import RUN_TASK, task_id, task_payload
+from fleet.master.bundles import BundleSweep
 from fleet.master.intake import Ingest
 from fleet.master.lead import Leader
 from fleet.master.reconcile import Publish, RoundReport, republish_unclaimed, requeue_lost
@@ -43,7 +44,7 @@ from fleet.placement import NodeView, PolicyState, Request, has_room
 from fleet.placement.policies import POLICIES
 from fleet.placement.queue import PendingJob, RunningJob, schedule_round
 from fleet.resources import Resources
-from fleet.settings import Settings
+from fleet.settings import BadSetting, Settings
 from fleet.states import JobState
 from fleet.store import keys, quarantine, records
 from fleet.store.protocol import Store
@@ -75,6 +76,7 @@ class Master(Leader):
         self.publish: Publish = celery_publisher(app) if isinstance(app, Celery) else \
             app or _nowhere
         self.intake = Ingest(self.store, settings)  # producers' requests, validated
+        self.bundles = BundleSweep(self.store, settings.bundle_retention)
         self.id = master_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = self.store.lease(self.id, settings.master_lease_ttl)
         self.policy_state = PolicyState(rng=np.random.default_rng())
@@ -107,9 +109,12 @@ class Master(Leader):
             republish_unclaimed(self.store, self.publish, now, older_than=now,
                                 report=report)  # a takeover
             self._reconciled_at = now
+            self._guarded_at = -math.inf  # guard and publish the settings in this round
         if not 0 <= now - self._guarded_at < RECONCILE_EVERY_S:
             self._guarded_at = now
             self.repair.guard_keys()
+            self._publish_settings()
+            self.bundles.maybe_run(now)  # stored bundles no unfinished job uses, long idle
         self.intake.run(now)  # requests from the intakes become jobs (or cancels) first
         # A round that explains (about once a second) reads further down the line, to give
         # every waiting job its reason.
@@ -131,6 +136,18 @@ class Master(Leader):
         return report
 
     # -- decide + apply ----------------------------------------------------------------------
+    def _publish_settings(self) -> None:
+        """Keep this master's fleet-wide settings published (fleet.store.published): the
+        leader's are the fleet's, so that nodes and producers check what its intake checks;
+        a deleted or written-over copy is written again within a second."""
+        try:
+            current = self.store.published_settings()
+        except BadSetting:
+            current = None
+        if current != self.settings.published():
+            self.store.publish_settings(self.settings)
+            log.info("published the fleet's settings: %s", self.settings.published())
+
     def _read(self, size: int, now: float) -> tuple[list[dict[str, Any]], list[str]]:
         """The nodes' states and the head of the line (`size` pending jobs; those not cached
         are read in full and cached), in as few round trips as the store allows. A line member

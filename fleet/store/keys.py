@@ -25,6 +25,8 @@ DEAD_LETTER = f"{PREFIX}:dead-letter"  # list: broker messages refused as malfor
 MASTER_LEASE = f"{PREFIX}:master:lease"  # string with TTL: the leading master's id
 INTAKES = f"{PREFIX}:intakes"  # set: intake names beyond the built-in ones (fleet.acl.INTAKES)
 BAD_RECORDS = f"{PREFIX}:bad-records"  # hash: kind of record -> how many were unusable
+SETTINGS = f"{PREFIX}:settings"  # string: the fleet-wide settings as JSON (fleet.store.published)
+BUNDLES_USED = f"{PREFIX}:bundles:used"  # hash: bundle hex -> when a job last used it (epoch s)
 
 
 def intake(name: str) -> str:

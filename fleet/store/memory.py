@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from fleet import acl
 from fleet.observe.events import decode_event  # the one decoder of an event entry
 from fleet.resources import Resources
 from fleet.settings import Settings
-from fleet.store import keys, records, registry
+from fleet.store import keys, peek, published, records, registry
 from fleet.store.memory_jobs import MemoryJobs
 from fleet.store.protocol import Entry, Lease, RawEntry, Repairs, Store
 
@@ -63,6 +63,8 @@ class MemoryStore(MemoryJobs):
         self.intakes: dict[str, list[tuple[str, dict[str, str | bytes]]]] = {}
         self.extra_intakes: list[str] = []
         self.bundles: dict[str, bytes] = {}  # digest -> archive, as fleet:bundle:<hex> holds
+        self.bundle_use: dict[str, float] = {}  # digest -> last use, as keys.BUNDLES_USED holds
+        self.settings_json: str | None = None  # as keys.SETTINGS holds
         self.master = _Lease()
         self._entry_at = (0, 0)  # (ms, seq) of the last intake entry
 
@@ -218,18 +220,46 @@ class MemoryStore(MemoryJobs):
         with self.lock:
             return self.bundles.get(digest)
 
+    def bundles_stored(self) -> list[str]:
+        with self.lock:
+            return list(self.bundles)
+
+    def bundles_used(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.bundle_use)
+
+    def bundles_touch(self, digests: Iterable[str], now: float) -> None:
+        with self.lock:
+            self.bundle_use.update(dict.fromkeys(digests, now))
+
+    def bundle_delete(self, digest: str) -> None:
+        with self.lock:
+            self.bundles.pop(digest, None)
+            self.bundle_use.pop(digest, None)
+
+    def published_settings(self) -> dict[str, Any] | None:
+        with self.lock:
+            return published.decode(self.settings_json)
+
+    def publish_settings(self, settings: Settings) -> None:
+        with self.lock:
+            self.settings_json = published.encode(settings)
+
     def intake_newest(self, name: str, count: int) -> list[Entry]:
         with self.lock:
-            return [(i, {k: keys.decode(v) for k, v in f.items()})
-                    for i, f in reversed(self.intakes.get(name, [])[-count:])]
+            newest = reversed(self.intakes.get(name, [])[-count:])
+            return [(i, {k: "" if isinstance(v, peek.Oversize) else keys.decode(v)
+                         for k, v in f.items()})
+                    for i, f in peek.bound([newest], count, peek.NEWEST)[0]]
 
     def intake_holds(self, name: str, entry_id: str) -> bool:
         with self.lock:
             return any(i == entry_id for i, _ in self.intakes.get(name, []))
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
+    def intake_read(self, names: Sequence[str], count: int,
+                    caps: peek.Caps) -> list[list[RawEntry] | Exception]:
         with self.lock:
-            return [list(self.intakes.get(name, [])[:count]) for name in names]
+            return list(peek.bound([self.intakes.get(name, []) for name in names], count, caps))
 
     def intake_trim(self, name: str, through: str) -> None:
         with self.lock:

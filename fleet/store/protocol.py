@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fleet.settings import Settings
     from fleet.spec import JobSpec
     from fleet.store.jobstore import Outcome
+    from fleet.store.peek import Caps
 
 #: A stream entry as the store answers it: (entry id "ms-seq", fields).
 Entry = tuple[str, dict[str, str]]
@@ -167,13 +168,17 @@ class Intakes(Protocol):
 
     def intake_append(self, name: str, fields: Mapping[str, str | bytes], cap: int) -> str: ...
 
-    def intake_newest(self, name: str, count: int) -> list[Entry]: ...
+    def intake_newest(self, name: str, count: int) -> list[Entry]:
+        """The newest `count` entries, newest first, within peek.NEWEST: no bundle's bytes."""
+        ...
 
     def intake_holds(self, name: str, entry_id: str) -> bool: ...
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
-        """The oldest `count` entries of each intake, as written (an Exception for an
-        unreadable one)."""
+    def intake_read(self, names: Sequence[str], count: int,
+                    caps: Caps) -> list[list[RawEntry] | Exception]:
+        """The oldest `count` entries of each intake, as written but within `caps` (a value
+        over its cap as fleet.store.peek.Oversize, its length; an Exception for an unreadable
+        intake)."""
         ...
 
     def intake_trim(self, name: str, through: str) -> None:
@@ -196,6 +201,30 @@ class Bundles(Protocol):
         ...
 
     def bundle_get(self, digest: str) -> bytes | None: ...
+
+    def bundles_stored(self) -> list[str]:
+        """The digests of every stored bundle."""
+        ...
+
+    def bundles_used(self) -> dict[str, float]:
+        """Digest -> when a job last used it (fleet.master.bundles)."""
+        ...
+
+    def bundles_touch(self, digests: Iterable[str], now: float) -> None: ...
+
+    def bundle_delete(self, digest: str) -> None:
+        """Delete a bundle's bytes and its use time (the master's sweep only)."""
+        ...
+
+
+class Published(Protocol):
+    """The fleet-wide settings (fleet.store.published): the operator writes, everyone reads."""
+
+    def published_settings(self) -> dict[str, Any] | None:
+        """The published values; None when none are; BadSetting when unreadable."""
+        ...
+
+    def publish_settings(self, settings: Settings) -> None: ...
 
 
 class Lease(Protocol):
@@ -267,5 +296,6 @@ class MasterRecords(Protocol):
 
 
 @runtime_checkable
-class Store(JobSteps, JobReads, NodeRecords, Intakes, Bundles, MasterRecords, Protocol):
+class Store(JobSteps, JobReads, NodeRecords, Intakes, Bundles, Published, MasterRecords,
+            Protocol):
     """Everything: what a master, a Client or a CLI command is given."""

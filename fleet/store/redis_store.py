@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -16,7 +16,7 @@ import redis
 from fleet import acl
 from fleet.entrypoints import check_name
 from fleet.settings import Settings
-from fleet.store import keys, quarantine, records, registry
+from fleet.store import keys, peek, published, quarantine, records, registry
 from fleet.store.jobstore import JobStore
 from fleet.store.lease import Lease
 from fleet.store.protocol import Entry, RawEntry, Repairs, Store
@@ -130,19 +130,72 @@ class RedisStore(JobStore):
         data: Any = self.r.get(keys.bundle(digest.removeprefix("sha256:")))
         return None if data is None else bytes(data if isinstance(data, bytes) else data.encode())
 
+    def bundles_stored(self) -> list[str]:
+        head = keys.bundle("")
+        return [f"sha256:{keys.decode(k)[len(head):]}"
+                for k in self.r.scan_iter(match=keys.bundle("*"), count=1000)]
+
+    def bundles_used(self) -> dict[str, float]:
+        used: Any = self.r.hgetall(keys.BUNDLES_USED)
+        return {f"sha256:{keys.decode(k)}": _float(v) for k, v in used.items()}
+
+    def bundles_touch(self, digests: Iterable[str], now: float) -> None:
+        touched = {d.removeprefix("sha256:"): now for d in digests}
+        if touched:
+            self.r.hset(keys.BUNDLES_USED, mapping=touched)  # type: ignore[arg-type]
+
+    def bundle_delete(self, digest: str) -> None:
+        hex_digest = digest.removeprefix("sha256:")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(keys.bundle(hex_digest))
+        pipe.hdel(keys.BUNDLES_USED, hex_digest)
+        pipe.execute()
+
+    def published_settings(self) -> dict[str, Any] | None:
+        return published.read(self.r)
+
+    def publish_settings(self, settings: Settings) -> None:
+        published.write(self.r, settings)
+
     def intake_newest(self, name: str, count: int) -> list[Entry]:
-        newest: Any = self.r.xrevrange(keys.intake(name), count=count)
-        return [_entry(i, f) for i, f in newest]
+        found = self._peek([name], "desc", count, peek.NEWEST)[0]
+        if isinstance(found, Exception):
+            raise found
+        return [_entry(i, f) for i, f in found]
 
     def intake_holds(self, name: str, entry_id: str) -> bool:
         return bool(self.r.xrange(keys.intake(name), entry_id, entry_id))
 
-    def intake_read(self, names: Sequence[str], count: int) -> list[list[RawEntry] | Exception]:
-        pipe = self.r.pipeline(transaction=False)
-        for name in names:
-            pipe.xrange(keys.intake(name), count=count)
-        return [found if isinstance(found, Exception) else [(keys.decode(i), f) for i, f in found]
-                for found in pipe.execute(raise_on_error=False)]
+    def intake_read(self, names: Sequence[str], count: int,
+                    caps: peek.Caps) -> list[list[RawEntry] | Exception]:
+        return self._peek(names, "asc", count, caps)
+
+    def _peek(self, names: Sequence[str], order: str, count: int,
+              caps: peek.Caps) -> list[list[RawEntry] | Exception]:
+        """fleet.store.peek's bounded read, its function loaded on first use (the operator's
+        credential may; a producer's falls back to plain reads of a fleet that has none)."""
+        streams = [keys.intake(n) for n in names]
+        args = [peek.FUNCTION, len(streams), *streams, *caps.args(order, count)]
+        try:
+            try:
+                return peek.decode_reply(self.r.fcall_ro(*args))
+            except redis.exceptions.NoPermissionError:
+                raise
+            except redis.exceptions.ResponseError as exc:
+                if peek.unknown_command(exc):  # Redis 6: the same Lua, as a script
+                    script = self.r.register_script(peek.SCRIPT)
+                    return peek.decode_reply(script(streams, caps.args(order, count)))
+                if "function not found" not in str(exc).lower():
+                    raise
+            peek.load(self.r)
+            return peek.decode_reply(self.r.fcall_ro(*args))
+        except redis.exceptions.NoPermissionError:  # a fleet older than the function
+            return [peek.bound([self._plain(s, order, count)], count, caps)[0] for s in streams]
+
+    def _plain(self, stream: str, order: str, count: int) -> list[RawEntry]:
+        read = self.r.xrevrange if order == "desc" else self.r.xrange
+        found: Any = read(stream, count=count)
+        return [(keys.decode(i), f) for i, f in found]
 
     def intake_trim(self, name: str, through: str) -> None:
         ms, _, seq = through.partition("-")
@@ -230,8 +283,18 @@ class RedisStore(JobStore):
         quarantine.found.flush(self.r)
 
 
+def _float(value: Any) -> float:
+    """A use time as stored; 0 (long idle) for one that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _entry(entry_id: Any, fields: Mapping[Any, Any]) -> Entry:
-    return keys.decode(entry_id), {keys.decode(k): keys.decode(v) for k, v in fields.items()}
+    """An entry as str; a value the read left in Redis (peek.Oversize) as ''."""
+    return keys.decode(entry_id), {keys.decode(k): "" if isinstance(v, peek.Oversize)
+                                   else keys.decode(v) for k, v in fields.items()}
 
 
 class Doorbell:

@@ -38,6 +38,7 @@ from fleet.resources import Resources
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
 from fleet.settings import Settings
 from fleet.states import EndReason
+from fleet.store import published
 from fleet.store.jobstore import JobStore, Outcome
 from workers import runners
 from workers.attempt import bundles
@@ -143,9 +144,10 @@ class Supervisor:
         if spec is None:  # claimed, but its record is unreadable: end it, with why
             return self._record(job_id, attempt, Outcome(EndReason.REJECTED, error=why, final=True))
         try:
-            code = bundles.code_root(spec, self.r, self.settings)  # None: installed code
+            settings = published.for_node(self.r, self.settings)  # read for each attempt
+            code = bundles.code_root(spec, self.r, settings)  # None: installed code
             if code is None:
-                check_entrypoint(spec["entrypoint"], self.settings.allowlist)
+                check_entrypoint(spec["entrypoint"], settings.allowlist)
         except (SpecError, BundleRejected) as exc:
             outcome = Outcome(EndReason.REJECTED, error=str(exc), final=True)
             return self._record(job_id, attempt, outcome)
@@ -169,7 +171,8 @@ class Supervisor:
             self.running[job_id] = entry
         unsent: list[dict[str, Any]] = []
         try:
-            outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits, code)
+            outcome = self._run_process(job_id, spec, entry, on_progress, unsent, commits, code,
+                                        settings)
         except NotPrepared as exc:  # its env could not be had: no process was started
             outcome = exc.outcome
         except Exception as exc:  # a bug or an OS failure here must still end the attempt
@@ -217,11 +220,12 @@ class Supervisor:
     def _run_process(
         self, job_id: str, spec: dict[str, Any], entry: Running,
         on_progress: Callable[[dict[str, Any]], None] | None, unsent: list[dict[str, Any]],
-        commits: CheckpointCommits, code: Path | None = None,
+        commits: CheckpointCommits, code: Path | None = None, settings: Settings | None = None,
     ) -> Outcome:
         """Run the attempt's process to its end; `unsent` gets the progress reports that came
         after the last tick, for `finish` to record in the same step."""
         attempt = entry.attempt
+        settings = settings or self.settings
         cpu_at_start = time.thread_time()  # this thread's CPU: the supervisor's cost per job
         res = spec["resources"]
         workdir = attempt_dir(self.settings.artifacts_dir, job_id, attempt)
@@ -231,7 +235,7 @@ class Supervisor:
         order = {
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
-            "allowlist": list(self.settings.allowlist), "workdir": str(workdir),
+            "allowlist": list(settings.allowlist), "workdir": str(workdir),
             "checkpoint_dir": str(commits.folder),
             "output_dir": str(workdir / OUTPUT_NAME),
             "restore": commits.restore, "code_root": None if code is None else str(code),
@@ -247,7 +251,7 @@ class Supervisor:
         memory = TreeMemory(proc.pid)
         watches: list[Watch] = [
             MemoryWatch(given.memory),
-            TimeoutWatch(float(spec.get("timeout") or self.settings.max_job_timeout)),
+            TimeoutWatch(float(spec.get("timeout") or settings.max_job_timeout)),
             CancelWatch(lambda: self._cancel_requested(job_id)),
         ]
         if spec.get("stall_timeout"):
