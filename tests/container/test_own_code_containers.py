@@ -5,9 +5,13 @@ rebuilt) and no bind mount of the folder. Its progress, logs, checkpoints and tr
 (`fleet artifacts`) are there; then the container running it is killed with SIGKILL mid-run
 and the job finishes on the other node from its checkpoint.
 
-On the docker driver a bundle with `requirements:` also runs: the nodes' package index
-(FLEET_PIP_INDEX_URL, given to `fleet up`) is the test's own, served on 127.0.0.1, which the
-workers reach through the host network the driver gives them.
+A bundle with `requirements:` runs on both too: the nodes' package index (FLEET_PIP_INDEX_URL
+in the environment of `fleet up` / `docker-compose up`) is the test's own, served on 127.0.0.1
+for the docker driver's workers (they share the host's network), and on the gateway of the
+Compose project's network for its workers.
+
+On Compose, `fleet artifacts` reads the `artifacts` volume from the host: FLEET_ARTIFACTS is
+`<the volume's Mountpoint>/artifacts` (readable by root), as docs/containers.md says.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +168,18 @@ def run(ctx):
 '''
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A PEP 503 index with one package no image has, served on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("index")
+def probe_index(root: Path) -> Path:
+    """A PEP 503 index with one package no image has: its folder."""
     wheel = make_wheel(root / "wheels", "fleetprobe-pkg", "1.0",
                        {"fleetprobe/__init__.py": "VALUE = 42\n"})
-    with served(simple_index(root, {"fleetprobe-pkg": wheel})) as url:
+    return simple_index(root, {"fleetprobe-pkg": wheel})
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The probe's index, served on 127.0.0.1 (the docker driver's workers share the host's
+    network)."""
+    with served(probe_index(tmp_path_factory.mktemp("index"))) as url:
         yield url
 
 
@@ -215,24 +225,33 @@ def test_own_code_trains_on_the_docker_driver(docker_fleet: Fleet) -> None:
     trains_and_keeps_its_model(docker_fleet)
 
 
-def test_a_bundles_requirements_come_from_the_nodes_index_on_the_docker_driver(
-        docker_fleet: Fleet) -> None:
-    folder = docker_fleet.root / "probe"
+def imports_its_requirement(fleet: Fleet) -> None:
+    """A bundle with `requirements: [fleetprobe-pkg==1.0]`: the node builds its env from the
+    index it was given (PREPARING shown) and the job imports the package from there."""
+    folder = fleet.root / "probe"
     folder.mkdir()
     (folder / "probe.py").write_text(PROBE)
     (folder / "job.yaml").write_text(
         "name: probe\nentrypoint: probe:run\ncode: .\nrequirements: [fleetprobe-pkg==1.0]\n"
         "resources: {cpus: 0.5, memory: 256Mi}\n")
-    done = docker_fleet.fleet("submit", "job.yaml", "--wait", cwd=folder)
+    done = fleet.fleet("submit", "job.yaml", "--wait", cwd=folder)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "preparing env" in done.stdout, done.stdout  # the PREPARING phase, shown
     job = done.stdout.split("submitted ", 1)[1].split()[0]
-    status = docker_fleet.client.status(job)
+    status = fleet.client.status(job)
     assert status["state"] == "SUCCEEDED", status
     assert status["result"]["value"] == 42
     assert "/envs/" in status["result"]["file"], status["result"]  # the job's env, not the image
-    logs = docker_fleet.fleet("logs", job, cwd=folder).stdout
-    assert "fleetprobe" in logs and "imported fleetprobe" in logs, logs
+    assert status["attempts"][0]["env_built"] is True, status["attempts"]
+    events = [e["event"] for e in fleet.client.events(job)]
+    assert events.index("started") < events.index("preparing") < events.index("prepared")
+    logs = fleet.fleet("logs", job, cwd=folder).stdout
+    assert "Successfully installed fleetprobe-pkg-1.0" in logs, logs  # pip's output
+    assert "imported fleetprobe" in logs, logs
+
+
+def test_a_bundles_requirements_come_from_the_nodes_index_on_the_docker_driver(
+        docker_fleet: Fleet) -> None:
+    imports_its_requirement(docker_fleet)
 
 
 def test_own_code_resumes_on_the_other_container_when_its_node_is_killed(
@@ -257,9 +276,20 @@ def compose_fleet(docker_client: Any, compose_secrets: Path,
     env = {**os.environ, "FLEET_REDIS_PORT": str(free_port()),
            "FLEET_FLOWER_PORT": str(free_port())}
     base = [*compose_command(), "-p", name, "-f", str(REPO / "compose.yaml")]
+    stack = ExitStack()
     before = image_ids(docker_client, ("fleet/control", "fleet/worker-torch"))
     try:
-        up = subprocess.run([*base, "up", "-d", "--scale", "worker=2"], env=env, cwd=REPO,
+        # Redis and the master first: the project's network exists then, and the test's
+        # package index is served on its gateway, which the workers (started next, with
+        # FLEET_PIP_INDEX_URL in the environment of `up`) reach from their bridge network.
+        up = subprocess.run([*base, "up", "-d", "--scale", "worker=0"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+        assert up.returncode == 0, up.stdout + up.stderr
+        network = docker_client.networks.get(f"{name}_default")
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        index = stack.enter_context(served(probe_index(root / "index"), host=gateway))
+        up = subprocess.run([*base, "up", "-d", "--scale", "worker=2"], cwd=REPO,
+                            env={**env, "FLEET_PIP_INDEX_URL": index},
                             capture_output=True, text=True, timeout=900)
         assert up.returncode == 0, up.stdout + up.stderr
         password = secret_value(compose_secrets, "redis_password")
@@ -293,10 +323,16 @@ def compose_fleet(docker_client: Any, compose_secrets: Path,
         print(logs.stdout[-6000:])
         subprocess.run([*base, "down", "-v", "--timeout", "20"], env=env, cwd=REPO,
                        capture_output=True, timeout=300)
+        stack.close()
 
 
 def test_own_code_trains_on_compose(compose_fleet: Fleet) -> None:
     trains_and_keeps_its_model(compose_fleet)
+
+
+def test_a_bundles_requirements_come_from_the_workers_index_on_compose(
+        compose_fleet: Fleet) -> None:
+    imports_its_requirement(compose_fleet)
 
 
 def test_own_code_resumes_on_the_other_compose_worker_when_its_node_is_killed(
