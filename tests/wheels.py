@@ -1,8 +1,9 @@
 """Tiny pure-Python wheels and a PEP 503 index of them, made by the tests themselves: no network.
 
 A wheel is a zip with the package, `METADATA`, `WHEEL` and a `RECORD` of sha256 hashes; the
-index is a folder `simple/<project>/<wheel>` served by http.server's handler on 127.0.0.1,
-whose directory listings are the simple index's pages.
+index is a folder `simple/<project>/<wheel>` served by http.server's handler on 127.0.0.1 (or on
+the gateway of a container network a test made), whose directory listings are the simple
+index's pages.
 """
 
 from __future__ import annotations
@@ -63,31 +64,33 @@ class Slow(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 handler = functools.partial(Slow, directory=sys.argv[1])
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[4])), handler).serve_forever()
+http.server.ThreadingHTTPServer((sys.argv[5], int(sys.argv[4])), handler).serve_forever()
 """
 
 
 @contextmanager
-def served(folder: Path, delay: float = 0.0, hang: float = 0.0) -> Iterator[str]:
-    """`folder` over HTTP on 127.0.0.1 (a free port) for as long as the block runs; its URL.
-    Each answer comes `delay` s late; one for a path holding "hang", `hang` s late."""
+def served(folder: Path, delay: float = 0.0, hang: float = 0.0,
+           host: str = "127.0.0.1") -> Iterator[str]:
+    """`folder` over HTTP on `host` (a free port) for as long as the block runs; its URL.
+    Each answer comes `delay` s late; one for a path holding "hang", `hang` s late. `host` is
+    loopback, or an address of a network a test made (a container network's gateway)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(folder), str(delay), str(hang), str(port)],
+        [sys.executable, "-c", SERVER, str(folder), str(delay), str(hang), str(port), host],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection((host, port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the test's package index did not start") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://{host}:{port}/"
     finally:
         proc.terminate()
         proc.wait(10)

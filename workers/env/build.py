@@ -8,10 +8,11 @@ missing lands in the env. The job process later puts the env's site-packages ahe
 node's (`workers.process.jobproc`).
 
 pip reads the node's index from PIP_INDEX_URL / PIP_FIND_LINKS in its environment, never from
-argv (an index URL may hold a token). It runs in its own session, pinned to the job's cores,
-under the build's own timeout (FLEET_ENV_BUILD_TIMEOUT, not the job's), and is killed with
-its whole group when that passes or the job is cancelled. Its output goes to `output` as it
-comes; a failure is a `BuildFailed` whose message ends with pip's last lines.
+argv (an index URL may hold a token); the host of a plain-HTTP one is in PIP_TRUSTED_HOST. It
+runs in its own session, pinned to the job's cores, under the build's own timeout
+(FLEET_ENV_BUILD_TIMEOUT, not the job's), and is killed with its whole group when that passes
+or the job is cancelled. Its output goes to `output` as it comes; a failure is a `BuildFailed`
+whose message ends with pip's last lines.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import venv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from workers.env.policy import failure_summary
 
@@ -67,7 +69,25 @@ class Pip:
             env["PIP_INDEX_URL"] = self.index_url
         if self.find_links:
             env["PIP_FIND_LINKS"] = self.find_links
+        trusted = plain_http_hosts(self.index_url, self.find_links)
+        if trusted:
+            env["PIP_TRUSTED_HOST"] = " ".join(
+                filter(None, [self.environ.get("PIP_TRUSTED_HOST"), *trusted]))
         return env
+
+
+def plain_http_hosts(*settings: str | None) -> list[str]:
+    """The hosts (`host[:port]`) of the plain-HTTP URLs among the node's pip settings (each
+    space-separated, as pip reads them). pip ignores an http:// index that is not on localhost
+    unless its host is trusted, so an index on a private network (a Compose network's gateway,
+    say) would find nothing; the operator named it, so it is trusted. Credentials stay out."""
+    hosts = []
+    for setting in settings:
+        for url in (setting or "").split():
+            parts = urlsplit(url)
+            if parts.scheme == "http" and parts.hostname:
+                hosts.append(parts.netloc.rpartition("@")[2])
+    return hosts
 
 
 def python_of(env: Path) -> Path:
