@@ -9,7 +9,9 @@ open), `mend()` sets it up again. `close()` kills every process in the namespace
 it (the pair goes with it); `create()` first removes what a killed earlier run left (names with
 the prefix whose creating process is gone).
 
-The second host's processes (`spawn`) run under `ip netns exec NS` in a private mount namespace
+The second host's processes (`spawn`) run in the namespace (`nsenter --net`: unlike `ip netns
+exec`, it keeps /sys and so the cgroup mounts a node confines itself with) and in a private
+mount namespace
 where `shadow` (a directory of the first host, e.g. the test's tmp dir holding FLEET_HOME) is
 replaced by `root` (a directory of its own), and /dev/shm by a tmpfs: they see the same paths
 as the first host's processes, but none of the first host's files. The test still reads `root`
@@ -137,7 +139,8 @@ class SecondHost:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private",
+                ["nsenter", f"--net=/run/netns/{self.ns}", "unshare", "--mount", "--propagation",
+                 "private",
                  "sh", "-c", _MOUNTS, "sh", str(root), str(shadow), *argv],
                 env=dict(env), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)

@@ -57,7 +57,8 @@ def redis_server(tmp_path: Path, second_host: SecondHost) -> Iterator[RedisServe
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"allowlist": ["workers.jobs", "tests.integration.fencing_job"]})
+        update={"allowlist": ["workers.jobs", "tests.integration.fencing_job",
+                                "tests.integration.hosts_job"]})
 
 
 class Host2:
@@ -150,6 +151,15 @@ def test_a_node_on_the_second_host_joins_over_tls_and_runs_a_job(
     assert host2.host.address not in (first_url.read_text() if first_url.exists() else "")
     assert (host2.home / "logs" / "far-1.log").exists()
     assert not (fleet.settings.home_dir / "logs" / "far-1.log").exists()
+    # what a job makes stays on the disk of the host it ran on: without a store both reach
+    # (issue 17's S3), the first host cannot hand it out, and says so on one line
+    made = fleet.client.submit({"name": "model",
+                                "entrypoint": "tests.integration.hosts_job:writes_output"})
+    assert fleet.wait_job(made, 60)["state"] == "SUCCEEDED"
+    assert [p.name for p in host2.home.rglob("model.txt")] == ["model.txt"]
+    assert not list(fleet.settings.home_dir.rglob("model.txt"))
+    got = fleet.cli("artifacts", made, "--output", str(fleet.settings.home_dir.parent / "dl"))
+    assert got.returncode != 0 and "no artifact store" in got.stderr, got
 
 
 def test_a_job_whose_second_host_node_is_killed_ends_once_on_the_first(
@@ -212,18 +222,17 @@ def test_a_partitioned_second_host_fences_its_job_and_rejoins(
     time.sleep(3)  # a stale attempt that was not stopped would write again by now
     attempts = fleet.client.status(job_id)["attempts"]
     far_lines, near_lines = read_lines(far_log), read_lines(log)
-    stranded = [c for c in fleet.client.store.committed_checkpoints(job_id) if c["attempt"] == 1]
     far_steps, near_steps = steps_of(far_lines, 1), steps_of(near_lines, 2)
     overlap = max(0.0, min(max(far_steps), max(near_steps)) - max(min(far_steps),
                                                                   min(near_steps)))
+    resumed = [x["resumed"] for x in near_lines if x.get("event") == "start"]
     print(f"link down -> last step there (self-fenced) {max(far_steps) - cut_at:+.2f} s; "
           f"-> attempt 1 ended by the master {attempts[0]['ended_at'] - cut_at:+.2f} s; "
           f"-> first step here {min(near_steps) - cut_at:+.2f} s (seen {replaced_at - cut_at:.2f}"
           f" s); link up -> far-1 heartbeats {rejoined_at - mended_at:.2f} s; overlap "
-          f"{overlap:.3f} s; attempt 2 resumed from {[x.get('resumed') for x in near_lines if 'event' in x]}"
-          f" with {len(stranded)} of attempt 1's checkpoints on the second host's disk; "
-          f"incarnation {before['incarnation']} -> {back['incarnation']}; "
-          f"total {time.time() - began:.1f} s")
+          f"{overlap:.3f} s; attempt 2 resumed from {resumed}, attempt 1 had committed step "
+          f"{attempts[0].get('committed_step')} on its host's disk; incarnation "
+          f"{before['incarnation']} -> {back['incarnation']}; total {time.time() - began:.1f} s")
     assert final["state"] == "SUCCEEDED", final
     assert [(a["node"], a["end_reason"]) for a in attempts] == [
         ("far-1", "NODE_LOST"), ("near-1", "SUCCEEDED")]
@@ -233,6 +242,7 @@ def test_a_partitioned_second_host_fences_its_job_and_rejoins(
     assert overlap == 0.0
     assert {x["attempt"] for x in far_lines} == {1} and {x["attempt"] for x in near_lines} == {2}
     assert sum(x.get("event") == "done" for x in far_lines + near_lines) == 1
-    # rejoined over the mended link, holding nothing of the job it lost
+    # rejoined over the mended link as a new incarnation, holding nothing of the job it lost
     assert far_clients(fleet, host2)
+    assert back["incarnation"] != before["incarnation"]
     assert back["jobs"] == [] and not back["reserved"].get("cpus"), back
