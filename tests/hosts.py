@@ -2,21 +2,21 @@
 and a filesystem of its own.
 
 `SecondHost.create()` makes a network namespace (`flh-<pid>-<n>`) and a veth pair whose two ends
-get the two addresses of a private /30 in 10.251.0.0/16 that no interface here uses: the first
-host (this namespace) is `.1`, the second `.2`. Nothing but those two addresses is ever
-contacted. `cut()` sets the first host's end down (a partition: packets go nowhere, sockets stay
-open), `mend()` sets it up again. `close()` kills every process in the namespace and deletes
-it (the pair goes with it); `create()` first removes what a killed earlier run left (names with
-the prefix whose creating process is gone).
+get the two addresses of a private /30 in 10.251.0.0/16 that no interface or route here uses:
+the first host (this namespace) the lower, the second the higher. Nothing but those two
+addresses is ever contacted. `cut()` sets the first host's end down (a partition: packets go
+nowhere, sockets stay open), `mend()` sets it up again. `close()` kills every process in the
+namespace and deletes it (the pair goes with it); `create()` first removes what a killed earlier
+run left (names with the prefix whose creating process is gone).
 
 The second host's processes (`spawn`) run in the namespace (`nsenter --net`: unlike `ip netns
-exec`, it keeps /sys and so the cgroup mounts a node confines itself with) and in a private
-mount namespace
-where `shadow` (a directory of the first host, e.g. the test's tmp dir holding FLEET_HOME) is
-replaced by `root` (a directory of its own), and /dev/shm by a tmpfs: they see the same paths
-as the first host's processes, but none of the first host's files. The test still reads `root`
-from outside (its logs, what its jobs wrote), as an operator would read the other machine's
-disk. The code (repository, virtual environment) is the one install both hosts run.
+exec`, it keeps /sys, and so the cgroup mounts a node confines itself with), with a hostname of
+their own (the namespace's name) and a private mount namespace where `shadow` (a directory of
+the first host, e.g. the test's tmp dir holding FLEET_HOME) shows `root` (a directory of their
+own) and /dev/shm is a new tmpfs: they see the same paths as the first host's processes, but
+none of the first host's files. The test still reads `root` from outside (logs, what jobs
+wrote), as an operator would read the other machine's disk. The code (repository, virtual
+environment) is the one install both hosts run.
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ PREFIX = "flh-"
 NETWORK = ipaddress.ip_network("10.251.0.0/16")
 _count = itertools.count()
 
-# Run by `sh -c` inside the new mount namespace: its own files, then the command.
+# Run by `sh -c` inside the new mount and UTS namespaces: its own files and name, then the command.
 _MOUNTS = """set -e
 mount --bind "$1" "$2"
 mount -t tmpfs -o mode=1777,size=64m tmpfs /dev/shm
-shift 2
+hostname "$3"
+shift 3
 exec "$@"
 """
 
@@ -139,9 +140,9 @@ class SecondHost:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.ns}", "unshare", "--mount", "--propagation",
-                 "private",
-                 "sh", "-c", _MOUNTS, "sh", str(root), str(shadow), *argv],
+                ["nsenter", f"--net=/run/netns/{self.ns}", "unshare", "--mount", "--uts",
+                 "--propagation", "private", "sh", "-c", _MOUNTS, "sh", str(root), str(shadow),
+                 self.ns, *argv],
                 env=dict(env), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         self.procs.append(proc)

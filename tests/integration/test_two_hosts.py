@@ -142,6 +142,7 @@ def test_a_node_on_the_second_host_joins_over_tls_and_runs_a_job(
     listed = fleet.cli("nodes", check=True).stdout
     assert "far-1" in listed, listed
     assert far_clients(fleet, host2), "no connection from the second host's address"
+    assert {n["node"]: n for n in fleet.client.nodes()}["far-1"]["host"] == host2.host.ns
     job_id = fleet.client.submit({"name": "far", "entrypoint": "workers.jobs.synthetic:noop"})
     final = fleet.wait_job(job_id, 60)
     assert final["state"] == "SUCCEEDED" and final["node"] == "far-1", final
