@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         beat.join(timeout=5)
         supervisor.close()
         if not registry.allocations(client, node):
-            registry.deregister(client, node, incarnation)
+            registry.deregister(client, node, supervisor.incarnation)  # it may rejoin anew
     return 0
 
 

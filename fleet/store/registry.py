@@ -31,13 +31,15 @@ class NodeIdTaken(FleetError):
         self.holder = holder
 
 
-def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> bool:
+def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float,
+              replaces: str | None = None) -> bool:
     """Publish a node's report and renew its lease, in one atomic step. True when the lease
     was continued, False when it had expired (the master may have re-placed the node's jobs).
 
     The lease belongs to one incarnation: while another live worker holds the id (its report
     has not expired), this raises NodeIdTaken instead of flip-flopping the node between two
-    processes, each of which would look like the other's replacement.
+    processes, each of which would look like the other's replacement. `replaces`: an earlier
+    incarnation of this same worker, which this one takes over even while its lease holds.
     """
     node = report["node"]
     report = {**report, "time": report.get("time", time.time())}  # readers require it
@@ -50,7 +52,7 @@ def heartbeat(client: redis.Redis, report: Mapping[str, Any], ttl: float) -> boo
         args={"node": node, "incarnation": report["incarnation"],
               "capacity": json.dumps(capacity), "report": json.dumps(report),
               "ttl_ms": int(ttl * 1000), "sample": json.dumps(sample),
-              "history_cap": HISTORY_CAP},
+              "history_cap": HISTORY_CAP, "replaces": replaces or ""},
     )
     if not ok:
         raise NodeIdTaken(node, keys.decode(holder))

@@ -350,6 +350,22 @@ def test_a_heartbeat_says_whether_the_lease_held_or_had_lapsed(redis_server: Red
     assert registry.heartbeat(r, report, ttl=60) is False
 
 
+def test_a_worker_takes_over_its_own_earlier_incarnation_and_no_other(
+    redis_server: RedisServer
+) -> None:
+    r = redis_server.client()
+    report = {"node": "n1", "incarnation": "a", "capacity": {"cpus": 1, "memory": 2**30}}
+    registry.heartbeat(r, report, ttl=60)
+    again = {**report, "incarnation": "b"}
+    with pytest.raises(registry.NodeIdTaken):  # a twin, not this worker rejoining
+        registry.heartbeat(r, again, ttl=60)
+    with pytest.raises(registry.NodeIdTaken):
+        registry.heartbeat(r, again, ttl=60, replaces="c")
+    assert registry.heartbeat(r, again, ttl=60, replaces="a") is False  # taken anew: fenced
+    assert registry.heartbeat(r, again, ttl=60) is True
+    assert keys.decode(r.hget(keys.node("n1"), "incarnation")) == "b"
+
+
 def test_the_supervisor_commits_the_newest_announced_checkpoint_until_superseded(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -81,3 +81,19 @@ def test_a_beat_that_raises_a_bug_does_not_end_the_heartbeats() -> None:
     worker.start()
     worker.join(60)
     assert not worker.is_alive() and len(beats) >= 3  # it went on beating after the bug
+
+
+def test_a_node_that_beats_again_past_its_fence_deadline_rejoins_as_a_new_incarnation() -> None:
+    capacity = Capacity(cpus=1.0, memory=2**31, gpus=0, gpu_memory=0, cpuset=(0,))
+    sup = _Supervisor()
+    agent = Agent(Settings(), _Redis(), sup, capacity)  # type: ignore[arg-type]
+    agent.rejoin_if_fenced(100.0)  # no beat applied yet: nothing to be cut off from
+    assert sup.incarnation == "inc-1" and agent.replaces is None
+    agent.lease_until = 101.8
+    agent.rejoin_if_fenced(101.7)  # within the deadline: the same incarnation beats on
+    assert sup.incarnation == "inc-1" and agent.replaces is None
+    agent.rejoin_if_fenced(130.0)  # back after a partition: its jobs were killed at 101.8
+    assert sup.incarnation != "inc-1" and agent.replaces == "inc-1"
+    new = sup.incarnation
+    agent.rejoin_if_fenced(133.0)  # its beats still fail: one new incarnation, not one each
+    assert sup.incarnation == new and agent.replaces == "inc-1"

@@ -5,7 +5,8 @@ the host's when limited. Reserved comes from the node's allocation record, usage
 A node asked to drain takes no new job and, once idle, stops its worker.
 
 Each heartbeat Redis applied renews the node's lease for its jobs too (`workers.attempt.fence`): the
-fork server is told until when they may run, counted from when the heartbeat was sent.
+fork server is told until when they may run, counted from when the heartbeat was sent. A node
+that beats again only after that deadline (paused, partitioned) rejoins as a new incarnation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +48,20 @@ class Agent:
         self.probe = UsageProbe(root_pid=os.getpid())
         self.started_at = time.time()
         self.drained = False
+        self.lease_until: float | None = None  # the fence deadline of the last applied beat
+        self.replaces: str | None = None  # the incarnation this one took over, until Redis knows
+
+    def rejoin_if_fenced(self, now: float) -> None:
+        """Past the fence deadline every job of this incarnation was killed here (and the
+        master may have re-placed them): the node rejoins as a new incarnation, so that the
+        master ends whatever it still counts on the old one and no task addressed to it runs.
+        The old one's lease may still hold in Redis: the next applied beat takes it over."""
+        if self.lease_until is None or now < self.lease_until:
+            return
+        self.replaces, self.sup.incarnation = self.sup.incarnation, uuid.uuid4().hex[:12]
+        self.lease_until = None  # once per time cut off: the next deadline is the new one's
+        log.warning("node %s was cut off past its lease: it rejoins as incarnation %s (was %s)",
+                    self.sup.node, self.sup.incarnation, self.replaces)
 
     def report(self) -> dict[str, Any]:
         usage = self.probe.sample()
@@ -86,11 +102,13 @@ class Agent:
 
     def beat(self) -> dict[str, Any]:
         self.sup.disk.recheck()  # while unhealthy: can it write again? (a probe file)
+        self.rejoin_if_fenced(time.monotonic())
         report = self.report()
         ttl = self.settings.heartbeat_ttl
         sent = time.monotonic()  # Redis applies it later: the lease lasts ttl past this at least
-        continued = registry.heartbeat(self.r, report, ttl)
-        self.sup.renew_lease(fence.lease_until(sent, ttl), lapsed=not continued)
+        continued = registry.heartbeat(self.r, report, ttl, replaces=self.replaces)
+        self.lease_until, self.replaces = fence.lease_until(sent, ttl), None
+        self.sup.renew_lease(self.lease_until, lapsed=not continued)
         if report["draining"] and not report["jobs"] and not registry.allocations(
             self.r, self.sup.node
         ):
