@@ -153,9 +153,11 @@ class S3Storage:
             self.client.download_file(self.location.bucket, self._key(key), str(tmp),
                                       Config=self.transfer)
             tmp.replace(path)
-        except OSError as exc:
-            raise StorageError(f"get {key!r}: cannot write {path}: {exc.strerror}", key) from None
         except Exception as exc:
+            # botocore's timeouts are OSErrors too: only a bare OSError is the local disk's.
+            if isinstance(exc, OSError) and not isinstance(exc, bexc.BotoCoreError):
+                raise StorageError(f"get {key!r}: cannot write {path}: {exc.strerror}",
+                                   key) from None
             raise self._fail(exc, key, "get") from None
         finally:
             tmp.unlink(missing_ok=True)
