@@ -89,6 +89,10 @@ class S3Server:
     process: subprocess.Popen[bytes] | None = None
     credentials: S3Credentials | None = None
     started_in: float | None = None  # seconds from exec to ready, last start
+    # Go's soft heap limit. Unset, weed kept ~650-800 MiB RSS after a few 64 MiB uploads (the
+    # heap grows to twice what is live); at 512 MiB it stays ~360 MiB for ~20% less upload
+    # speed, at 256 MiB ~150 MiB for half (scripts/bench_storage.py, 2 CPUs).
+    memory_limit_mib: int | None = 512
 
     @property
     def endpoint(self) -> str:
@@ -129,9 +133,10 @@ class S3Server:
             f"-s3.config={self.directory / 's3.json'}",
             # Volumes of 1 GiB (not 30), as many as the disk holds: a small fleet's data.
             "-master.volumeSizeLimitMB=1024", "-volume.max=0",
-            # A one-master cluster: its own leader at once, not after a peer search (saves ~5 s:
-            # the volume server's first heartbeat otherwise fails and retries 5 s later).
-            "-master.raftBootstrap",
+            # Single-master mode: its own leader at once, no quorum wait. Without it the volume
+            # server's first heartbeat may miss the leader and retry 5 s later (a start took
+            # 3.4 s or 8.3 s), and a restart held a 10 s election (17 s).
+            "-master.peers=none",
             "-master.telemetry=false",  # no network beyond the fleet's own
             "-volume.preStopSeconds=0",  # no peers to drain to: stop at once
         ]
@@ -146,6 +151,8 @@ class S3Server:
             self.ports.setdefault(name, free_port())
         # Nothing secret in the environment either: only what a Go binary needs.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.directory)}
+        if self.memory_limit_mib:
+            env["GOMEMLIMIT"] = f"{self.memory_limit_mib}MiB"
         began = time.monotonic()
         with open(self.directory / "weed.log", "ab") as log:
             self.process = subprocess.Popen(self.command(binary), stdout=log, stderr=log,
@@ -178,9 +185,9 @@ class S3Server:
             time.sleep(0.1)
 
     def stop(self, timeout: float = 3.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`: weed's filer waits for its own S3 gateway's
-        subscription to end before it exits, which never happens; what was acknowledged is
-        on disk already (volume files and the filer's leveldb are written per request)."""
+        """SIGTERM, then SIGKILL after `timeout`: weed never exits on SIGTERM or SIGINT alone
+        (its volume server stops, its master and filer go on), and what it acknowledged is in
+        its files already (volume files and the filer's leveldb are written per request)."""
         if self.process is None:
             return
         self.process.terminate()
