@@ -64,6 +64,22 @@ def weed_version(path: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 and "version" in out.stdout else None
 
 
+def last_fatal(log: Path) -> str:
+    """The last fatal (else error) line of weed's log, without glog's prefix: why it exited."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for level in "FE":
+        found = [line for line in lines if line.startswith(level) and line[1:2].isdigit()]
+        if found:
+            message = found[-1].split(maxsplit=3)[-1]
+            return message if len(message) <= 200 else message[:197] + "..."
+    return "no error logged"
+
+
 def new_credentials() -> S3Credentials:
     alphabet = string.ascii_uppercase + string.digits
     return S3Credentials("FLEET" + "".join(secrets.choice(alphabet) for _ in range(15)),
@@ -172,8 +188,9 @@ class S3Server:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise FleetError(f"weed exited with code {self.process.returncode} "
-                                 f"(see {self.directory / 'weed.log'})")
+                log = self.directory / "weed.log"
+                raise FleetError(f"weed exited with code {self.process.returncode}: "
+                                 f"{last_fatal(log)} (see {log})")
             try:
                 store.ensure_bucket()
                 store.put_bytes(PROBE, b"ok")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.drivers.s3_server import S3Server
+from fleet.errors import FleetError
 from fleet.storage import (
     AlreadyExists,
     FileStorage,
@@ -179,3 +181,18 @@ def test_a_hung_server_times_out_as_unavailable(tmp_path: Path) -> None:
         assert store.get_bytes("k") == b"v"
     finally:
         server.stop()
+
+
+def test_a_start_that_fails_leaves_no_server(tmp_path: Path) -> None:
+    """The S3 port taken by someone else: weed cannot serve, `start` gives up within its
+    timeout with one line, and no weed process is left behind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = S3Server(tmp_path / "s3", ports={"s3": taken.getsockname()[1]})
+        with pytest.raises(FleetError) as err:
+            server.start(timeout=8)
+    assert "\n" not in str(err.value) and "address already in use" in str(err.value)
+    assert server.process is None
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "s3")], capture_output=True, text=True)
+    assert leftover.stdout == ""
