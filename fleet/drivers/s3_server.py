@@ -146,6 +146,8 @@ class S3Server:
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # A typo in FLEET_STORAGE's bucket is an error, not a new bucket nobody reads.
+            "-s3.autoCreateBucket=false",
             f"-s3.config={self.directory / 's3.json'}",
             # Volumes of 1 GiB (not 30), as many as the disk holds: a small fleet's data.
             "-master.volumeSizeLimitMB=1024", "-volume.max=0",

@@ -196,3 +196,25 @@ def test_a_start_that_fails_leaves_no_server(tmp_path: Path) -> None:
     assert server.process is None
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "s3")], capture_output=True, text=True)
     assert leftover.stdout == ""
+
+
+def test_open_storage_from_settings_and_the_usual_aws_variables(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's way: FLEET_STORAGE + FLEET_S3_ENDPOINT + the server's credentials file;
+    and without the file, boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
+    from fleet.settings import Settings
+    from fleet.storage import StorageError, open_storage
+
+    settings = Settings(home=tmp_path, storage=f"s3://{s3_server.bucket}/ops",
+                        s3_endpoint=s3_server.endpoint,
+                        s3_credentials_file=s3_server.credentials_file)
+    open_storage(settings).put_bytes("k", b"via settings")
+    assert s3_server.credentials is not None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.credentials.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.credentials.secret_key)
+    from_env = open_storage(settings.model_copy(update={"s3_credentials_file": None}))
+    assert from_env.get_bytes("k") == b"via settings"
+    missing = open_storage(settings.model_copy(update={"storage": "s3://no-such-bucket/x"}))
+    with pytest.raises(StorageError, match="NoSuchBucket.*create the bucket"):
+        missing.put_bytes("k", b"x")
