@@ -77,7 +77,7 @@ def parse_storage_url(text: str | None, default_dir: Path, field: str = FIELD) -
             raise BadStorageURL(f"{field}: no ?query or #fragment in an s3 URL (the endpoint "
                                 f"is FLEET_S3_ENDPOINT)")
         prefix = unquote(parts.path).strip("/")
-        if any(seg in ("", ".", "..") for seg in prefix.split("/")) and prefix:
+        if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
             raise BadStorageURL(f"{field}: prefix {prefix!r}: empty, '.' or '..' segment")
         return S3URL(bucket, prefix + "/" if prefix else "")
     shown = parts.scheme or "none"
