@@ -105,6 +105,21 @@ def test_reserve_refuses_a_node_whose_allocations_it_cannot_read(redis_server: R
     assert store.reserve(job, "n1", "inc", {})[0] == 1  # repaired: it fits again
 
 
+def test_an_attempt_record_json_cannot_hold_again_does_not_strand_a_placement(
+        redis_server: RedisServer) -> None:
+    # Found by the fuzz below: reserve placed the job, then failed re-encoding its garbage
+    # attempt record (inf), and Redis kept the half-done step: PLACED with no task, for ever.
+    r = redis.Redis.from_url(redis_server.url)
+    store = JobStore(r)
+    one_node(r)
+    job = store.submit(parse_spec(job_spec(cpus=1.0), allowlist=["workers.jobs"]))
+    r.hset(keys.job_attempts(job), "1", b'{"attempt": 1, "x": 1e999, "y": [[[[[[[[[[1]]]]]]]]]]}')
+    assert store.reserve(job, "n1", "inc", {})[0] == 1
+    record = json.loads(r.hget(keys.job_attempts(job), "1"))
+    assert record["node"] == "n1" and "x" not in record
+    assert r.zscore(keys.PLACING, job) is not None  # the master's index of placed jobs has it
+
+
 def test_a_repaired_allocation_comes_from_the_job_record_or_goes(redis_server: RedisServer) -> None:
     r = redis.Redis.from_url(redis_server.url)
     store = JobStore(r)

@@ -44,12 +44,21 @@ local function pending_score(priority, seq)
   return (1000 - (tonumber(priority) or 0)) * 1e12 + (tonumber(seq) or 0)
 end
 
+-- A script that fails half-way keeps what it wrote before (Redis does not roll back), so this
+-- step cannot fail: a record written over with what JSON cannot hold again (1e999 decodes to
+-- inf; NaN, nesting past cjson's depth) is started anew from this step's fields.
 local function update_attempt(attempts, n, fields)
   own(attempts, 'hash')
   local rec = decode(redis.call('HGET', attempts, tostring(n))) or {}
   rec.attempt = tonumber(n)
   for k, v in pairs(fields) do rec[k] = v end
-  redis.call('HSET', attempts, tostring(n), cjson.encode(rec))
+  local ok, raw = pcall(cjson.encode, rec)
+  if not ok then
+    rec = {attempt = tonumber(n)}
+    for k, v in pairs(fields) do rec[k] = v end
+    raw = cjson.encode(rec)
+  end
+  redis.call('HSET', attempts, tostring(n), raw)
 end
 
 -- The reservation of `job` on a node, released only by the attempt that holds it (an entry
