@@ -27,6 +27,7 @@ from pathlib import Path
 import redis
 
 from fleet import acl
+from fleet.drivers.processes import stop_processes
 from fleet.errors import FleetError
 
 
@@ -178,12 +179,7 @@ class RedisServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_processes([self.process], grace=timeout)
         self.process = None
 
     def kill(self) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from fleet.drivers.processes import stop_processes
 from fleet.drivers.redis_server import free_port
 from fleet.drivers.secret_files import write_secret
 from fleet.errors import FleetError
@@ -210,12 +211,7 @@ class S3Server:
         its files already (volume files and the filer's leveldb are written per request)."""
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_processes([self.process], grace=timeout)
         self.process = None
         self._remove_sockets()
 
