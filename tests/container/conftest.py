@@ -113,3 +113,26 @@ def assert_hardened(container: Any) -> None:
     assert not host.get("Privileged"), name
     mounts = [f"{m.get('Source', '')} {m.get('Destination', '')}" for m in attrs["Mounts"]]
     assert not any("docker.sock" in m for m in mounts), (name, mounts)
+
+
+def compose_down(base: list[str], env: dict[str, str]) -> None:
+    """A Compose project's teardown: its last log lines into the test's output, then down with
+    its volumes (a later project must not find this one's Redis data or caches)."""
+    logs = subprocess.run([*base, "logs", "--tail", "20"], env=env, cwd=REPO,
+                          capture_output=True, text=True)
+    print(logs.stdout[-6000:])
+    subprocess.run([*base, "down", "-v", "--timeout", "20"], env=env, cwd=REPO,
+                   capture_output=True, timeout=300)
+
+
+def docker_fleet_down(docker_client: Any, fid: str | None, env: dict[str, str]) -> None:
+    """A docker-driver fleet's teardown: its workers' last log lines, `fleet down`, then any
+    container of the fleet that `down` left behind."""
+    if fid:
+        for c in docker_client.containers.list(all=True, filters={"label": [
+                f"fleet.id={fid}", "fleet.role=worker"]}):
+            print(f"--- {c.name} ---\n{c.logs(tail=30).decode(errors='replace')}")
+    fleet_cli("down", "--driver", "docker", env=env, check=False)
+    if fid:
+        for c in docker_client.containers.list(all=True, filters={"label": f"fleet.id={fid}"}):
+            c.remove(force=True)

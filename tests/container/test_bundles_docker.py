@@ -19,7 +19,14 @@ from fleet.bundles.pack import pack
 from fleet.client import Client
 from fleet.drivers.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import FLEET, REPO, fleet_cli, secret_value
+from tests.container.conftest import (
+    FLEET,
+    REPO,
+    compose_down,
+    docker_fleet_down,
+    fleet_cli,
+    secret_value,
+)
 from tests.container.test_compose import compose_command
 from tests.container.test_swarm import stack  # noqa: F401  (the Swarm fixture)
 from tests.integration.support import eventually
@@ -174,14 +181,7 @@ def test_a_bundle_job_runs_on_the_docker_driver_and_resumes_when_its_node_is_kil
         assert final["result"]["resumed_from"] >= 4 and final["result"]["loss"] < 0.1, final
         assert_ran_from_its_cache(final, folder, workers[final["node"]])
     finally:
-        if fid:
-            for c in docker_client.containers.list(filters={"label": [
-                    f"fleet.id={fid}", "fleet.role=worker"]}):
-                print(f"--- {c.name} ---\n{c.logs(tail=30).decode(errors='replace')}")
-        fleet_cli("down", "--driver", "docker", env=env, check=False)
-        if fid:  # whatever `down` left behind
-            for c in docker_client.containers.list(all=True, filters={"label": f"fleet.id={fid}"}):
-                c.remove(force=True)
+        docker_fleet_down(docker_client, fid, env)
 
 
 # -- docker-compose up -----------------------------------------------------------------------
@@ -198,11 +198,7 @@ def one_worker_project(docker_client: Any, compose_secrets: Path) -> Iterator[di
         assert up.returncode == 0, up.stdout + up.stderr
         yield {"name": name, "env": env}
     finally:
-        logs = subprocess.run([*base, "logs", "--tail", "20"], env=env, cwd=REPO,
-                              capture_output=True, text=True)
-        print(logs.stdout[-6000:])
-        subprocess.run([*base, "down", "-v", "--timeout", "20"], env=env, cwd=REPO,
-                       capture_output=True, timeout=300)
+        compose_down(base, env)
 
 
 def test_a_bundle_job_runs_on_compose_with_the_stock_image(

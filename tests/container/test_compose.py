@@ -17,7 +17,13 @@ import pytest
 from fleet.client import Client
 from fleet.drivers.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import REPO, assert_hardened, assert_no_secret, secret_value
+from tests.container.conftest import (
+    REPO,
+    assert_hardened,
+    assert_no_secret,
+    compose_down,
+    secret_value,
+)
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.container
@@ -45,11 +51,7 @@ def project(docker_client: Any, compose_secrets: Path) -> Iterator[dict[str, Any
         assert up.returncode == 0, up.stdout + up.stderr
         yield {"name": name, "env": env, "base": base}
     finally:
-        logs = subprocess.run([*base, "logs", "--tail", "20"], env=env, cwd=REPO,
-                              capture_output=True, text=True)
-        print(logs.stdout[-6000:])
-        subprocess.run([*base, "down", "-v", "--timeout", "20"], env=env, cwd=REPO,
-                       capture_output=True, timeout=300)
+        compose_down(base, env)
 
 
 def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(

@@ -32,7 +32,14 @@ import pytest
 from fleet.client import Client
 from fleet.drivers.redis_server import free_port
 from fleet.settings import Settings
-from tests.container.conftest import FLEET, REPO, fleet_cli, secret_value
+from tests.container.conftest import (
+    FLEET,
+    REPO,
+    compose_down,
+    docker_fleet_down,
+    fleet_cli,
+    secret_value,
+)
 from tests.container.test_bundles_docker import assert_no_mount_of, image_ids
 from tests.container.test_compose import compose_command
 from tests.integration.support import eventually
@@ -211,14 +218,7 @@ def docker_fleet(docker_client: Any, index: str,
         assert_no_mount_of_code(root, every)
         assert image_ids(docker_client, tuple(before)) == before  # nothing rebuilt
     finally:
-        if fid:
-            for c in docker_client.containers.list(all=True, filters={"label": [
-                    f"fleet.id={fid}", "fleet.role=worker"]}):
-                print(f"--- {c.name} ---\n{c.logs(tail=30).decode(errors='replace')}")
-        fleet_cli("down", "--driver", "docker", env=env, check=False)
-        if fid:  # whatever `down` left behind
-            for c in docker_client.containers.list(all=True, filters={"label": f"fleet.id={fid}"}):
-                c.remove(force=True)
+        docker_fleet_down(docker_client, fid, env)
 
 
 def test_own_code_trains_on_the_docker_driver(docker_fleet: Fleet) -> None:
@@ -318,11 +318,7 @@ def compose_fleet(docker_client: Any, compose_secrets: Path,
         assert_no_mount_of_code(root, every)
         assert image_ids(docker_client, tuple(before)) == before
     finally:
-        logs = subprocess.run([*base, "logs", "--tail", "20"], env=env, cwd=REPO,
-                              capture_output=True, text=True)
-        print(logs.stdout[-6000:])
-        subprocess.run([*base, "down", "-v", "--timeout", "20"], env=env, cwd=REPO,
-                       capture_output=True, timeout=300)
+        compose_down(base, env)
         stack.close()
 
 
