@@ -27,7 +27,8 @@ from fleet.errors import SpecError
 
 DAY = 24 * 3600
 # The fleet-wide settings nodes check jobs against, published by the operator (see above).
-PUBLISHED = ("allowlist", "code_bundles", "bundle_cap", "max_job_timeout")
+PUBLISHED = ("allowlist", "code_bundles", "bundle_cap", "max_job_timeout", "storage", "s3_endpoint",
+             "s3_region")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -72,11 +73,36 @@ class FleetWide(BaseModel):
         default=True, description="run producers' code bundles (`off`: installed, allowlisted code only)"
     )
     bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
+    storage: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; else the artifacts folder"
+    )
+    s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL; else AWS's own")
+    s3_region: str | None = Field(default=None, description="S3 region; else AWS_REGION, us-east-1")
 
     @field_validator("allowlist")
     @classmethod
     def _allowlist_names(cls, modules: list[str]) -> list[str]:
         return _check_module_names(modules)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url_shape(cls, url: str | None) -> str | None:
+        if url:
+            from fleet.storage.url import BadStorageURL, parse_storage_url
+
+            try:
+                parse_storage_url(url, Path("."), field="")
+            except BadStorageURL as exc:
+                raise ValueError(str(exc).removeprefix(": ")) from None
+        return url
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _s3_endpoint_shape(cls, url: str | None) -> str | None:
+        if url is not None and (urlsplit(url).scheme not in ("http", "https")
+                                or not urlsplit(url).hostname):
+            raise ValueError(f"expected http(s)://host:port, got {url!r}")
+        return url
 
 
 class Settings(BaseSettings, FleetWide):
@@ -97,11 +123,6 @@ class Settings(BaseSettings, FleetWide):
         default=None, gt=0, description="broker redelivery delay; default max_job_timeout + 1 h"
     )
     artifacts: Path | None = Field(default=None, description="checkpoint and log store; home/artifacts")
-    storage: str | None = Field(
-        default=None, description="file:///path or s3://bucket/prefix; else the artifacts folder"
-    )
-    s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL; else AWS's own")
-    s3_region: str | None = Field(default=None, description="S3 region; else AWS_REGION, us-east-1")
     s3_credentials_file: Path | None = Field(
         default=None, description="AWS-style credentials file for S3; else AWS_* variables"
     )
@@ -165,26 +186,6 @@ class Settings(BaseSettings, FleetWide):
         if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
             raise ValueError("expected redis://[:password@]host:port/db (or rediss://, unix://)"
                              f", got scheme {parts.scheme or 'none'!r}")
-        return url
-
-    @field_validator("storage")
-    @classmethod
-    def _storage_url_shape(cls, url: str | None) -> str | None:
-        if url:
-            from fleet.storage.url import BadStorageURL, parse_storage_url
-
-            try:
-                parse_storage_url(url, Path("."), field="")
-            except BadStorageURL as exc:
-                raise ValueError(str(exc).removeprefix(": ")) from None
-        return url
-
-    @field_validator("s3_endpoint")
-    @classmethod
-    def _s3_endpoint_shape(cls, url: str | None) -> str | None:
-        if url is not None and (urlsplit(url).scheme not in ("http", "https")
-                                or not urlsplit(url).hostname):
-            raise ValueError(f"expected http(s)://host:port, got {url!r}")
         return url
 
     @property

@@ -105,6 +105,11 @@ class Storage(Protocol):
         """Where this storage points, without any secret (for messages and logs)."""
         ...
 
+    def local_path(self, key: str) -> Path | None:
+        """The local file that holds `key`, when the store is a directory on this machine
+        (None on S3): a file already there needs no upload."""
+        ...
+
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         """Store `data` at `key`. `if_absent`: only if no object is there (atomically; else
         AlreadyExists)."""

@@ -73,6 +73,9 @@ class FileStorage:
     def path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
+
     def _write(self, key: str, fill: BinaryIO | bytes, if_absent: bool) -> None:
         target = self.path(key)
         tmp = target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}")

@@ -121,6 +121,9 @@ class S3Storage:
     def _fail(self, exc: BaseException, key: str, what: str) -> StorageError:
         return typed(exc, key, what, self.endpoint or "S3")
 
+    def local_path(self, key: str) -> Path | None:
+        return None
+
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         try:
