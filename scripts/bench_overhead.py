@@ -3,6 +3,8 @@
     python scripts/bench_overhead.py                  # ~60 s job, 8 alternating rounds (~17 min)
     python scripts/bench_overhead.py --mode paired    # both at once, Redis + master on fleet's core
     python scripts/bench_overhead.py --quick          # ~5 s job, 1 round
+    python scripts/bench_overhead.py --storage s3 --checkpoint-every 1 --hidden 4096 --batch-size 16
+                                                      # checkpoints to S3 vs to a local folder
 
 `workers.jobs.digits_torch:train` with enough epochs for `--seconds` on one CPU (calibrated
 first, directly), run
@@ -28,6 +30,13 @@ Two ways to share the machine between the sides:
   the two cores of median(fleet on it) / median(direct on it) (one round: that round's ratio).
   A fresh node is started on fleet's core each round (and stopped after), so no node of
   fleet's sits idle on the direct side's core.
+
+`--storage s3`: both sides go through the same fleet and node (alternate mode), which
+uploads every committed checkpoint to the store; the store differs: the embedded S3
+(SeaweedFS, started here, pinned with Redis and the master off the job's core, as a store
+elsewhere would be) or the default local directory (the artifact folder itself: no copy). The
+store's URL is published before each run, and the node reads it for each attempt. The
+overhead is median(S3) / median(local): what moving checkpoints off the host costs a job.
 
 The job: the example's MLP on digits, 4-9 ms an epoch here, reporting every epoch (100-250
 reports a second, each relayed to Redis by the supervisor) and checkpointing every
@@ -61,6 +70,7 @@ DIRECT = r"""
 import json, os, sys, threading, time
 from pathlib import Path
 core, epochs, every, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+extra = json.loads(sys.argv[5])
 from workers import runners
 from workers.context import Allotment, JobContext
 res = Allotment(cpus=1.0, memory=2**30, cpuset=(core,))
@@ -71,7 +81,7 @@ from workers.jobs.digits_torch import train
 ctx = JobContext(job_id="direct-00000000", attempt=1, resources=res, workdir=workdir,
                  checkpoint_dir=workdir / "ckpt", emit=lambda e: None, stop=threading.Event())
 t0 = time.perf_counter()
-out = train(ctx, epochs=epochs, checkpoint_every=every)
+out = train(ctx, epochs=epochs, checkpoint_every=every, **extra)
 t = os.times()
 print(json.dumps({"train_s": time.perf_counter() - t0, "accuracy": out["accuracy"],
                   "job_cpu_s": t.user + t.system}))
@@ -80,7 +90,8 @@ exit_now(0)  # the job process's own exit: no interpreter teardown (~0.4 s with 
 """
 
 
-def direct(core: int, epochs: int, every: int) -> dict[str, float]:
+def direct(core: int, epochs: int, every: int, extra: dict[str, Any] | None = None,
+           ) -> dict[str, float]:
     """Run the job directly on `core`; its own CPU time comes from the process itself (this
     script may reap other children meanwhile: a node stopped in paired mode)."""
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
@@ -90,7 +101,8 @@ def direct(core: int, epochs: int, every: int) -> dict[str, float]:
         start = time.perf_counter()
         try:
             res = subprocess.run(
-                [sys.executable, "-c", DIRECT, str(core), str(epochs), str(every), str(work)],
+                [sys.executable, "-c", DIRECT, str(core), str(epochs), str(every), str(work),
+                 json.dumps(extra or {})],
                 capture_output=True, text=True, env=fleet_env(), timeout=1800)
         finally:
             os.sched_setaffinity(0, mine)
@@ -131,9 +143,10 @@ def node_cpu_seconds(pid: int) -> tuple[float, float]:
     return own, reaped
 
 
-def through_fleet(client, epochs: int, every: int, node_pid: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def through_fleet(client, epochs: int, every: int, node_pid: int,  # type: ignore[no-untyped-def]
+                  extra: dict[str, Any] | None = None) -> dict[str, float]:
     spec = {"name": "bench-overhead", "entrypoint": ENTRY, "framework": "torch",
-            "params": {"epochs": epochs, "checkpoint_every": every},
+            "params": {"epochs": epochs, "checkpoint_every": every, **(extra or {})},
             "resources": {"cpus": 1, "memory": "1Gi"}, "timeout": 3600, "max_retries": 0}
     node_cpu, job_cpu = node_cpu_seconds(node_pid)
     submitted = time.time()
@@ -179,18 +192,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="one side after the other on one core, fleet's Redis and master on the "
                         "others; or both sides at once on two cores (swapped each round), "
                         "fleet's Redis and master on its job's core")
+    p.add_argument("--storage", choices=("s3",), default=None,
+                   help="compare the fleet with its store in the embedded S3 against the same "
+                        "fleet with the local directory store, both through fleet (alternate "
+                        "mode; no direct side)")
+    p.add_argument("--hidden", type=int, default=None, help="the MLP's width (job param)")
+    p.add_argument("--batch-size", type=int, default=None, help="job param")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats = 5.0, 1
+    extra = {k: v for k, v in (("hidden", args.hidden), ("batch_size", args.batch_size))
+             if v is not None}
+    sides = ("direct", "fleet")
+    if args.storage:
+        if args.mode != "alternate":
+            p.error("--storage compares two fleets' stores: --mode alternate only")
+        sides = ("local", "s3")
 
     from fleet.client import Client
     from fleet.drivers.base import NodeShape
     from fleet.drivers.local import LocalDriver
     from fleet.drivers.processes import stop_processes
     from fleet.drivers.redis_server import new_server
+    from fleet.drivers.s3_server import S3Server
     from fleet.settings import Settings
+    from fleet.store import published
 
     rec = Recorder("overhead", args)
     cores = sorted(os.sched_getaffinity(0))
@@ -199,17 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs
     if epochs is None:
         # two probes: the slope excludes the fixed start-up cost inside train()
-        small, big = (direct(cores[0], n, args.checkpoint_every) for n in (20, 220))
+        small, big = (direct(cores[0], n, args.checkpoint_every, extra) for n in (20, 220))
         per_epoch = (big["train_s"] - small["train_s"]) / 200
         epochs = max(1, round(args.seconds / per_epoch))
         rec.note(f"calibration: {per_epoch * 1e3:.1f} ms per epoch → {epochs} epochs")
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-fleet-"))
     server = new_server(tmp / "redis").start()
     assert server.process is not None
-    control = (server.process.pid, os.getpid())  # with the master's: pinned to a core below
+    control = [server.process.pid, os.getpid()]  # with the master's: pinned to a core below
     settings = Settings(home=tmp / "home", redis_url=server.url)
+    stores: dict[str, Settings] = {}
+    s3 = None
+    if args.storage:  # the S3 server is the control plane's: off the job's core too
+        s3 = S3Server(tmp / "s3").start()
+        assert s3.process is not None
+        control.append(s3.process.pid)
+        settings = settings.model_copy(update={"s3_credentials_file": s3.credentials_file})
+        stores = {"local": settings, "s3": settings.model_copy(
+            update={"storage": f"s3://{s3.bucket}/", "s3_endpoint": s3.endpoint})}
     driver = LocalDriver(settings)
-    rows: dict[str, list[dict[str, Any]]] = {"direct": [], "fleet": []}
+    rows: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     ratios: list[float] = []
     try:
         master_pid = driver.start_master(server.url)
@@ -230,11 +267,14 @@ def main(argv: list[str] | None = None) -> int:
                 for pid in (*control, master_pid):
                     pin_process(pid, set(cores[1:]))
             for k in range(args.repeats):
-                order = ("direct", "fleet") if k % 2 == 0 else ("fleet", "direct")
-                for side in order:
-                    record(k, side, core, direct(core, epochs, args.checkpoint_every)
-                           if side == "direct"
-                           else through_fleet(client, epochs, args.checkpoint_every, node_pid))
+                for side in sides if k % 2 == 0 else sides[::-1]:
+                    if side == "direct":
+                        record(k, side, core, direct(core, epochs, args.checkpoint_every, extra))
+                        continue
+                    if side in stores:  # the nodes read the store's URL for each attempt
+                        published.write(client.r, stores[side])
+                    record(k, side, core, through_fleet(client, epochs, args.checkpoint_every,
+                                                        node_pid, extra))
         else:
             for k in range(args.repeats):
                 fleet_core, direct_core = (cores[0], cores[1]) if k % 2 == 0 else (cores[1], cores[0])
@@ -254,23 +294,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_processes(list(driver.procs.values()))
         server.stop()
+        if s3 is not None:
+            s3.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    d = median([r["wall_s"] for r in rows["direct"]])
-    f = median([r["wall_s"] for r in rows["fleet"]])
+    d = median([r["wall_s"] for r in rows[sides[0]]])
+    f = median([r["wall_s"] for r in rows[sides[1]]])
     ratio, how = (paired_ratio(rows, ratios) if ratios
-                  else (f / d, "median fleet / median direct"))
-    rec.row(round="median", path=f"fleet / direct ({how})", epochs=epochs, **{"wall s": ratio})
-    node_cpu = median([r["node_cpu_s"] for r in rows["fleet"]])
+                  else (f / d, f"median {sides[1]} / median {sides[0]}"))
+    rec.row(round="median", path=f"{sides[1]} / {sides[0]} ({how})", epochs=epochs,
+            **{"wall s": ratio})
+    node_cpu = median([r["node_cpu_s"] for r in rows[sides[1]]])
     rec.set("node_cpu_s", node_cpu)
     rec.set("ratios", ratios)
     # The noise-free part of the overhead: CPU the node spent on the job's core while it ran.
     rec.note(f"node CPU beside the job: {node_cpu:.2f} s = {100 * node_cpu / d:.2f}% of the "
-             f"direct run")
+             f"{sides[0]} run")
     rec.set("direct_wall_s", d)
     rec.set("fleet_wall_s", f)
-    rec.target("fleet wall / direct wall − 1 (overhead)", ratio - 1, 0.03, "<=")
+    rec.target(f"{sides[1]} wall / {sides[0]} wall − 1 (overhead)", ratio - 1, 0.03, "<=")
     rec.note(f"overhead {100 * (ratio - 1):+.1f}% ({args.mode}: {how}; medians {f:.1f} s "
-             f"fleet, {d:.1f} s direct; a checkpoint every {args.checkpoint_every} epochs)")
+             f"{sides[1]}, {d:.1f} s {sides[0]}; a checkpoint every {args.checkpoint_every} "
+             f"epochs; job params {extra or 'default'})")
     rec.write(args.out)
     return 0
 
