@@ -10,6 +10,7 @@ import threading
 import typer
 
 from fleet.cli.context import console, print_json, settings, wait_for_stop
+from fleet.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +31,13 @@ def up(
     driver: str = typer.Option("local", "--driver", help="local | docker | swarm"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return once the fleet is up"),
     flower: bool = typer.Option(True, "--flower/--no-flower", help="start Flower"),
+    storage: str = typer.Option(
+        None, "--storage", help="where checkpoints, logs and outputs go: s3 (start the embedded "
+        "S3 server), s3://bucket/prefix, file:///path; default FLEET_STORAGE, else the "
+        "artifacts folder"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Start a fleet: Redis, the master, N worker nodes and Flower."""
+    """Start a fleet: Redis, the master, N worker nodes and Flower (and S3 with --storage s3)."""
     from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
@@ -45,18 +50,26 @@ def up(
         shape = NodeShape(cpus=cpus, memory=parse_memory(memory))
     except ValueError as exc:
         raise SpecError("--memory", str(exc)) from None
-    drv = get_driver(driver, settings())
+    drv = get_driver(driver, fleet_settings(storage, driver))
     result = drv.up(workers, shape, flower=flower)
+    state = read_state(settings()) or {}
     if json_out:
         print_json({"nodes": list(result.nodes), "flower_url": result.flower_url,
-                    "flower_user": result.flower_user, "state_file": str(settings().state_file)})
+                    "flower_user": result.flower_user, "state_file": str(settings().state_file),
+                    "storage": state.get("storage"), "s3_endpoint": state.get("s3_endpoint"),
+                    "s3_credentials_file": state.get("s3_credentials_file")})
     else:
         console.print(f"fleet up: {len(result.nodes)} nodes ({', '.join(result.nodes)}), "
                       f"state in {settings().state_file}")
+        if state.get("s3_endpoint"):
+            console.print(f"storage: {state['storage']} at {state['s3_endpoint']} (keys in "
+                          f"{state['s3_credentials_file']})", highlight=False, soft_wrap=True)
+        elif state.get("storage"):
+            console.print(f"storage: {state['storage']}", highlight=False, soft_wrap=True)
         if result.flower_url:
             console.print(f"Flower: {result.flower_url}  (user {result.flower_user}, "
                           f"password in {result.flower_password_file})")
-        if no_producer := (read_state(settings()) or {}).get("no_producer"):
+        if no_producer := state.get("no_producer"):
             console.print(no_producer, highlight=False, soft_wrap=True)  # one line, unwrapped
     if detach:
         return
@@ -66,6 +79,27 @@ def up(
     finally:
         drv.down()
         console.print("fleet down")
+
+
+def fleet_settings(storage: str | None, driver: str) -> Settings:
+    """The settings `up` starts the fleet with: the store `--storage` names (checked, one line
+    naming it), else FLEET_STORAGE's, before anything starts."""
+    from fleet.drivers.s3_server import EMBEDDED, find_weed, storage_choice
+    from fleet.errors import FleetError, SpecError
+
+    own = settings()
+    field = "--storage" if storage is not None else "FLEET_STORAGE"
+    choice = storage_choice(storage if storage is not None else own.storage, field)
+    if choice == EMBEDDED:
+        if driver != "local":
+            raise SpecError(field, f"s3 (the embedded S3 server) runs with --driver local only; "
+                                   f"with --driver {driver} give an s3://bucket/prefix URL and "
+                                   f"FLEET_S3_ENDPOINT")
+        try:
+            find_weed(own.s3_server)  # missing: one line now, not from the keeper
+        except FleetError as exc:
+            raise SpecError(field, f"s3: {exc}") from None
+    return own.model_copy(update={"storage": choice})
 
 
 RECORDED = "default: the driver that started the fleet (state file), else local"

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from fleet.drivers.processes import stop_processes
 from fleet.drivers.redis_server import free_port
@@ -34,10 +35,30 @@ from fleet.drivers.secret_files import write_secret
 from fleet.errors import FleetError
 from fleet.storage.base import StorageError
 from fleet.storage.s3 import S3Storage
-from fleet.storage.url import S3URL, S3Credentials, credentials_text, parse_credentials
+from fleet.storage.url import (
+    S3URL,
+    S3Credentials,
+    credentials_text,
+    parse_credentials,
+    parse_storage_url,
+)
 
+EMBEDDED = "s3"  # `fleet up --storage s3` / FLEET_STORAGE=s3: the server below, its bucket
 LISTENERS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
 PROBE = ".fleet-ready"
+
+
+def storage_choice(value: str | None, field: str = "--storage") -> str | None:
+    """*Pure*: what `fleet up` was asked to store in: None (the artifacts folder, as without the
+    option), EMBEDDED (start this server), or a checked file:// or s3:// URL, published as it
+    is; BadStorageURL naming `field` otherwise, before anything starts."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text == EMBEDDED:
+        return EMBEDDED
+    parse_storage_url(text, Path("."), field=field)
+    return text
 
 
 def find_weed(explicit: str | None = None) -> str:
@@ -127,6 +148,12 @@ class S3Server:
         return S3Storage(S3URL(self.bucket, prefix), endpoint=self.endpoint,
                          credentials=self.credentials, connect_timeout=connect_timeout,
                          read_timeout=read_timeout)
+
+    def fleet_settings(self) -> dict[str, Any]:
+        """The settings every process of a fleet storing here gets (a Settings update): the
+        URL and endpoint, published; the credentials as the path of their 0600 file."""
+        return {"storage": f"s3://{self.bucket}/", "s3_endpoint": self.endpoint,
+                "s3_credentials_file": self.credentials_file}
 
     def _keys(self) -> S3Credentials:
         """The directory's keys if it has them (a restart), else new ones, written 0600."""
@@ -224,7 +251,12 @@ class S3Server:
             self._remove_sockets()
 
     def _remove_sockets(self) -> None:
-        """weed puts a unix socket per listener in /tmp, named by port, and leaves them."""
-        for name, port in self.ports.items():
-            kind = name.replace(".", "-")
-            Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
+        remove_sockets(self.ports)
+
+
+def remove_sockets(ports: dict[str, int]) -> None:
+    """weed puts a unix socket per listener in /tmp, named by port, and leaves them: removed
+    by whoever stops it (`fleet down` from the ports the state file recorded)."""
+    for name, port in ports.items():
+        kind = name.replace(".", "-")
+        Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
