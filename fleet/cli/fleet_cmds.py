@@ -10,7 +10,6 @@ import threading
 import typer
 
 from fleet.cli.context import console, print_json, settings, wait_for_stop
-from fleet.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +37,7 @@ def up(
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Start a fleet: Redis, the master, N worker nodes and Flower (and S3 with --storage s3)."""
-    from fleet.drivers import get_driver
+    from fleet.drivers import get_driver, with_storage
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
     from fleet.statefile import read_state
@@ -50,7 +49,7 @@ def up(
         shape = NodeShape(cpus=cpus, memory=parse_memory(memory))
     except ValueError as exc:
         raise SpecError("--memory", str(exc)) from None
-    drv = get_driver(driver, fleet_settings(storage, driver))
+    drv = get_driver(driver, with_storage(settings(), storage, driver))
     result = drv.up(workers, shape, flower=flower)
     state = read_state(settings()) or {}
     if json_out:
@@ -79,27 +78,6 @@ def up(
     finally:
         drv.down()
         console.print("fleet down")
-
-
-def fleet_settings(storage: str | None, driver: str) -> Settings:
-    """The settings `up` starts the fleet with: the store `--storage` names (checked, one line
-    naming it), else FLEET_STORAGE's, before anything starts."""
-    from fleet.drivers.s3_server import EMBEDDED, find_weed, storage_choice
-    from fleet.errors import FleetError, SpecError
-
-    own = settings()
-    field = "--storage" if storage is not None else "FLEET_STORAGE"
-    choice = storage_choice(storage if storage is not None else own.storage, field)
-    if choice == EMBEDDED:
-        if driver != "local":
-            raise SpecError(field, f"s3 (the embedded S3 server) runs with --driver local only; "
-                                   f"with --driver {driver} give an s3://bucket/prefix URL and "
-                                   f"FLEET_S3_ENDPOINT")
-        try:
-            find_weed(own.s3_server)  # missing: one line now, not from the keeper
-        except FleetError as exc:
-            raise SpecError(field, f"s3: {exc}") from None
-    return own.model_copy(update={"storage": choice})
 
 
 RECORDED = "default: the driver that started the fleet (state file), else local"

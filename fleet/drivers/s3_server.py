@@ -279,17 +279,17 @@ def serve(argv: list[str] | None = None) -> int:
     parser.add_argument("--credentials", type=Path, help="AWS-format keys file (a secret)")
     parser.add_argument("--s3-bind", help="the S3 gateway's address (weed's other parts: loopback)")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = S3Server(args.directory, bucket=args.bucket, s3_bind=args.s3_bind,
                       ports=dict(WEED_PORTS))
+    stop = threading.Event()
     try:
         if args.credentials:
             text = args.credentials.read_text()
             parse_credentials(text, f"--credentials {args.credentials}")
             args.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_secret(server.credentials_file, text)
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         server.start()
     except (OSError, FleetError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -103,3 +103,36 @@ def test_a_local_command_finds_the_store_fleet_up_recorded(tmp_path: Path) -> No
     assert with_recorded_storage(own) is own
     mine = with_recorded_storage(Settings(home=tmp_path, s3_endpoint="http://10.0.0.1:8333"))
     assert mine.s3_endpoint == "http://10.0.0.1:8333" and mine.storage == "s3://fleet/"
+
+
+def test_only_the_s3_gateway_listens_beyond_loopback_when_asked(tmp_path: Path) -> None:
+    from fleet.drivers.s3_server import LISTENERS, WEED_PORTS, S3Server
+
+    assert set(WEED_PORTS) == set(LISTENERS)
+    plain = S3Server(tmp_path, ports=dict(WEED_PORTS)).command("weed")
+    assert not any(arg.startswith("-s3.ip.bind") for arg in plain)
+    wide = S3Server(tmp_path, s3_bind="0.0.0.0", ports=dict(WEED_PORTS)).command("weed")
+    assert "-s3.ip.bind=0.0.0.0" in wide and "-ip.bind=127.0.0.1" in wide
+
+
+def test_the_compose_server_refuses_a_bad_keys_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fleet.drivers.s3_server import serve
+
+    bad = tmp_path / "creds"
+    bad.write_text("[default]\naws_access_key_id = A\n")
+    assert serve([str(tmp_path / "s3"), "--credentials", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --credentials ") and "aws_secret_access_key" in err, err
+    assert "\n" not in err and not (tmp_path / "s3").exists()
+
+
+def test_fleet_down_sweeps_a_weed_of_this_home_only(tmp_path: Path) -> None:
+    from fleet.drivers.sweep import belongs
+
+    home = tmp_path / "home"
+    weed = ["/venv/bin/weed", f"-logdir={home}/s3/logs", "server", f"-dir={home}/s3/data"]
+    assert belongs(weed, {}, home, None, cwd=home / "s3")
+    other = ["/venv/bin/weed", "-logdir=/srv/s3/logs", "server", "-dir=/srv/s3/data"]
+    assert not belongs(other, {}, home, None, cwd=Path("/srv/s3"))
