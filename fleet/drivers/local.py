@@ -41,7 +41,7 @@ from fleet.errors import FleetError
 from fleet.private import private_dir
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings
-from fleet.statefile import read_state, remove_state, write_state
+from fleet.statefile import read_state, remove_state, with_recorded_storage, write_state
 from fleet.store import peek, published, registry
 from fleet.units import format_cpus
 
@@ -242,7 +242,8 @@ class LocalDriver:
     def _spawn(self, name: str, argv: list[str], url: str) -> int:
         """Start `argv` with the path of a 0600 file holding `url`, never the URL itself."""
         private_dir(self.logs, tighten=[self.home])
-        env = service_env(self.settings, self._url_file(url), self.home)
+        # The store `fleet up` recorded: a node `fleet scale` starts gets its keys' file too.
+        env = service_env(with_recorded_storage(self.settings), self._url_file(url), self.home)
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, stdin=subprocess.DEVNULL)

@@ -93,13 +93,23 @@ def test_a_sigkilled_weed_is_back_on_its_port_with_its_keys_and_data(
     assert "s3 started again" in keeper_log
 
 
+def test_a_node_fleet_scale_adds_gets_the_store_too(home: Path, state: dict[str, Any]) -> None:
+    """`fleet scale` runs in another process than the keeper: it finds the store recorded."""
+    scaled = fleet(home, "scale", "worker=3", "--wait", "60")
+    assert scaled.returncode == 0, scaled.stderr
+    node = (read_state(Settings(home=home)) or {})["pids"]["nodes"]["node-3"]
+    environ = read_proc()[str(node)]["environ"] or ""
+    assert f"FLEET_S3_CREDENTIALS_FILE={state['s3_credentials_file']}" in environ
+    assert "FLEET_STORAGE=s3://fleet/" in environ
+
+
 def test_torch_and_tf_examples_succeed_with_the_store_on_s3(
     jobs: dict[str, dict[str, Any]],
 ) -> None:
     for job, final in jobs.items():
         assert final["state"] == "SUCCEEDED", (job, final)
         assert final["result"]["accuracy"] >= 0.90, final["result"]
-    assert len({final["node"] for final in jobs.values()}) == 2  # one per 1-CPU node
+    assert len({final["node"] for final in jobs.values()}) == 2  # spread: not on one node
 
 
 def test_the_bucket_holds_the_probe_and_no_secret_is_on_any_argv(
