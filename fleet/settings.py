@@ -74,7 +74,9 @@ class FleetWide(BaseModel):
     )
     bundle_cap: int = Field(default=100 * 2**20, ge=4096, description="a code bundle's files, in bytes")
     storage: str | None = Field(
-        default=None, description="file:///path or s3://bucket/prefix; else the artifacts folder"
+        default=None,
+        description="file:///path, s3://bucket/prefix, or s3 (`fleet up`: the embedded server); "
+                    "else the artifacts folder"
     )
     s3_endpoint: str | None = Field(default=None, description="S3 endpoint URL; else AWS's own")
     s3_region: str | None = Field(default=None, description="S3 region; else AWS_REGION, us-east-1")
@@ -87,6 +89,8 @@ class FleetWide(BaseModel):
     @field_validator("storage")
     @classmethod
     def _storage_url_shape(cls, url: str | None) -> str | None:
+        if url == "s3":  # the embedded server `fleet up` starts; it publishes the URL it serves
+            return url
         if url:
             from fleet.storage.url import BadStorageURL, parse_storage_url
 

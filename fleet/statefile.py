@@ -4,7 +4,7 @@ Kept apart from `fleet.settings` so that reading settings touches nothing on dis
 I/O happens only where a command asks for the Redis URL or a driver records what it started.
 The Redis URL is resolved here: FLEET_REDIS_URL, else the file FLEET_REDIS_URL_FILE names,
 else the URL `fleet up` recorded, so that `fleet submit` finds the fleet it started without
-flags.
+flags; the store likewise (`with_recorded_storage`).
 """
 
 from __future__ import annotations
@@ -68,3 +68,21 @@ def write_state(settings: Settings, state: dict[str, Any]) -> None:
 def remove_state(settings: Settings) -> None:
     """Forget the fleet: after `fleet down`, `fleet submit` no longer finds a URL here."""
     settings.state_file.unlink(missing_ok=True)
+
+
+def with_recorded_storage(settings: Settings) -> Settings:
+    """`settings` with the store `fleet up` recorded, where they name none (or `s3`, which
+    means something to `fleet up` alone): a command on this machine (`fleet artifacts`,
+    `fleet logs`) reads the store the fleet writes, its S3 keys from the 0600 file the state
+    names, with no FLEET_* variable set."""
+    if settings.storage and settings.storage != "s3":
+        return settings
+    state = read_state(settings) or {}
+    if not state.get("storage"):
+        return settings
+    update: dict[str, Any] = {"storage": state["storage"]}
+    if state.get("s3_endpoint") and not settings.s3_endpoint:
+        update["s3_endpoint"] = state["s3_endpoint"]
+    if state.get("s3_credentials_file") and settings.s3_credentials_file is None:
+        update["s3_credentials_file"] = Path(state["s3_credentials_file"])
+    return settings.model_copy(update=update)

@@ -31,8 +31,32 @@ build() {  # build TARGET TAG
 # docker/secrets/: the files compose.yaml hands its services as secrets (never environment).
 # Owned by the images' user (uid 10001) when run as root, since Compose bind-mounts them as they
 # are; otherwise 0644 inside the 0700 folder (only this user can reach them on the host).
+# The S3 keys of compose.yaml's `s3` service, in AWS's credentials format (what the service
+# takes, and FLEET_S3_CREDENTIALS_FILE for master and workers); also into a folder written before
+# the service existed. The operator on this host reaches it at 127.0.0.1:${FLEET_S3_PORT:-18333}.
+s3_secret() {
+    local d=docker/secrets
+    if [ -s "$d/s3_credentials" ]; then return 0; fi
+    (
+        umask 077
+        mkdir -p "$d"
+        python3 -c 'import secrets, string
+a = string.ascii_uppercase + string.digits
+print("[default]\naws_access_key_id = FLEET%s\naws_secret_access_key = %s" % (
+    "".join(secrets.choice(a) for _ in range(15)), secrets.token_urlsafe(30)))' \
+            >"$d/s3_credentials"
+    )
+    if [ "$(id -u)" -eq 0 ]; then
+        chown 10001:10001 "$d/s3_credentials"
+    else
+        chmod 0644 "$d/s3_credentials"
+    fi
+    say "wrote $d/s3_credentials"
+}
+
 compose_secrets() {
     local d=docker/secrets
+    s3_secret
     if [ -s "$d/redis_conf" ]; then say "$d exists; kept"; return 0; fi
     local pw flower
     pw="$(python3 -c 'import secrets; print(secrets.token_hex(24))')"

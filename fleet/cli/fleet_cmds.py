@@ -30,10 +30,14 @@ def up(
     driver: str = typer.Option("local", "--driver", help="local | docker | swarm"),
     detach: bool = typer.Option(False, "--detach", "-d", help="return once the fleet is up"),
     flower: bool = typer.Option(True, "--flower/--no-flower", help="start Flower"),
+    storage: str = typer.Option(
+        None, "--storage", help="where checkpoints, logs and outputs go: s3 (start the embedded "
+        "S3 server), s3://bucket/prefix, file:///path; default FLEET_STORAGE, else the "
+        "artifacts folder"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Start a fleet: Redis, the master, N worker nodes and Flower."""
-    from fleet.drivers import get_driver
+    """Start a fleet: Redis, the master, N worker nodes and Flower (and S3 with --storage s3)."""
+    from fleet.drivers import get_driver, with_storage
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
     from fleet.statefile import read_state
@@ -45,18 +49,26 @@ def up(
         shape = NodeShape(cpus=cpus, memory=parse_memory(memory))
     except ValueError as exc:
         raise SpecError("--memory", str(exc)) from None
-    drv = get_driver(driver, settings())
+    drv = get_driver(driver, with_storage(settings(), storage, driver))
     result = drv.up(workers, shape, flower=flower)
+    state = read_state(settings()) or {}
     if json_out:
         print_json({"nodes": list(result.nodes), "flower_url": result.flower_url,
-                    "flower_user": result.flower_user, "state_file": str(settings().state_file)})
+                    "flower_user": result.flower_user, "state_file": str(settings().state_file),
+                    "storage": state.get("storage"), "s3_endpoint": state.get("s3_endpoint"),
+                    "s3_credentials_file": state.get("s3_credentials_file")})
     else:
         console.print(f"fleet up: {len(result.nodes)} nodes ({', '.join(result.nodes)}), "
                       f"state in {settings().state_file}")
+        if state.get("s3_endpoint"):
+            console.print(f"storage: {state['storage']} at {state['s3_endpoint']} (keys in "
+                          f"{state['s3_credentials_file']})", highlight=False, soft_wrap=True)
+        elif state.get("storage"):
+            console.print(f"storage: {state['storage']}", highlight=False, soft_wrap=True)
         if result.flower_url:
             console.print(f"Flower: {result.flower_url}  (user {result.flower_user}, "
                           f"password in {result.flower_password_file})")
-        if no_producer := (read_state(settings()) or {}).get("no_producer"):
+        if no_producer := state.get("no_producer"):
             console.print(no_producer, highlight=False, soft_wrap=True)  # one line, unwrapped
     if detach:
         return

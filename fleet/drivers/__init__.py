@@ -37,3 +37,23 @@ def driver_for_state(settings: Settings, name: str | None = None) -> Driver:
     state = read_state(settings) or {}
     recorded = state.get("driver")
     return get_driver(recorded if recorded in DRIVERS else "local", settings)
+
+
+def with_storage(settings: Settings, storage: str | None, driver: str) -> Settings:
+    """The settings `fleet up` starts the fleet with: the store `--storage` names (else
+    FLEET_STORAGE's), checked before anything starts; a bad value is one line naming it."""
+    from fleet.drivers.s3_server import EMBEDDED, find_weed, storage_choice
+    from fleet.errors import FleetError, SpecError
+
+    field = "--storage" if storage is not None else "FLEET_STORAGE"
+    choice = storage_choice(storage if storage is not None else settings.storage, field)
+    if choice == EMBEDDED:
+        if driver != "local":
+            raise SpecError(field, f"s3 (the embedded S3 server) runs with --driver local only; "
+                                   f"with --driver {driver} give an s3://bucket/prefix URL and "
+                                   f"FLEET_S3_ENDPOINT")
+        try:
+            find_weed(settings.s3_server)  # missing: one line now, not from the keeper
+        except FleetError as exc:
+            raise SpecError(field, f"s3: {exc}") from None
+    return settings.model_copy(update={"storage": choice})

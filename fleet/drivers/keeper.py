@@ -1,10 +1,11 @@
 """The keeper: the process `fleet up` (local driver) leaves behind to run the fleet it started.
 
 `fleet up` starts it and waits for one report line on a pipe: the fleet is up, or why not. The
-keeper starts Redis, the master, Flower, the exporter and the nodes as its own children (so it
-reaps them and sees each death at once), then watches the services: one that dies is started
-again after a backoff (0.5 s, doubling to 30 s, back to 0.5 s once it has lived a minute), Redis
-on its append-only file, so a SIGKILLed master is back in well under 10 s. Nodes are not
+keeper starts the embedded S3 server (`--storage s3`), Redis, the master, Flower, the exporter
+and the nodes as its own children (so it reaps them and sees each death at once), then watches
+the services: one that dies is started again after a backoff (0.5 s, doubling to 30 s, back to
+0.5 s once it has lived a minute), Redis on its append-only file, S3 on its data with the same
+ports and keys, so a SIGKILLed master is back in well under 10 s. Nodes are not
 restarted here: a drained node exits on purpose, and a lost node's jobs are the master's to
 re-place. The keeper holds FLEET_HOME's lock for as long as it runs, so a second `fleet up`
 there fails at once. SIGTERM ends the keeper alone; `fleet down` stops it first, then the fleet.
@@ -130,7 +131,7 @@ class Keeper:
         now = time.monotonic()
         state = driver._state()
         self.watches = {name: Watch(pid, now) for name, pid in state["pids"].items()
-                        if name in ("redis", *driver.services) and isinstance(pid, int)}
+                        if name in ("redis", "s3", *driver.services) and isinstance(pid, int)}
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(POLL_S):
@@ -164,9 +165,9 @@ class Keeper:
         proc = self.driver.procs.get(pid)
         if proc is not None:
             return proc.poll() is None
-        server = self.driver.server
-        if server is not None and server.process is not None and server.process.pid == pid:
-            return server.process.poll() is None
+        for server in (self.driver.server, self.driver.s3):
+            if server is not None and server.process is not None and server.process.pid == pid:
+                return server.process.poll() is None
         return False
 
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write(json.dumps({"up": asdict(up)}) + "\n")
     report.close()
     log.info("fleet up: %d nodes; supervising %s", len(up.nodes), ", ".join(
-        ["redis", *driver.services]))
+        ["redis", *(["s3"] if driver.s3 else []), *driver.services]))
     Keeper(driver).run(stop)
     log.info("keeper stopping (the fleet runs on until `fleet down`)")
     return 0
@@ -212,6 +213,8 @@ def _stop_started(driver: LocalDriver) -> None:
     stop_processes(list(driver.procs.values()), grace=10)
     if driver.server is not None:
         driver.server.stop()
+    if driver.s3 is not None:
+        driver.s3.stop()
     remove_state(driver.settings)
     driver.url_file.unlink(missing_ok=True)
 

@@ -1,14 +1,17 @@
 """The local driver: an embedded fleet on this machine, no Docker needed.
 
 `up` starts a keeper (fleet.drivers.keeper), the one process it leaves behind: the keeper starts
-Redis (password, loopback, append-only file), the master, N worker nodes, Flower and the
-exporter as its children, records their pids in the state file under FLEET_HOME, and restarts
-the master and the other services (Redis on its append-only file) when they die. Each node is
+the embedded S3 server when the store is `s3` (SeaweedFS under FLEET_HOME/s3: its bucket made,
+its URL and endpoint published to the nodes), Redis (password, loopback, append-only file),
+the master, N worker nodes, Flower and the exporter as its children, records their pids in the
+state file under FLEET_HOME, and restarts the master and the other services (Redis on its
+append-only file, S3 on its data with the same ports and keys) when they die. Each node is
 confined as a node: pinned to its own cores where the machine has enough, offering the memory it
 was given (each job's memory is watched against what it reserved).
 
 No secret is on a command line or in an environment: every process gets the path of a 0600 file
-holding the Redis URL (FLEET_REDIS_URL_FILE), Flower a 0600 config file with its login.
+holding the Redis URL (FLEET_REDIS_URL_FILE), the S3 keys' 0600 file
+(FLEET_S3_CREDENTIALS_FILE), Flower a 0600 config file with its login.
 A lock file held by the keeper makes a second `fleet up` on the same FLEET_HOME fail at once.
 """
 
@@ -32,16 +35,18 @@ from fleet.drivers import sweep
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.processes import STOP_GRACE_S, alive, stop_processes, wait_exit
 from fleet.drivers.redis_server import RedisServer, free_port, new_server
+from fleet.drivers.s3_server import EMBEDDED, S3Server, remove_sockets
 from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
 from fleet.private import private_dir
 from fleet.scaling import cores_for, node_index, plan_scale
 from fleet.settings import Settings
-from fleet.statefile import read_state, remove_state, write_state
+from fleet.statefile import read_state, remove_state, with_recorded_storage, write_state
 from fleet.store import peek, published, registry
 from fleet.units import format_cpus
 
 FLOWER_USER = "admin"
+S3_STOP_GRACE_S = 3.0  # weed never exits on SIGTERM alone (S3Server.stop); it is killed after
 
 
 class LocalDriver:
@@ -54,6 +59,7 @@ class LocalDriver:
         self.url_file = self.home / "secrets" / "redis.url"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # children of this process, to reap
         self.server: RedisServer | None = None  # the Redis this process started (keeper)
+        self.s3: S3Server | None = None  # the embedded S3 server it started, if the store is it
         self.services: dict[str, list[str]] = {}  # argv of each service, to restart it
 
     # -- up / down ---------------------------------------------------------------------------
@@ -86,6 +92,7 @@ class LocalDriver:
     def start_fleet(self, workers: int, shape: NodeShape, *, flower: bool = True) -> UpResult:
         """What the keeper runs: Redis, master, Flower, exporter and the nodes, as its children."""
         private_dir(self.logs, tighten=[self.home])
+        stored = self.start_storage()  # before anything that reads the published store
         server = new_server(self.home / "redis", binary=self.settings.redis_server)
         try:
             server.start()
@@ -105,7 +112,10 @@ class LocalDriver:
             "pids": {"keeper": os.getpid(), "redis": server.process.pid, "nodes": {}},
             "node_shape": {"cpus": shape.cpus, "memory": shape.memory},
             "started_at": time.time(),
+            **stored,
         }
+        if self.s3 is not None and self.s3.process is not None:
+            state["pids"]["s3"] = self.s3.process.pid
         write_state(self.settings, state)  # from here on, `fleet down` can clean up
         state["pids"]["master"] = self.start_master(server.url)
         if flower:
@@ -125,9 +135,22 @@ class LocalDriver:
         return UpResult(server.url, state.get("flower_url"), state.get("flower_user"),
                         state.get("flower_password_file"), tuple(nodes))
 
+    def start_storage(self) -> dict[str, Any]:
+        """With the store `s3`: start the embedded S3 server (data and keys under FLEET_HOME/s3,
+        kept across `fleet down`), and point these settings, hence every process started from
+        here on and what is published, at it. What the state file records of the store."""
+        if self.settings.storage != EMBEDDED:
+            return {"storage": self.settings.storage} if self.settings.storage else {}
+        self.s3 = S3Server(self.home / "s3", binary=self.settings.s3_server).start()
+        self.settings = self.settings.model_copy(update=self.s3.fleet_settings())
+        return {"storage": self.settings.storage, "s3_endpoint": self.s3.endpoint,
+                "s3_credentials_file": str(self.s3.credentials_file),
+                "s3_ports": dict(self.s3.ports)}
+
     def down(self) -> None:
         """Stop the keeper (so nothing is restarted), the recorded processes in order (nodes
-        first: their warm shutdown), then every other process of this fleet still running."""
+        first: their warm shutdown; the stores last), then every other process of this fleet
+        still running."""
         state = read_state(self.settings) or {}
         pids: dict[str, Any] = state.get("pids", {})
         groups = [[pids.get("keeper")], list(pids.get("nodes", {}).values()),
@@ -135,6 +158,9 @@ class LocalDriver:
                   [pids.get("redis")]]
         for group in groups:
             stop_processes([p for p in group if p], STOP_GRACE_S)
+        if pids.get("s3"):
+            stop_processes([pids["s3"]], S3_STOP_GRACE_S)
+            remove_sockets(state.get("s3_ports") or {})
         port = sweep.redis_port(state.get("redis_url"))
         for _ in range(3):  # a process may start one more before it stops
             left = sweep.fleet_processes(self.home, port)
@@ -216,7 +242,8 @@ class LocalDriver:
     def _spawn(self, name: str, argv: list[str], url: str) -> int:
         """Start `argv` with the path of a 0600 file holding `url`, never the URL itself."""
         private_dir(self.logs, tighten=[self.home])
-        env = service_env(self.settings, self._url_file(url), self.home)
+        # The store `fleet up` recorded: a node `fleet scale` starts gets its keys' file too.
+        env = service_env(with_recorded_storage(self.settings), self._url_file(url), self.home)
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, stdin=subprocess.DEVNULL)
@@ -231,6 +258,13 @@ class LocalDriver:
 
     def restart(self, name: str) -> int:
         """Start service `name` again (the keeper calls this when it died); its new pid."""
+        if name == "s3":  # on its data, with the same ports and keys: what nodes were given
+            assert self.s3 is not None
+            self.s3.process = None
+            remove_sockets(self.s3.ports)  # a crashed weed leaves them
+            self.s3.start(timeout=60)
+            assert self.s3.process is not None
+            return self.s3.process.pid
         if name == "redis":
             assert self.server is not None
             self.server.process = None

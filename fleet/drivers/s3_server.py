@@ -17,16 +17,21 @@ process is stopped, so no half-started server is left.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
 import shutil
+import signal
 import string
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from fleet.drivers.processes import stop_processes
 from fleet.drivers.redis_server import free_port
@@ -34,10 +39,30 @@ from fleet.drivers.secret_files import write_secret
 from fleet.errors import FleetError
 from fleet.storage.base import StorageError
 from fleet.storage.s3 import S3Storage
-from fleet.storage.url import S3URL, S3Credentials, credentials_text, parse_credentials
+from fleet.storage.url import (
+    S3URL,
+    S3Credentials,
+    credentials_text,
+    parse_credentials,
+    parse_storage_url,
+)
 
+EMBEDDED = "s3"  # `fleet up --storage s3` / FLEET_STORAGE=s3: the server below, its bucket
 LISTENERS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
 PROBE = ".fleet-ready"
+
+
+def storage_choice(value: str | None, field: str = "--storage") -> str | None:
+    """*Pure*: what `fleet up` was asked to store in: None (the artifacts folder, as without the
+    option), EMBEDDED (start this server), or a checked file:// or s3:// URL, published as it
+    is; BadStorageURL naming `field` otherwise, before anything starts."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if text == EMBEDDED:
+        return EMBEDDED
+    parse_storage_url(text, Path("."), field=field)
+    return text
 
 
 def find_weed(explicit: str | None = None) -> str:
@@ -102,6 +127,9 @@ class S3Server:
     directory: Path  # FLEET_HOME/s3
     bucket: str = "fleet"
     host: str = "127.0.0.1"
+    # The S3 gateway's listen address when not `host` (compose.yaml: 0.0.0.0). weed's other
+    # parts (master, volume, filer) answer anyone without a key, so they stay on `host`.
+    s3_bind: str | None = None
     binary: str | None = None  # FLEET_S3_SERVER; None: find_weed's choice
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -128,6 +156,12 @@ class S3Server:
                          credentials=self.credentials, connect_timeout=connect_timeout,
                          read_timeout=read_timeout)
 
+    def fleet_settings(self) -> dict[str, Any]:
+        """The settings every process of a fleet storing here gets (a Settings update): the
+        URL and endpoint, published; the credentials as the path of their 0600 file."""
+        return {"storage": f"s3://{self.bucket}/", "s3_endpoint": self.endpoint,
+                "s3_credentials_file": self.credentials_file}
+
     def _keys(self) -> S3Credentials:
         """The directory's keys if it has them (a restart), else new ones, written 0600."""
         if self.credentials_file.exists():
@@ -147,6 +181,7 @@ class S3Server:
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
+            *([f"-s3.ip.bind={self.s3_bind}"] if self.s3_bind else []),
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             # A typo in FLEET_STORAGE's bucket is an error, not a new bucket nobody reads.
             "-s3.autoCreateBucket=false",
@@ -224,7 +259,60 @@ class S3Server:
             self._remove_sockets()
 
     def _remove_sockets(self) -> None:
-        """weed puts a unix socket per listener in /tmp, named by port, and leaves them."""
-        for name, port in self.ports.items():
-            kind = name.replace(".", "-")
-            Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
+        remove_sockets(self.ports)
+
+
+# weed's own default ports: what compose.yaml's `s3` service listens on (8333 the S3 gateway).
+WEED_PORTS = {"master": 9333, "master.grpc": 19333, "volume": 8080, "volume.grpc": 18080,
+              "filer": 8888, "filer.grpc": 18888, "s3": 8333, "s3.grpc": 18333}
+
+
+def serve(argv: list[str] | None = None) -> int:
+    """`python -m fleet.drivers.s3_server DIR`: the server in the foreground until SIGTERM, on
+    weed's default ports: compose.yaml's `s3` service. Its keys are the secret file
+    --credentials names (the one master and workers get as FLEET_S3_CREDENTIALS_FILE), copied
+    into DIR, so that regenerated secrets take effect on the next start; the bucket is made
+    and probed before it says it is ready, as under `fleet up`."""
+    parser = argparse.ArgumentParser(prog="python -m fleet.drivers.s3_server")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--bucket", default="fleet")
+    parser.add_argument("--credentials", type=Path, help="AWS-format keys file (a secret)")
+    parser.add_argument("--s3-bind", help="the S3 gateway's address (weed's other parts: loopback)")
+    args = parser.parse_args(argv)
+    server = S3Server(args.directory, bucket=args.bucket, s3_bind=args.s3_bind,
+                      ports=dict(WEED_PORTS))
+    stop = threading.Event()
+    try:
+        if args.credentials:
+            text = args.credentials.read_text()
+            parse_credentials(text, f"--credentials {args.credentials}")
+            args.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_secret(server.credentials_file, text)
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        server.start()
+    except (OSError, FleetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"S3 ready on port {server.ports['s3']}, bucket {args.bucket} "
+          f"({server.started_in:.1f} s)", flush=True)
+    while not stop.wait(1.0):
+        assert server.process is not None
+        if server.process.poll() is not None:
+            print(f"error: weed exited: {last_fatal(server.directory / 'weed.log')}",
+                  file=sys.stderr)
+            return 1
+    server.stop()
+    return 0
+
+
+def remove_sockets(ports: dict[str, int]) -> None:
+    """weed puts a unix socket per listener in /tmp, named by port, and leaves them: removed
+    by whoever stops it (`fleet down` from the ports the state file recorded)."""
+    for name, port in ports.items():
+        kind = name.replace(".", "-")
+        Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

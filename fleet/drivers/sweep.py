@@ -3,7 +3,7 @@
 `fleet down` stops the pids `fleet up` recorded, then sweeps: a master started by hand with
 `fleet master`, a Redis restarted by hand on the fleet's config, a node a crashed CLI never wrote
 down. A process is of this fleet when it is a fleet program (a fleet service, a worker, Celery,
-a Redis server) and it names this fleet: its command line holds FLEET_HOME's path, its
+a Redis or S3 server) and it names this fleet: its command line holds FLEET_HOME's path, its
 environment's FLEET_HOME or FLEET_REDIS_URL_FILE points here, or its FLEET_REDIS_URL points at
 this fleet's Redis port; a Redis server also when it works in a folder under FLEET_HOME or
 serves this fleet's port (it retitles itself `redis-server 127.0.0.1:PORT`, so its command line
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 # another terminal is left alone).
 FLEET_SERVICES = frozenset({"master", "exporter", "worker", "up", "demo"})
 PYTHON_MODULES = ("workers", "celery", "fleet.drivers.keeper", "fleet.observe.flower_app")
-SERVER_NAMES = ("redis-server", "valkey-server")
+SERVER_NAMES = ("redis-server", "valkey-server", "weed")  # weed: the embedded S3
 DEFAULT_HOME = "~/.fleet"
 
 

@@ -66,7 +66,7 @@ def compose_secrets() -> Iterator[Path]:
     """docker/secrets/: the one CI wrote, else a fresh one removed afterwards."""
     path = REPO / "docker" / "secrets"
     made = not (path / "redis_conf").exists()
-    if made:
+    if made or not (path / "s3_credentials").exists():  # a folder from before the s3 service
         subprocess.run([str(REPO / "scripts" / "ci_containers.sh"), "env"], check=True)
     yield path
     if made:

@@ -1,4 +1,4 @@
-"""compose.yaml with Compose: redis, master, flower and 4 workers with
+"""compose.yaml with Compose: redis, s3, master, flower and 4 workers with
 the file's limits; a job submitted from the host runs in one of the workers."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def compose_command() -> list[str]:
 def project(docker_client: Any, compose_secrets: Path) -> Iterator[dict[str, Any]]:
     name = f"fleetct{os.getpid()}"
     env = {**os.environ, "FLEET_REDIS_PORT": str(free_port()),
-           "FLEET_FLOWER_PORT": str(free_port())}
+           "FLEET_FLOWER_PORT": str(free_port()), "FLEET_S3_PORT": str(free_port())}
     base = [*compose_command(), "-p", name, "-f", str(REPO / "compose.yaml")]
     try:
         up = subprocess.run([*base, "up", "-d"], env=env, cwd=REPO, capture_output=True,
@@ -63,7 +63,7 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
     for c in containers:
         by_service.setdefault(c.labels["com.docker.compose.service"], []).append(c)
     assert {s: len(cs) for s, cs in by_service.items()} == {
-        "redis": 1, "master": 1, "flower": 1, "worker": 4}
+        "redis": 1, "s3": 1, "master": 1, "flower": 1, "worker": 4}
     for c in by_service["worker"]:
         host = c.attrs["HostConfig"]
         assert host["NanoCpus"] == 10**9 and host["Memory"] == 2**30
@@ -92,7 +92,9 @@ def test_compose_up_runs_a_host_submitted_job_in_a_limited_worker(
                what="the job running", interval=0.5)
     # no secret in `docker inspect` nor in any process inside
     secrets = {"the Redis password": password,
-               "Flower's password": secret_value(compose_secrets, "flower_password")}
+               "Flower's password": secret_value(compose_secrets, "flower_password"),
+               "the S3 secret key": secret_value(compose_secrets, "s3_credentials")
+               .rsplit("=", 1)[1].strip()}
     seen = {c.name: assert_no_secret(c, secrets) for c in containers}
     assert any("FLEET_REDIS_URL_FILE=/run/secrets/redis_url" in text for text in seen.values())
     status = client.wait(job, timeout=300)
