@@ -29,6 +29,9 @@ DAY = 24 * 3600
 # The fleet-wide settings nodes check jobs against, published by the operator (see above).
 PUBLISHED = ("allowlist", "code_bundles", "bundle_cap", "max_job_timeout", "storage", "s3_endpoint",
              "s3_region")
+# Published, but a process's own value wins: how a host reaches the store depends on its network
+# (a Compose service name inside, a tunnel's port, another interface), not on the fleet.
+OWN_FIRST = ("s3_endpoint",)
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -167,14 +170,16 @@ class Settings(BaseSettings, FleetWide):
 
     def with_published(self, values: Mapping[str, Any] | None) -> Settings:
         """These settings with the fleet's published values over them (None: none published,
-        e.g. a store no `fleet up` wrote: these settings as they are). A value that is not
+        e.g. a store no `fleet up` wrote: these settings as they are; OWN_FIRST values this
+        process set itself are kept). A value that is not
         of its form raises BadSetting naming it; a name not in PUBLISHED is ignored, so an
         older node reads a newer operator's values."""
         if values is None:
             return self
         if not isinstance(values, Mapping):
             raise BadSetting("published settings", f"expected a JSON object, got {type(values).__name__}")
-        known = {k: v for k, v in values.items() if k in PUBLISHED}
+        known = {k: v for k, v in values.items()
+                 if k in PUBLISHED and not (k in OWN_FIRST and k in self.model_fields_set)}
         try:
             checked = FleetWide.model_validate(known)
         except ValidationError as exc:
@@ -235,3 +240,8 @@ def _one_line(text: str) -> str:
 # process never sees them (workers.attempt.supervisor strips them).
 SECRET_ENV = frozenset({"FLEET_REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND",
                         "FLOWER_BASIC_AUTH", "REDIS_PASSWORD", "REDISCLI_AUTH"})
+# The store's keys: a node passes them to its own S3 client and never to a job (the supervisor
+# moves a job's files), though drivers pass them on to the nodes that need them.
+STORE_SECRETS = frozenset({"FLEET_S3_CREDENTIALS_FILE", "AWS_ACCESS_KEY_ID",
+                           "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                           "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE"})

@@ -32,6 +32,16 @@ def test_published_values_override_a_nodes_own_and_nothing_else() -> None:
     assert own.allowlist == ["workers.jobs"] and own.with_published(None) is own
 
 
+def test_a_hosts_own_s3_endpoint_wins_over_the_published_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    published_values = {"storage": "s3://fleet/", "s3_endpoint": "http://127.0.0.1:8333"}
+    assert Settings().with_published(published_values).s3_endpoint == "http://127.0.0.1:8333"
+    monkeypatch.setenv("FLEET_S3_ENDPOINT", "http://10.1.2.3:18333")
+    mine = Settings().with_published(published_values)
+    assert (mine.s3_endpoint, mine.storage) == ("http://10.1.2.3:18333", "s3://fleet/")
+
+
 def test_what_is_published_reads_back_as_it_was() -> None:
     operator = Settings(allowlist=["workers.jobs", "mytrain"], max_job_timeout=60)
     values = published.decode(published.encode(operator))

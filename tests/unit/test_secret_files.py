@@ -52,3 +52,10 @@ def test_flower_gets_basic_auth_from_its_config_and_never_starts_open() -> None:
     from fleet.observe.flower_app import main
 
     assert main(["--port=1"]) == 2  # no --conf: refused before anything starts
+
+
+def test_a_job_gets_no_key_to_the_store() -> None:
+    from workers.attempt.supervisor import SECRET_ENV as JOB_STRIPPED
+
+    assert {"FLEET_S3_CREDENTIALS_FILE", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+            "AWS_SHARED_CREDENTIALS_FILE"} <= JOB_STRIPPED

@@ -36,7 +36,7 @@ from fleet.observe.logs import LOG_NAME, attempt_dir
 from fleet.private import private_dir
 from fleet.resources import Resources
 from fleet.settings import SECRET_ENV as BROKER_SECRETS
-from fleet.settings import Settings
+from fleet.settings import STORE_SECRETS, Settings
 from fleet.states import EndReason
 from fleet.store import published
 from fleet.store.jobstore import JobStore, Outcome
@@ -73,8 +73,9 @@ TICK_S = 0.2
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL the process group
 DRAIN_S = 5.0  # after the job exited, how long its pipes may stay open (a stray descendant)
 # A job gets neither a broker credential nor the path of the file that holds one (nor the
-# package index's URL, which may hold a token).
-SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE", "FLEET_PIP_INDEX_URL"}
+# package index's URL, which may hold a token, nor the store's keys: the supervisor moves its
+# checkpoints, logs and outputs).
+SECRET_ENV = BROKER_SECRETS | {"FLEET_REDIS_URL_FILE", "FLEET_PIP_INDEX_URL"} | STORE_SECRETS
 LEASE_WAIT_S = 0.2  # between tries to start a job while the node's lease is not renewed
 
 
