@@ -31,11 +31,14 @@ def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="return once the fleet is up"),
     flower: bool = typer.Option(True, "--flower/--no-flower", help="start Flower"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    listen: str = typer.Option(None, "--listen", help="ADDR[,ADDR]: serve other machines' nodes "
+                               "there too, over TLS (FLEET_LISTEN); writes a join kit"),
 ) -> None:
     """Start a fleet: Redis, the master, N worker nodes and Flower."""
     from fleet.drivers import get_driver
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
+    from fleet.listen import hint, listening
     from fleet.statefile import read_state
     from fleet.units import parse_memory
 
@@ -45,7 +48,8 @@ def up(
         shape = NodeShape(cpus=cpus, memory=parse_memory(memory))
     except ValueError as exc:
         raise SpecError("--memory", str(exc)) from None
-    drv = get_driver(driver, settings())
+    conf = listening(settings(), listen, driver)  # a bad address: an error, nothing started
+    drv = get_driver(driver, conf)
     result = drv.up(workers, shape, flower=flower)
     if json_out:
         print_json({"nodes": list(result.nodes), "flower_url": result.flower_url,
@@ -58,6 +62,8 @@ def up(
                           f"password in {result.flower_password_file})")
         if no_producer := (read_state(settings()) or {}).get("no_producer"):
             console.print(no_producer, highlight=False, soft_wrap=True)  # one line, unwrapped
+        if join_line := hint(conf):
+            console.print(join_line, highlight=False, soft_wrap=True)
     if detach:
         return
     console.print("running; Ctrl-C stops the fleet")
