@@ -71,8 +71,8 @@ def check_syntax(addresses: list[str]) -> list[str]:
         try:
             ip = ipaddress.ip_address(bare)
         except ValueError:
-            labels = bare.removesuffix(".").split(".")
-            if len(bare) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+            bare = bare.removesuffix(".").lower()  # as a certificate names it
+            if len(bare) > 253 or not all(_LABEL.fullmatch(x) for x in bare.split(".")):
                 raise ValueError(f"{address!r} is not an IP address or a host name") from None
         else:
             if ip.is_unspecified:
