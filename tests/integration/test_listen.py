@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -107,13 +108,18 @@ def test_a_node_on_another_host_joins_with_the_kit_alone(
     far_home = tmp_path / "h2"  # the second host's FLEET_HOME, on its own disk
     env = env_for(far_home, FLEET_JOIN=str(tmp_path / "kit"))
     far_log = root / "h2" / "far-1.log"
-    second_host.spawn([*FLEET, "worker", "--node-id", "far-1", "--cpus", "1", "--memory", "1Gi"],
-                      env=env, root=root, shadow=tmp_path, log=far_log)
+    far = second_host.spawn([*FLEET, "worker", "--node-id", "far-1", "--cpus", "1", "--memory",
+                             "1Gi"], env=env, root=root, shadow=tmp_path, log=far_log)
     client = Client(Settings(home=home))
     try:
         node = eventually(lambda: {n["node"]: n for n in client.nodes()}.get("far-1"), 60,
                           what="far-1 heartbeating")
         assert node["host"] == second_host.ns, node
+        # the node was given a path, never the password (each wrapper execs the next: its pid)
+        password = urlsplit(state["redis_url"]).password
+        assert password and "workers.main" in Path(f"/proc/{far.pid}/cmdline").read_text()
+        for field in ("cmdline", "environ"):
+            assert password not in Path(f"/proc/{far.pid}/{field}").read_text(), field
         listed = subprocess.run([*FLEET, "nodes"], env=up["env"], capture_output=True,
                                 text=True, timeout=60)
         assert "far-1" in listed.stdout, listed
