@@ -166,9 +166,9 @@ def hint(settings: Settings) -> str | None:
     if not settings.listen:
         return None
     kit = kit_dir(settings)
-    return (f"other machines join with the kit {kit} (new at each `fleet up`): copy it there, "
-            f"e.g. `scp -rp {kit} HOST:fleet-join`, and run there "
-            f"`FLEET_JOIN=$HOME/fleet-join fleet worker --node-id NAME`")
+    return (f"other machines join with the kit {kit} (new at each `fleet up`): copy it to "
+            f"one, e.g. `scp -rp {kit} HOST:` (its home folder), and run there "
+            f"`FLEET_JOIN=$HOME/{KIT_DIR} fleet worker --node-id NAME`")
 
 
 def url_with_ca(url: str, ca: Path) -> str:
