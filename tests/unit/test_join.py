@@ -192,3 +192,22 @@ def test_listening_without_cryptography_says_what_to_install(
     monkeypatch.setattr(listen.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SpecError, match=r"^--listen: .*pip install 'fleet\[listen\]'"):
         listen.listening(Settings(home=tmp_path), "10.0.0.1", "local")
+
+
+def test_fleet_up_with_an_address_not_of_this_machine_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from fleet.cli import context
+    from fleet.cli.main import app
+
+    monkeypatch.setenv("FLEET_HOME", str(tmp_path / "home"))
+    context.settings.cache_clear()
+    try:
+        done = CliRunner().invoke(app, ["up", "--listen", NOT_HERE, "--workers", "0", "-d"])
+    finally:
+        context.settings.cache_clear()
+    assert isinstance(done.exception, SpecError), done.output
+    assert str(done.exception).startswith(f"--listen: {NOT_HERE} is not an address of this")
+    assert not (tmp_path / "home").exists()  # no keeper, no Redis, not even FLEET_HOME
