@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from fleet.errors import SpecError
+from fleet.listen import check_syntax, split_addresses
 
 DAY = 24 * 3600
 # The fleet-wide settings nodes check jobs against, published by the operator (see above).
@@ -123,6 +124,10 @@ class Settings(BaseSettings, FleetWide):
     redis_url_file: Path | None = Field(
         default=None, description="a 0600 file holding the Redis URL (kept off argv and environ)"
     )
+    listen: Annotated[list[str], NoDecode, BeforeValidator(split_addresses)] = Field(
+        default_factory=list, description="`fleet up` also serves these addresses (TLS): ADDR[,ADDR]"
+    )
+    join: Path | None = Field(default=None, description="a join kit folder: a node's URL, CA, S3 keys")
     policy: str = Field(default="spread", description="placement policy of the fleet")
     heartbeat_interval: float = Field(default=1.0, gt=0)
     heartbeat_ttl: float = Field(default=5.0, gt=0, description="silence after which a node is dead")
@@ -196,6 +201,11 @@ class Settings(BaseSettings, FleetWide):
             raise ValueError("expected redis://[:password@]host:port/db (or rediss://, unix://)"
                              f", got scheme {parts.scheme or 'none'!r}")
         return url
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_syntax(cls, addresses: list[str]) -> list[str]:
+        return check_syntax(addresses)
 
     @property
     def home_dir(self) -> Path:

@@ -20,6 +20,7 @@ import redis
 
 from fleet.broker import make_app
 from fleet.errors import FleetError
+from fleet.listen import joined
 from fleet.settings import Settings
 from fleet.statefile import redis_url
 from fleet.store import keys, published, registry
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpuset:
         os.sched_setaffinity(0, parse_cpuset(args.cpuset))
     try:
-        settings = Settings()
+        settings = joined(Settings())  # FLEET_JOIN: the kit `fleet up --listen` wrote
     except FleetError as exc:  # a bad FLEET_* variable: one line, not a traceback
         logging.getLogger("fleet.worker").critical("%s", exc)
         return 2

@@ -35,11 +35,14 @@ def up(
         "S3 server), s3://bucket/prefix, file:///path; default FLEET_STORAGE, else the "
         "artifacts folder"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
+    listen: str = typer.Option(None, "--listen", help="ADDR[,ADDR]: serve other machines' nodes "
+                               "there too, over TLS (FLEET_LISTEN); writes a join kit"),
 ) -> None:
     """Start a fleet: Redis, the master, N worker nodes and Flower (and S3 with --storage s3)."""
     from fleet.drivers import get_driver, with_storage
     from fleet.drivers.base import NodeShape
     from fleet.errors import SpecError
+    from fleet.listen import hint, listening
     from fleet.statefile import read_state
     from fleet.units import parse_memory
 
@@ -49,7 +52,9 @@ def up(
         shape = NodeShape(cpus=cpus, memory=parse_memory(memory))
     except ValueError as exc:
         raise SpecError("--memory", str(exc)) from None
-    drv = get_driver(driver, with_storage(settings(), storage, driver))
+    # a bad --storage or --listen: an error, nothing started
+    conf = listening(with_storage(settings(), storage, driver), listen, driver)
+    drv = get_driver(driver, conf)
     result = drv.up(workers, shape, flower=flower)
     state = read_state(settings()) or {}
     if json_out:
@@ -70,6 +75,8 @@ def up(
                           f"password in {result.flower_password_file})")
         if no_producer := state.get("no_producer"):
             console.print(no_producer, highlight=False, soft_wrap=True)  # one line, unwrapped
+        if join_line := hint(conf):
+            console.print(join_line, highlight=False, soft_wrap=True)
     if detach:
         return
     console.print("running; Ctrl-C stops the fleet")

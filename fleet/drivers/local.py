@@ -31,10 +31,10 @@ from typing import Any
 
 import redis
 
-from fleet.drivers import sweep
+from fleet.drivers import join, sweep
 from fleet.drivers.base import NodeShape, UpResult
 from fleet.drivers.processes import STOP_GRACE_S, alive, stop_processes, wait_exit
-from fleet.drivers.redis_server import RedisServer, free_port, new_server
+from fleet.drivers.redis_server import RedisServer, free_port
 from fleet.drivers.s3_server import EMBEDDED, S3Server, remove_sockets
 from fleet.drivers.secret_files import flower_config, service_env, write_secret
 from fleet.errors import FleetError
@@ -93,7 +93,7 @@ class LocalDriver:
         """What the keeper runs: Redis, master, Flower, exporter and the nodes, as its children."""
         private_dir(self.logs, tighten=[self.home])
         stored = self.start_storage()  # before anything that reads the published store
-        server = new_server(self.home / "redis", binary=self.settings.redis_server)
+        server = join.fleet_server(self.settings, self.home / "redis")  # + FLEET_LISTEN, TLS
         try:
             server.start()
         except FleetError as exc:
@@ -132,6 +132,7 @@ class LocalDriver:
             state["pids"]["nodes"][node] = self.start_node(node, shape, server.url)
         write_state(self.settings, state)
         self.wait_for_nodes(set(nodes), timeout=60)
+        join.write_kit(self.settings, server, None if self.s3 is None else self.s3.credentials_file)
         return UpResult(server.url, state.get("flower_url"), state.get("flower_user"),
                         state.get("flower_password_file"), tuple(nodes))
 

