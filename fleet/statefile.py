@@ -85,4 +85,6 @@ def with_recorded_storage(settings: Settings) -> Settings:
         update["s3_endpoint"] = state["s3_endpoint"]
     if state.get("s3_credentials_file") and settings.s3_credentials_file is None:
         update["s3_credentials_file"] = Path(state["s3_credentials_file"])
+    if state.get("s3_ca_file") and settings.s3_ca_file is None:
+        update["s3_ca_file"] = Path(state["s3_ca_file"])
     return settings.model_copy(update=update)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fleet.drivers.redis_server import RedisServer, new_server
+from fleet.drivers.redis_server import RedisServer, TlsFiles, new_server
+from fleet.drivers.s3_server import S3Server
 from fleet.drivers.secret_files import write_secret
 from fleet.listen import CA_FILE, LOOPBACK, S3_FILE, URL_FILE, kit_dir, resolve
 from fleet.private import private_dir
@@ -27,11 +28,28 @@ def fleet_server(settings: Settings, directory: Path) -> RedisServer:
     with a certificate of the fleet's CA (made or reused in FLEET_HOME/tls)."""
     if not settings.listen:
         return new_server(directory, binary=settings.redis_server)
-    where = resolve(settings.listen, "FLEET_LISTEN")
+    files, ips = fleet_tls(settings)
+    return new_server(directory, tls=files, binary=settings.redis_server, bind=ips)
+
+
+def fleet_s3(settings: Settings, directory: Path) -> S3Server:
+    """The S3 server `fleet up --storage s3` starts: on loopback over plain HTTP, or, when the
+    fleet listens, its S3 gateway (only: weed's other ports answer without keys) on the first
+    FLEET_LISTEN address over HTTPS with the certificate Redis has."""
+    if not settings.listen:
+        return S3Server(directory, binary=settings.s3_server)
+    files, ips = fleet_tls(settings)
+    return S3Server(directory, binary=settings.s3_server, s3_bind=ips[0], tls=files)
+
+
+def fleet_tls(settings: Settings) -> tuple[TlsFiles, tuple[str, ...]]:
+    """The fleet's certificate for loopback and FLEET_LISTEN's addresses (made or reused in
+    FLEET_HOME/tls), and those addresses."""
+    where = resolve(settings.listen or [], "FLEET_LISTEN")
     from fleet.drivers import tls  # cryptography: only a fleet that listens needs it
 
     files = tls.ensure(settings.home_dir / TLS_DIR, (LOOPBACK, *where.ips), where.names)
-    return new_server(directory, tls=files, binary=settings.redis_server, bind=where.ips)
+    return files, tuple(where.ips)
 
 
 def write_kit(settings: Settings, server: RedisServer,

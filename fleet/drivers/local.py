@@ -142,10 +142,11 @@ class LocalDriver:
         here on and what is published, at it. What the state file records of the store."""
         if self.settings.storage != EMBEDDED:
             return {"storage": self.settings.storage} if self.settings.storage else {}
-        self.s3 = S3Server(self.home / "s3", binary=self.settings.s3_server).start()
+        self.s3 = join.fleet_s3(self.settings, self.home / "s3").start()
         self.settings = self.settings.model_copy(update=self.s3.fleet_settings())
         return {"storage": self.settings.storage, "s3_endpoint": self.s3.endpoint,
                 "s3_credentials_file": str(self.s3.credentials_file),
+                **({"s3_ca_file": str(self.s3.tls.ca)} if self.s3.tls else {}),
                 "s3_ports": dict(self.s3.ports)}
 
     def down(self) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.drivers.processes import stop_processes
-from fleet.drivers.redis_server import free_port
+from fleet.drivers.redis_server import TlsFiles, free_port
 from fleet.drivers.secret_files import write_secret
 from fleet.errors import FleetError
 from fleet.storage.base import StorageError
@@ -130,6 +130,9 @@ class S3Server:
     # The S3 gateway's listen address when not `host` (compose.yaml: 0.0.0.0). weed's other
     # parts (master, volume, filer) answer anyone without a key, so they stay on `host`.
     s3_bind: str | None = None
+    # The S3 gateway's certificate, key and CA (fleet up --listen: the fleet's own CA, the one
+    # Redis's certificate has): HTTPS only, nodes verify it against the CA.
+    tls: TlsFiles | None = None
     binary: str | None = None  # FLEET_S3_SERVER; None: find_weed's choice
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -142,7 +145,10 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.ports['s3']}"
+        """The URL clients use: the gateway's own address when it has one (not a wildcard)."""
+        host = self.s3_bind if self.s3_bind not in (None, "0.0.0.0", "::") else self.host
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{host}:{self.ports['s3']}"
 
     @property
     def credentials_file(self) -> Path:
@@ -154,13 +160,15 @@ class S3Server:
             raise FleetError("the S3 server has not been started")
         return S3Storage(S3URL(self.bucket, prefix), endpoint=self.endpoint,
                          credentials=self.credentials, connect_timeout=connect_timeout,
-                         read_timeout=read_timeout)
+                         read_timeout=read_timeout,
+                         ca_file=None if self.tls is None else self.tls.ca)
 
     def fleet_settings(self) -> dict[str, Any]:
         """The settings every process of a fleet storing here gets (a Settings update): the
         URL and endpoint, published; the credentials as the path of their 0600 file."""
         return {"storage": f"s3://{self.bucket}/", "s3_endpoint": self.endpoint,
-                "s3_credentials_file": self.credentials_file}
+                "s3_credentials_file": self.credentials_file,
+                "s3_ca_file": None if self.tls is None else self.tls.ca}
 
     def _keys(self) -> S3Credentials:
         """The directory's keys if it has them (a restart), else new ones, written 0600."""
@@ -182,6 +190,8 @@ class S3Server:
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
             *([f"-s3.ip.bind={self.s3_bind}"] if self.s3_bind else []),
+            *([f"-s3.cert.file={self.tls.cert}", f"-s3.key.file={self.tls.key}"]
+              if self.tls else []),
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             # A typo in FLEET_STORAGE's bucket is an error, not a new bucket nobody reads.
             "-s3.autoCreateBucket=false",

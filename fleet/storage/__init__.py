@@ -51,4 +51,4 @@ def open_storage(settings: Settings) -> Storage:
     if settings.s3_credentials_file is not None:
         creds = read_credentials_file(settings.s3_credentials_file.expanduser())
     return S3Storage(location, endpoint=settings.s3_endpoint, region=settings.s3_region,
-                     credentials=creds)
+                     credentials=creds, ca_file=settings.s3_ca_file)

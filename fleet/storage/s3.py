@@ -84,7 +84,7 @@ class S3Storage:
     def __init__(
         self, location: S3URL, *, endpoint: str | None = None, region: str | None = None,
         credentials: S3Credentials | None = None, connect_timeout: float = 3.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = 30.0, ca_file: Path | None = None,
     ) -> None:
         self.location = location
         self.endpoint = endpoint
@@ -105,7 +105,8 @@ class S3Storage:
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         session = boto3.session.Session(**keys)  # else the usual chain: AWS_* env, ~/.aws
         self.client: Any = session.client("s3", endpoint_url=endpoint,
-                                          region_name=region or "us-east-1", config=config)
+                                          region_name=region or "us-east-1", config=config,
+                                          verify=None if ca_file is None else str(ca_file))
         # Multipart above 16 MiB in 16 MiB parts, 4 at a time: at most ~64 MiB buffered.
         self.transfer = TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB,
                                        max_concurrency=4, io_chunksize=MiB)

@@ -79,12 +79,14 @@ def second_host() -> Iterator[SecondHost]:
 
 
 @pytest.fixture
-def up(tmp_path: Path, second_host: SecondHost) -> Iterator[dict[str, Any]]:
+def up(tmp_path: Path, second_host: SecondHost, request: pytest.FixtureRequest,
+       ) -> Iterator[dict[str, Any]]:
     home = tmp_path / "home"
     env = env_for(home)
+    extra = getattr(request, "param", [])
     out = subprocess.run([*FLEET, "up", "--listen", second_host.address, "--workers", "0",
-                          "--detach"], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+                          "--detach", *extra], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
     try:
         assert out.returncode == 0, out.stderr + out.stdout
         yield {"home": home, "env": env, "stdout": out.stdout, "state": read_state(
@@ -153,3 +155,49 @@ def test_a_node_on_another_host_joins_with_the_kit_alone(
                                                   "exporter")), pids
     with pytest.raises(redis.exceptions.ConnectionError):
         operator.ping()
+
+
+@pytest.mark.parametrize("up", [["--storage", "s3"]], indirect=True)
+def test_a_node_on_another_host_stores_to_the_fleets_s3_over_https(
+    up: dict[str, Any], second_host: SecondHost, tmp_path: Path
+) -> None:
+    """With `--storage s3` the kit carries the S3 keys too, and the S3 gateway serves the
+    other host over HTTPS (the certificate Redis has) on the listen address alone."""
+    import ssl
+    import urllib.request
+
+    from fleet.storage import open_storage
+    from fleet.storage.layout import job_prefix
+
+    home, state = up["home"], up["state"]
+    endpoint = state["s3_endpoint"]
+    assert endpoint.startswith(f"https://{second_host.address}:"), state
+    assert (home / "join" / "s3.credentials").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(OSError):  # no plain HTTP on the gateway's port
+        urllib.request.urlopen(endpoint.replace("https://", "http://"), timeout=5)
+    with pytest.raises(OSError):  # nor HTTPS to a client that does not know the fleet's CA
+        urllib.request.urlopen(endpoint, timeout=5, context=ssl.create_default_context())
+    root = tmp_path / "host2"
+    shutil.copytree(home / "join", root / "kit")
+    env = env_for(tmp_path / "h2", FLEET_JOIN=str(tmp_path / "kit"))
+    far_log = root / "h2" / "far-1.log"
+    second_host.spawn([*FLEET, "worker", "--node-id", "far-1", "--cpus", "1", "--memory",
+                       "1Gi"], env=env, root=root, shadow=tmp_path, log=far_log)
+    client = Client(Settings(home=home))
+    try:
+        eventually(lambda: {n["node"] for n in client.nodes()} >= {"far-1"}, 60,
+                   what="far-1 heartbeating")
+        job_id = client.submit({"name": "far-ckpt", "entrypoint": "workers.jobs.digits_torch:train",
+                                "framework": "torch", "params": {"epochs": 3},
+                                "resources": {"cpus": 1, "memory": "1Gi"}})
+        final = eventually(lambda: (s := client.status(job_id))["state"] in (
+            "SUCCEEDED", "FAILED", "CANCELLED") and s, 180, what="the job done")
+        assert final["state"] == "SUCCEEDED" and final["node"] == "far-1", final
+        # what the far node stored is in the fleet's S3, read here with the operator's keys
+        from fleet.statefile import with_recorded_storage
+
+        store = open_storage(with_recorded_storage(Settings(home=home)))
+        keys = [o.key for o in store.list(job_prefix(job_id))]
+        assert any(k.endswith("/MANIFEST.json") and "/checkpoints/" in k for k in keys), keys
+    finally:
+        print(far_log.read_text(errors="replace")[-4000:] if far_log.exists() else "no far log")
