@@ -114,11 +114,11 @@ class LogShipper:
                 os.close(span.fd)
             if not data:  # the file is shorter than its writer says: its disk failed
                 return self._failed(f"{self.path}: shorter than written")
-            data = _whole_lines(data, final)
+            data = _whole_lines(data, final and len(data) == span.length)
             try:
                 self.storage.put_bytes(
                     layout.log_chunk_key(self.job_id, self.attempt, span.offset), data)
-            except StorageError as exc:
+            except (StorageError, OSError) as exc:  # OSError: a local store's own failure
                 return self._failed(str(exc))
             self.shipped, self._last = span.offset + len(data), now
             self.chunks += 1

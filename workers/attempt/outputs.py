@@ -121,8 +121,8 @@ def upload_outputs(
             return None
         except AlreadyExists:
             return None  # committed by an earlier try whose answer was lost
-        except (StorageError, FleetError) as exc:
-            if clock() + delay > deadline or not isinstance(exc, StorageError):
+        except (StorageError, FleetError, OSError) as exc:  # OSError: a local store's own
+            if clock() + delay > deadline or not isinstance(exc, (StorageError, OSError)):
                 why = f"outputs not stored ({len(sizes)} files sent): {exc}"
                 log.warning("%s attempt %s: %s", job_id, attempt, why)
                 return why
