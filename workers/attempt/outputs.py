@@ -37,7 +37,7 @@ from workers.attempt.outputlog import OutputLog
 log = logging.getLogger("fleet.supervisor")
 
 LOG_END_S = 10.0  # the attempt's end waits this long for its log to reach the store
-OUTPUTS_S = 300.0  # the outputs' upload, retries included
+OUTPUTS_S = 60.0  # retrying the outputs' upload (a put under way is never cut)
 
 _opened: dict[tuple[Any, ...], Storage] = {}  # one client per store a node is told of
 _opening = threading.Lock()
