@@ -84,19 +84,24 @@ def _split_note(text: str) -> tuple[str, str]:
     return "", text
 
 
-def read_chunks(storage: Storage, chunks: list[ObjectInfo], max_bytes: int) -> str:
-    """The log the chunks (a listing of one attempt's `log/`) hold, in order: the newest
-    `max_bytes` of it, a cut note where output was dropped (before the first chunk read, or a
-    hole between two: the node's disk cap while the store was away)."""
-    at = [(int(c.key.rpartition("/")[2]), c) for c in chunks if c.key.rpartition("/")[2].isdigit()]
-    at.sort(key=lambda x: x[0])
+def chunks_to_read(chunks: list[ObjectInfo], max_bytes: int) -> list[tuple[int, ObjectInfo]]:
+    """*Pure*: of a listing of one attempt's `log/`, the chunks holding its newest `max_bytes`
+    (one at least), with the offset each starts at, in order."""
+    at = sorted(((int(c.key.rpartition("/")[2]), c) for c in chunks
+                 if c.key.rpartition("/")[2].isdigit()), key=lambda x: x[0])
     first, kept = len(at), 0
     while first > 0 and kept + at[first - 1][1].size <= max_bytes:
         first -= 1
         kept += at[first][1].size
-    first = min(first, len(at) - 1)  # one chunk at least, whatever its size
+    return at[max(0, min(first, len(at) - 1)):]
+
+
+def read_chunks(storage: Storage, chunks: list[ObjectInfo], max_bytes: int) -> str:
+    """The log the chunks (a listing of one attempt's `log/`) hold, in order: the newest
+    `max_bytes` of it, a cut note where output was dropped (before the first chunk read, or a
+    hole between two: the node's disk cap while the store was away)."""
     out, pos = bytearray(), 0
-    for offset, chunk in at[max(first, 0):]:
+    for offset, chunk in chunks_to_read(chunks, max_bytes):
         if offset > pos:
             if out and not out.endswith(b"\n"):
                 out += b"\n"

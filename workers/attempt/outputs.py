@@ -64,9 +64,10 @@ class AttemptFiles:
         self.shipper: LogShipper | None = None
         try:
             self.storage = node_storage(settings)
-        except FleetError as exc:  # e.g. an unreadable credentials file: an operator's fix
+        except Exception as exc:  # e.g. an unreadable credentials file: the job runs on
             self.errors.append(f"store not opened: {exc}")
-            log.warning("%s attempt %s: %s", job_id, attempt, self.errors[-1])
+            log.warning("%s attempt %s: %s", job_id, attempt, self.errors[-1],
+                        exc_info=not isinstance(exc, FleetError))
             return
         self.shipper = LogShipper(self.storage, job_id, attempt, log_path).start()
 
