@@ -358,8 +358,7 @@ class Client:
                   attempt: int | None = None) -> Download:
         """Copy what the job wrote under `ctx.output_dir` into `dest` (new or empty; default
         `./<job id>`): its succeeded attempt's, else its latest's (`note` says), or `attempt`'s."""
-        store = StorageArtifacts(self.fleet.storage())
-        return download_job(self.store, store, job_id, dest, attempt)
+        return download_job(self.store, StorageArtifacts(self.fleet.storage()), job_id, dest, attempt)
 
     def artifact_list(self, job_id: str, attempt: int | None = None) -> tuple[Choice, Listing]:
         """What `artifacts` would download: the attempt, and its files as the store lists them."""
