@@ -175,28 +175,92 @@ class JobLogs:
 
         An attempt already over when first reached is read whole, as `lines` does (the store
         when Redis has not got its lines: trimmed, or never written from its host). A running
-        one is read from the Redis list from the last index seen, so a line is yielded once;
-        past the cap (LOG_LINES_CAP lines) the list drops its head and following may skip
-        lines: the store keeps them (`fleet logs` reads them there).
+        one is read from the Redis list from the last index seen, so a line is yielded once,
+        until the list is full (LOG_LINES_CAP lines: from then on it drops its head, and an
+        index no longer names a line): then from the store's chunks, the lines already yielded
+        skipped (`ChunkFollower`), a few seconds behind. Where the store is this machine's
+        folder (no chunks) the list is read on, and may skip lines: the file keeps them.
         """
         seen: dict[int, int] = {}
         whole: set[int] = set()  # attempts read whole: nothing more can come
+        chunked: dict[int, ChunkFollower] = {}
         while True:
             current, terminal = self.job_attempt()
             wanted = [attempt] if attempt is not None else list(range(1, current + 1))
             for n in wanted:
+                over = terminal or n < current
                 if n in whole:
                     continue
-                if n not in seen and (terminal or n < current):
+                if n in chunked:
+                    yield from (LogLine(n, t) for t in chunked[n].read(final=over))
+                    if over:
+                        whole.add(n)
+                    continue
+                if n not in seen and over:
                     whole.add(n)  # over before we came to it: read whole, once
                     for text in self.lines(n):
                         yield LogLine(n, text)
                     continue
                 start = seen.get(n, 0)
                 new = self.store.log_lines(self.job_id, n, start)
+                if start + len(new) >= LOG_LINES_CAP and self._chunked(n):
+                    chunked[n] = ChunkFollower(self.storage, self.job_id, n, skip=start)
+                    continue  # `new` may be shifted by a trim: the store says from `start` on
                 seen[n] = start + len(new)
                 for text in new:
                     yield LogLine(n, text)
             if terminal or (attempt is not None and current > attempt):
                 return  # the attempt followed is over: no line can come after this read
             sleep(interval)
+
+    def _chunked(self, attempt: int) -> bool:
+        """Whether the store keeps `attempt`'s log in chunks (not as this machine's file)."""
+        try:
+            local = self.storage.local_path(layout.log_key(self.job_id, attempt))
+        except FleetError:
+            return False
+        return local is None or not (local.is_file() or older_half(local).is_file())
+
+
+class ChunkFollower:
+    """One attempt's log followed in the store's chunks, from its first byte: the first `skip`
+    lines (already shown from Redis) left out, then each complete line once; a hole (output
+    the node's disk dropped before it could send it) is said with a cut note. A store that
+    cannot be read now is read again at the next call."""
+
+    def __init__(self, storage: Storage, job_id: str, attempt: int, skip: int) -> None:
+        self.storage, self.skip = storage, skip
+        self.prefix = f"{layout.attempt_prefix(job_id, attempt)}log/"
+        self.pos = 0  # the next byte of the output to read
+        self.partial = bytearray()  # the start of a line whose end has not come
+
+    def read(self, final: bool = False) -> Iterator[str]:
+        """The new complete lines (and, when `final`, the last one even without its end)."""
+        try:
+            listing = list(self.storage.list(self.prefix))
+        except StorageError:
+            return
+        for offset, chunk in chunks_to_read(listing, 1 << 62):
+            if offset + chunk.size <= self.pos:
+                continue
+            try:
+                data = self.storage.get_bytes(chunk.key)
+            except StorageError:
+                return  # from this chunk on, at the next call
+            if offset > self.pos:  # the line cut short ends here; the note says the rest
+                note = cut_note(offset - self.pos).encode()
+                yield from self._lines((b"\n" if self.partial else b"") + note + b"\n")
+            yield from self._lines(data[max(0, self.pos - offset):])
+            self.pos = max(self.pos, offset + len(data))
+        if final and self.partial:
+            yield from self._lines(b"\n")
+
+    def _lines(self, data: bytes) -> Iterator[str]:
+        self.partial += data
+        *done, rest = bytes(self.partial).split(b"\n")
+        self.partial = bytearray(rest)
+        for line in done:
+            if self.skip > 0:
+                self.skip -= 1
+                continue
+            yield line.decode(errors="replace")

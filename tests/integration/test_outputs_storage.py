@@ -156,3 +156,19 @@ def test_s3_stopped_while_the_job_prints_fails_nothing_and_the_log_is_whole_afte
     node_log = "".join(p.read_text() for p in fleet.driver.logs.glob("*.log"))
     assert "not sent to the store (kept on disk, retried)" in node_log  # the outage was felt
     assert "reaches the store again" in node_log
+
+
+def test_fleet_logs_f_follows_a_job_printing_past_redis_cap_on_through_s3(
+        s3_fleet: Fleet, tmp_path: Path) -> None:
+    """Redis keeps the last LOG_LINES_CAP lines: a follower of a job printing more goes on in
+    S3's chunks once the list is full, and shows every line once, in order."""
+    fleet = s3_fleet
+    fleet.master()
+    fleet.node("node-1")
+    lines = LOG_LINES_CAP + 3000
+    job = fleet.client.submit(spec(lines, interval=0.001), code=code(tmp_path))
+    fleet.wait_state(job, "RUNNING")
+    followed = fleet.cli("logs", "-f", job)
+    assert followed.returncode == 0, followed.stderr
+    assert fleet.client.status(job)["state"] == "SUCCEEDED"
+    assert followed.stdout == expected(lines)

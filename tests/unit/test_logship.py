@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import FleetError
-from fleet.observe.logs import JobLogs, read_chunks, stored_log
+from fleet.observe.logs import LOG_LINES_CAP, JobLogs, read_chunks, stored_log
 from fleet.spec import JobSpec
 from fleet.states import EndReason
 from fleet.storage import FileStorage, layout
@@ -246,3 +246,35 @@ def test_logs_read_the_store_when_redis_has_not_got_the_lines(store: FileStorage
     assert broken.lines(2) == ["from redis"]  # Redis has them: the store is not read
     with pytest.raises(FleetError, match=r"log of .* attempt 1: the store .* cannot be read"):
         broken.lines(1)
+
+
+def test_following_a_running_attempt_past_redis_cap_goes_on_in_the_stores_chunks(
+        store: FileStorage, log_path: Path) -> None:
+    """Redis's list fills (it drops its head from then on): `follow` leaves it for the
+    store's chunks, skipping the lines it showed, each line once, to the attempt's end."""
+    jobs = MemoryStore()
+    jobs.heartbeat({"node": "n1", "incarnation": "i1",
+                    "capacity": {"cpus": 2.0, "memory": 2**30}}, ttl=600)
+    job_id = jobs.submit(JobSpec(name="j", entrypoint="workers.jobs.synthetic:noop",
+                                 resources={"cpus": 1, "memory": "100Mi"}))
+    n, _ = jobs.reserve(job_id, "n1", "i1", {})
+    assert jobs.claim(job_id, n, "n1", "i1") == (True, "ok")
+    ship = LogShipper(store, job_id, 1, log_path, batch=1)
+    out = ship.open_log(log_path, 1 << 30)
+    total = LOG_LINES_CAP + 2000
+
+    def printed(first: int, last: int) -> None:  # what the supervisor does with output
+        out.write(lines(first, last))
+        kept = jobs.logs.setdefault((job_id, 1), [])
+        kept.extend(f"line {i:06d}" for i in range(first, last + 1))
+        del kept[:-LOG_LINES_CAP]
+        ship.ship()
+
+    printed(1, 100)
+    steps = iter([lambda: printed(101, LOG_LINES_CAP + 500),
+                  lambda: printed(LOG_LINES_CAP + 501, total),
+                  lambda: (out.write(b"no end"), ship.ship(final=True),
+                           jobs.finish(job_id, 1, "n1", Outcome(EndReason.SUCCEEDED))),
+                  lambda: None])
+    shown = [x.text for x in JobLogs(jobs, store, job_id).follow(sleep=lambda s: next(steps)())]
+    assert shown == [f"line {i:06d}" for i in range(1, total + 1)] + ["no end"]
