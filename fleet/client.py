@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from fleet import acl
-from fleet.artifacts import Download, LocalArtifacts, download_job
+from fleet.artifacts import Choice, Download, Listing, StorageArtifacts, download_job, list_job
 from fleet.bundles.upload import attach, code_override
 from fleet.entrypoints import is_job_id
 from fleet.errors import (
@@ -340,28 +340,29 @@ class Client:
         return {n: self.store.history(n) for n in self.store.known_nodes()}
 
     def log_attempt(self, job_id: str) -> int:
-        """The job's current attempt (0 before its first placement): attempts 1 to it may have
-        logs. NotFound for an unknown job."""
+        """The job's current attempt (0 before its first placement). NotFound: no such job."""
         return self._logs(job_id).job_attempt()[0]
 
     def log_lines(self, job_id: str, attempt: int) -> list[str]:
-        """Every output line kept of one attempt (the artifact file when Redis dropped some)."""
+        """Every output line kept of one attempt (the store's when Redis dropped some)."""
         return self._logs(job_id).lines(attempt)
 
     def follow_logs(self, job_id: str, attempt: int | None = None) -> Iterator[LogLine]:
-        """Output lines as they arrive, of `attempt` or (None) of each attempt as the job moves
-        on, until the job has ended and its last lines are read."""
+        """Output lines as they come, of `attempt` or (None) of each in turn, to the job's end."""
         yield from self._logs(job_id).follow(attempt)
 
     def _logs(self, job_id: str) -> JobLogs:
-        return JobLogs(self.store, self.settings.artifacts_dir, job_id)
+        return JobLogs(self.store, self.fleet.storage, job_id, self.settings.log_max_bytes)
 
     def artifacts(self, job_id: str, dest: str | Path | None = None, *,
                   attempt: int | None = None) -> Download:
         """Copy what the job wrote under `ctx.output_dir` into `dest` (new or empty; default
         `./<job id>`): its succeeded attempt's, else its latest's (`note` says), or `attempt`'s."""
-        return download_job(self.store, LocalArtifacts(self.settings.artifacts_dir), job_id,
-                            dest, attempt)
+        return download_job(self.store, StorageArtifacts(self.fleet.storage()), job_id, dest, attempt)
+
+    def artifact_list(self, job_id: str, attempt: int | None = None) -> tuple[Choice, Listing]:
+        """What `artifacts` would download: the attempt, and its files as the store lists them."""
+        return list_job(self.store, StorageArtifacts(self.fleet.storage()), job_id, attempt)
 
     def events(
         self, job: str | None = None, *, limit: int | None = None, follow: bool = False,

@@ -7,19 +7,28 @@ succeeded, that of its latest attempt that ran, with a note saying so; or the at
 It goes into a new folder (default `./<job id>/`; an existing one must be empty), written in a
 hidden folder beside it and renamed into place when complete: a failed download leaves nothing.
 
-The store is reached through `ArtifactStore` (`list` and `open` of one attempt's output): a
-directory today (`LocalArtifacts`, `FLEET_ARTIFACTS`, shared by the nodes), an object store later
-behind the same two calls. Nothing in a job's folders is read through a link, and no name is
-written outside the destination.
+The store is reached through `ArtifactStore` (`list` and `open` of one attempt's output): the
+fleet's store (`StorageArtifacts`: S3, or a folder, where the nodes put each attempt's output
+as a set) or a directory the nodes write in (`LocalArtifacts`, the default store's case).
+Nothing in a job's folders is read through a link, and no name is written outside the
+destination.
 """
 
 from __future__ import annotations
 
 from fleet.artifacts.choose import Choice, choose_attempt, member_path
-from fleet.artifacts.download import Download, download, download_job
-from fleet.artifacts.store import Artifact, ArtifactStore, Listing, LocalArtifacts, output_dir
+from fleet.artifacts.download import Download, download, download_job, list_job
+from fleet.artifacts.store import (
+    Artifact,
+    ArtifactStore,
+    Listing,
+    LocalArtifacts,
+    StorageArtifacts,
+    output_dir,
+)
 
 __all__ = [
     "Artifact", "ArtifactStore", "Choice", "Download", "Listing", "LocalArtifacts",
-    "choose_attempt", "download", "download_job", "member_path", "output_dir",
+    "StorageArtifacts", "choose_attempt", "download", "download_job", "list_job", "member_path",
+    "output_dir",
 ]

@@ -14,16 +14,24 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from fleet.artifacts.choose import choose_attempt, member_path
-from fleet.artifacts.store import Artifact, ArtifactStore
+from fleet.artifacts.choose import Choice, choose_attempt, member_path
+from fleet.artifacts.store import Artifact, ArtifactStore, Listing
 from fleet.errors import FleetError, NotFound
 
 if TYPE_CHECKING:
     from fleet.store.protocol import JobReads
 
 CHUNK = 2**20
+
+
+@runtime_checkable
+class Fetches(Protocol):
+    """A store that writes a file at a path itself (an object store's download, streamed to
+    disk), rather than handing out a file to read."""
+
+    def fetch(self, job_id: str, attempt: int, name: str, target: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,9 @@ def download_job(
     a folder named after the job, here). NotFound for an unknown job; FleetError, with nothing
     written, when the destination is not a new or empty folder, the attempt wrote no output,
     or the store cannot be read."""
-    job = jobs.get(job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id!r}")
     target = Path(job_id) if dest is None else Path(dest)
+    choice, listing = list_job(jobs, store, job_id, attempt)
     _check_dest(target)
-    choice = choose_attempt(job, jobs.attempts(job_id), attempt)
-    listing = store.listing(job_id, choice.attempt)
     if not listing.files:
         left = f"; left out, not regular files: {', '.join(listing.skipped)}" \
             if listing.skipped else ""
@@ -63,6 +67,17 @@ def download_job(
     paths = download(store, job_id, choice.attempt, listing.files, target)
     return Download(job_id, choice.attempt, target, paths, sum(f.size for f in listing.files),
                     listing.skipped, choice.note)
+
+
+def list_job(jobs: JobReads, store: ArtifactStore, job_id: str,
+             attempt: int | None = None) -> tuple[Choice, Listing]:
+    """The attempt `choose_attempt` picks, and its output as the store lists it. NotFound for
+    an unknown job."""
+    job = jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    choice = choose_attempt(job, jobs.attempts(job_id), attempt)
+    return choice, store.listing(job_id, choice.attempt)
 
 
 def download(
@@ -92,6 +107,9 @@ def download(
 def _copy(store: ArtifactStore, job_id: str, attempt: int, name: str, target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(store, Fetches):
+            store.fetch(job_id, attempt, name, target)
+            return
         with store.open(job_id, attempt, name) as src, target.open("xb") as out:
             shutil.copyfileobj(src, out, CHUNK)
     except OSError as exc:  # the destination's disk, or two stored names for one path

@@ -1,5 +1,12 @@
 """The artifact store behind two calls: list one attempt's output, open one of its files.
 
+`StorageArtifacts` reads the fleet's store (fleet.storage, `FLEET_STORAGE`): there each node
+puts an attempt's output as one set, manifest last (`jobs/<job>/attempt-<n>/output/`,
+workers.attempt.outputs), so a download never sees half of one and works from any machine
+that reaches the store, whatever became of the node's host. With the default store, the
+artifacts folder the nodes write in, there is no set to read: the folder itself is the output,
+read as `LocalArtifacts` does.
+
 `LocalArtifacts` is the store as a directory (`FLEET_ARTIFACTS`: a local folder, or one shared
 by the nodes, bind-mounted at the same path in docker workers). An attempt's output folder is
 the job's to write: it may plant links there (to the reader's own files, or out of the store)
@@ -11,7 +18,10 @@ listed as skipped, and so are FIFOs, sockets and devices.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +30,9 @@ from typing import BinaryIO, Protocol
 from fleet.entrypoints import is_job_id
 from fleet.errors import FleetError
 from fleet.observe.logs import attempt_dir
+from fleet.storage import FileStorage, Storage, StorageError, layout
+from fleet.storage.base import TEMP_PREFIX
+from fleet.storage.manifest import read_set
 
 OUTPUT_NAME = "output"
 MAX_DEPTH = 64  # folders deeper than this are listed as skipped: a job may nest without end
@@ -60,6 +73,64 @@ class ArtifactStore(Protocol):
     def open(self, job_id: str, attempt: int, name: str) -> BinaryIO:
         """One listed file, for reading. FleetError when it is gone or no longer a file."""
         ...
+
+
+class StorageArtifacts:
+    """The fleet's store as the artifact store (see the module's docstring)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.where = storage.url
+        # A store that is a folder here is read without following a link, set or no set.
+        self.local = LocalArtifacts(storage.root) if isinstance(storage, FileStorage) else None
+
+    def listing(self, job_id: str, attempt: int) -> Listing:
+        try:
+            found = read_set(self.storage, layout.output_prefix(job_id, attempt))
+        except StorageError as exc:
+            raise FleetError(f"cannot read the output of {job_id} attempt {attempt} from "
+                             f"{self.where}: {exc}") from None
+        if found is not None:
+            meta = found.get("meta") or {}
+            return Listing([Artifact(str(n), int(size)) for n, size in
+                            sorted(found["files"].items())],
+                           [str(n) for n in meta.get("skipped") or []])
+        if self.local is not None:  # the default store: the node's own folder, no set
+            return self.local.listing(job_id, attempt)
+        raise FleetError(f"the output of {job_id} attempt {attempt} is not in the store at "
+                         f"{self.where}: a node puts it there when the attempt ends")
+
+    def open(self, job_id: str, attempt: int, name: str) -> BinaryIO:
+        if self.local is not None:
+            return self.local.open(job_id, attempt, name)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX)
+        os.close(fd)
+        try:
+            self.fetch(job_id, attempt, name, Path(tmp), replace=True)
+            return open(tmp, "rb")
+        finally:
+            os.unlink(tmp)  # the open file outlives its name
+
+    def fetch(self, job_id: str, attempt: int, name: str, target: Path,
+              replace: bool = False) -> None:
+        """Write the stored file `name` at `target`, a new file (or over it, `replace`)."""
+        if self.local is not None:
+            with self.local.open(job_id, attempt, name) as src, \
+                    target.open("wb" if replace else "xb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            return
+        tmp = target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}")
+        try:
+            self.storage.get_file(layout.output_prefix(job_id, attempt) + name, tmp)
+            if replace:
+                tmp.replace(target)
+            else:
+                os.link(tmp, target)  # never over a file: fails when the name is taken
+        except StorageError as exc:
+            raise FleetError(f"cannot download {name} of {job_id} attempt {attempt} from "
+                             f"{self.where}: {exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class LocalArtifacts:

@@ -20,6 +20,7 @@ from fleet.settings import BadSetting, Settings
 from fleet.store import keys
 
 if TYPE_CHECKING:
+    from fleet.storage import Storage
     from fleet.store.protocol import Store
 
 log = logging.getLogger("fleet.settings")
@@ -85,9 +86,20 @@ class Reader:
         self.store = store
         self.own = settings
         self._read: tuple[float, Settings] | None = None
+        self._storage: tuple[dict[str, Any], Storage] | None = None
 
     def settings(self) -> Settings:
         now = time.monotonic()
         if self._read is None or not 0 <= now - self._read[0] < FRESH_S:
             self._read = (now, self.own.with_published(self.store.published_settings()))
         return self._read[1]
+
+    def storage(self) -> Storage:
+        """The fleet's store (logs, artifacts) as `settings()` names it: the published URL and
+        endpoint, this reader's own S3 credentials. Opened again only when those change."""
+        from fleet.storage import open_storage
+
+        fleet = self.settings()
+        if self._storage is None or self._storage[0] != fleet.published():
+            self._storage = (fleet.published(), open_storage(fleet))
+        return self._storage[1]

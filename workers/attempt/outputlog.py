@@ -9,16 +9,32 @@ the cap, is always on disk; `fleet.observe.logs.read_stored` puts the halves bac
 The file is created 0600 (job output may hold anything the job printed), appended with plain
 `os.write` of the bytes the job wrote (no decoding, no per-line work); halves end at a line's
 end (a line longer than a half is split).
+
+Another thread may read the output back while it is written (`workers.attempt.logship` sends
+it to the store): `locate` says, under a lock a rotation also takes, where a byte of the output
+(counted from the attempt's first, notes left out) is on disk now, and opens that half.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from fleet.observe.logs import cut_note, older_half
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+
+class Span(NamedTuple):
+    """Output bytes `offset` to `offset + length`, at `pos` of the open file `fd` (the
+    caller's to close). `offset` is past the one asked for when the bytes between were cut."""
+
+    offset: int
+    fd: int
+    pos: int
+    length: int
 
 
 class OutputLog:
@@ -32,6 +48,28 @@ class OutputLog:
         self.older = 0  # bytes of output in output.log.1
         self.cut = 0  # bytes of output dropped with older halves
         self._note_bytes = 0  # the current half's first line, when it is a note (not output)
+        self._older_note = 0  # the same, of output.log.1
+        self.lock = threading.Lock()  # a rotation, or a reader locating bytes
+
+    @property
+    def end(self) -> int:
+        """Bytes of output written so far (kept or cut), notes left out."""
+        return self.cut + self.older + self.size - self._note_bytes
+
+    def locate(self, offset: int) -> Span:
+        """Where output byte `offset` is now, its half opened: a rotation cannot move it
+        between the two. The bytes up to `end` are whole on disk; later ones may be coming."""
+        with self.lock:
+            offset = max(offset, self.cut)
+            start = self.cut + self.older  # of the current half's output
+            if offset < start:
+                path, pos = older_half(self.path), self._older_note + offset - self.cut
+                length = start - offset
+            else:
+                path, pos = self.path, self._note_bytes + offset - start
+                length = max(0, self.end - offset)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return Span(offset, fd, pos, length)
 
     def write(self, data: bytes | bytearray) -> None:
         """Append `data`; OSError (a full or failing disk) is the caller's to name."""
@@ -62,12 +100,17 @@ class OutputLog:
 
     def _rotate(self) -> None:
         """The current half becomes the older one; the one before it is dropped."""
+        with self.lock:
+            self._rotate_locked()
+
+    def _rotate_locked(self) -> None:
         assert self._fd is not None, "written after close"
         os.close(self._fd)
         self._fd = None
         self.cut += self.older
         os.replace(self.path, older_half(self.path))
         self.older = self.size - self._note_bytes
+        self._older_note = self._note_bytes
         self._fd = os.open(self.path, _FLAGS | os.O_TRUNC, 0o600)
         self.size = 0
         if self.cut:

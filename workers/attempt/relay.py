@@ -46,9 +46,10 @@ class LogCapture:
     """A job's output: all of it to its log file, the tail of each tick's batch to Redis."""
 
     def __init__(self, client: redis.Redis, job_id: str, attempt: int, path: Path,
-                 max_bytes: int) -> None:
+                 max_bytes: int, open_log: Callable[[Path, int], OutputLog] = OutputLog) -> None:
         self.r, self.job_id, self.attempt = client, job_id, attempt
         self.path, self.max_bytes = path, max_bytes
+        self.open_log = open_log  # the log shipper's, which reads the file back
         self.disk_error: str | None = None
         self._file: OutputLog | None = None  # opened with the first output
         self._tail = bytearray()  # output written to the file, its last lines not yet to Redis
@@ -61,7 +62,7 @@ class LogCapture:
         if self.disk_error is None:
             try:
                 if self._file is None:
-                    self._file = OutputLog(self.path, self.max_bytes)
+                    self._file = self.open_log(self.path, self.max_bytes)
                 self._file.write(data)
             except OSError as exc:
                 if not disk.is_disk_error(exc):

@@ -45,6 +45,7 @@ from workers.attempt import bundles
 from workers.attempt.commits import CheckpointCommits
 from workers.attempt.environment import Environments, NotPrepared
 from workers.attempt.outcome import Decision, Ending, decide
+from workers.attempt.outputs import AttemptFiles
 from workers.attempt.relay import REDIS_DOWN, CeleryProgress, LogCapture, Relay
 from workers.attempt.watch import (
     CancelWatch,
@@ -259,7 +260,9 @@ class Supervisor:
             watches.append(StallWatch(float(spec["stall_timeout"])))
         now = time.time()
         vitals = Vitals(now=now, started_at=now, last_report_at=now, memory=0, peak_memory=0)
-        capture = LogCapture(self.r, job_id, attempt, log_path, self.settings.log_max_bytes)
+        files = AttemptFiles(settings, job_id, attempt, log_path)  # its log, outputs to the store
+        capture = LogCapture(self.r, job_id, attempt, log_path, self.settings.log_max_bytes,
+                             files.open_log)
         relay = Relay(self.store, job_id, attempt, capture, CeleryProgress(on_progress, now),
                       commits)
         try:
@@ -276,9 +279,10 @@ class Supervisor:
                 kill_group(proc.pid)
             capture.close()
             pipes.close()
+            stored = files.finish(self.node)
         vitals.peak_memory = max(vitals.peak_memory, proc.maxrss)
         extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid,
-                 "supervisor_cpu": round(time.thread_time() - cpu_at_start, 3)}
+                 "supervisor_cpu": round(time.thread_time() - cpu_at_start, 3), **stored}
         decision = decide(Ending(
             returncode=proc.returncode, result=relay.result, job_error=relay.error,
             superseded=stop.superseded, fenced=proc.fenced, verdict=stop.verdict,
