@@ -8,6 +8,7 @@ name exists, which makes the check and the write one atomic step, like S3's If-N
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -99,7 +100,8 @@ class FileStorage:
         except OSError as exc:
             raise typed(exc, key, "put") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a file where a folder should be: said above
+                tmp.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         self._write(key, data, if_absent)
@@ -133,7 +135,8 @@ class FileStorage:
         except OSError as exc:
             raise typed(exc, key, "get") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a file where a folder should be: said above
+                tmp.unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         check_key(prefix, prefix=True)

@@ -78,3 +78,11 @@ def test_full_disk_is_typed() -> None:
     from fleet.storage.files import typed
 
     assert isinstance(typed(OSError(28, "No space left on device"), "k", "put"), StorageFull)
+
+
+def test_a_file_where_a_folder_should_be_is_a_typed_error(tmp_path: Path) -> None:
+    store = FileStorage(tmp_path)
+    store.put_bytes("a", b"x")
+    with pytest.raises(StorageError) as caught:
+        store.put_bytes("a/b", b"y")
+    assert "a/b" in str(caught.value)
