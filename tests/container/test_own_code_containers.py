@@ -10,8 +10,11 @@ in the environment of `fleet up` / `docker-compose up`) is the test's own, serve
 for the docker driver's workers (they share the host's network), and on the gateway of the
 Compose project's network for its workers.
 
-On Compose, `fleet artifacts` reads the `artifacts` volume from the host: FLEET_ARTIFACTS is
-`<the volume's Mountpoint>/artifacts` (readable by root), as docs/containers.md says.
+On Compose the workers share no folder: checkpoints, logs and the model go to the project's
+`s3` service, and the job killed mid-run resumes on the other worker from the checkpoint its
+dead node uploaded there. `fleet artifacts` reads them from the host with the S3 keys in
+docker/secrets and the S3 port published on 127.0.0.1 (FLEET_S3_ENDPOINT, which wins over the
+`http://s3:8333` the fleet publishes for its containers), as docs/containers.md says.
 """
 
 from __future__ import annotations
@@ -260,13 +263,6 @@ def test_own_code_resumes_on_the_other_container_when_its_node_is_killed(
 
 
 # -- docker-compose up, two workers ----------------------------------------------------------
-def artifacts_volume(docker_client: Any, project: str) -> Path:
-    """Where the compose project's `artifacts` volume is on this host: the artifact store
-    (FLEET_ARTIFACTS=/work/artifacts in the containers) is its `artifacts` folder."""
-    mountpoint = docker_client.volumes.get(f"{project}_artifacts").attrs["Mountpoint"]
-    return Path(mountpoint) / "artifacts"
-
-
 @pytest.fixture(scope="module")
 def compose_fleet(docker_client: Any, compose_secrets: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
@@ -274,7 +270,7 @@ def compose_fleet(docker_client: Any, compose_secrets: Path,
     root = tmp_path_factory.mktemp("own-code-compose")
     name = f"fleetoc{os.getpid()}"
     env = {**os.environ, "FLEET_REDIS_PORT": str(free_port()),
-           "FLEET_FLOWER_PORT": str(free_port())}
+           "FLEET_FLOWER_PORT": str(free_port()), "FLEET_S3_PORT": str(free_port())}
     base = [*compose_command(), "-p", name, "-f", str(REPO / "compose.yaml")]
     stack = ExitStack()
     before = image_ids(docker_client, ("fleet/control", "fleet/worker-torch"))
@@ -294,7 +290,8 @@ def compose_fleet(docker_client: Any, compose_secrets: Path,
         assert up.returncode == 0, up.stdout + up.stderr
         password = secret_value(compose_secrets, "redis_password")
         url = f"redis://:{password}@127.0.0.1:{env['FLEET_REDIS_PORT']}/0"
-        store = artifacts_volume(docker_client, name)
+        s3 = {"FLEET_S3_ENDPOINT": f"http://127.0.0.1:{env['FLEET_S3_PORT']}",
+              "FLEET_S3_CREDENTIALS_FILE": str(compose_secrets / "s3_credentials")}
 
         def workers() -> dict[str, Any]:
             return {c.attrs["Config"]["Hostname"]: c for c in docker_client.containers.list(
@@ -306,12 +303,12 @@ def compose_fleet(docker_client: Any, compose_secrets: Path,
             victim.update(restart_policy={"Name": "no"})
             victim.kill(signal="SIGKILL")
 
-        client = Client(Settings(redis_url=url, artifacts=store))
+        client = Client(Settings(redis_url=url, s3_endpoint=s3["FLEET_S3_ENDPOINT"],
+                                 s3_credentials_file=Path(s3["FLEET_S3_CREDENTIALS_FILE"])))
         assert len(workers()) == 2
         eventually(lambda: {n["node"] for n in client.nodes()} >= set(workers()), 90,
                    what="both compose workers heartbeating", interval=0.5)
-        user_env = {"FLEET_REDIS_URL": url, "FLEET_HOME": str(root / "home"),
-                    "FLEET_ARTIFACTS": str(store)}
+        user_env = {"FLEET_REDIS_URL": url, "FLEET_HOME": str(root / "home"), **s3}
         yield Fleet(user_env, client, root, kill)
         every = docker_client.containers.list(all=True, filters={"label": (
             f"com.docker.compose.project={name}")})
