@@ -266,3 +266,19 @@ def test_fetch_refuses_a_manifest_naming_a_path_out(tmp_path: Path) -> None:
         {"version": 1, "files": {"../../../../evil": 1, "x": 1}, "meta": {}}).encode())
     assert not fetch_set(storage, prefix, tmp_path / "ck" / "attempt-1" / "step-00000001", 1)
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_note_sets_and_clears_an_attempt_field(store: Any) -> None:
+    """progress.lua's `note` kind (and the in-memory twin's): what `checkpoint_upload` uses."""
+    store.heartbeat({"node": "n1", "incarnation": "a",
+                     "capacity": {"cpus": 2, "memory": 2**30, "gpus": 0}}, ttl=60)
+    job_id = store.submit(JobSpec.model_validate({
+        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
+        "resources": {"cpus": 1, "memory": "1Gi"}}))
+    store.reserve(job_id, "n1", "a", {})
+    store.claim(job_id, 1, "n1", "a")
+    assert store.progress(job_id, 1, {"checkpoint_upload": "retrying since x: down"}, kind="note")
+    assert store.attempts(job_id)[0]["checkpoint_upload"] == "retrying since x: down"
+    assert store.progress(job_id, 1, {"checkpoint_upload": None}, kind="note")
+    assert store.attempts(job_id)[0]["checkpoint_upload"] is None
+    assert not store.progress(job_id, 2, {"checkpoint_upload": "x"}, kind="note")  # not current
