@@ -127,6 +127,24 @@ def test_checkpoints_go_to_s3_and_a_new_host_resumes_from_there(
     assert len(stored_steps(bucket, job_id)) == 3
 
 
+def test_a_cancelled_job_s_last_checkpoint_is_in_s3_before_it_ends(
+        fleet: Fleet, bucket: S3Storage) -> None:
+    fleet.master()
+    fleet.node("node-1", cores=[0])
+    job_id = fleet.client.submit({
+        "name": "heavy", "entrypoint": "tests.integration.checkpoint_job:heavy_steps",
+        "resources": {"cpus": 1, "memory": "512Mi"},
+        "params": {"steps": 400, "mib": 17, "step_seconds": 0.05}})
+    eventually(lambda: committed_step(fleet, job_id) >= 3, 60, what="step 3 committed")
+    fleet.client.cancel(job_id)
+    final = fleet.wait_job(job_id, 60)
+    assert final["state"] == "CANCELLED", final
+    last = fleet.client.status(job_id)["progress"]["step"]  # reported after its checkpoint
+    assert committed_step(fleet, job_id) == last
+    assert stored_steps(bucket, job_id)[-1] == (1, last)
+    assert not attempts(fleet, job_id)[0].get("checkpoint_upload")
+
+
 def test_s3_down_for_20s_while_training_the_job_goes_on(
         fleet: Fleet, s3: S3Server, bucket: S3Storage) -> None:
     fleet.master()
@@ -185,4 +203,4 @@ def test_s3_down_at_restore_waits_and_never_starts_from_zero(
     assert final["retries"] == 0  # nothing counted against the job
     if restore_wait < 5:
         lost = [a for a in tried[1:-1] if a["end_reason"] == "WORKER_LOST"]
-        assert lost and all("storage unreachable to restore" in a["error"] for a in lost), tried
+        assert lost and all("could not read the store to restore" in a["error"] for a in lost), tried

@@ -15,7 +15,14 @@ import pytest
 
 from fleet.spec import JobSpec
 from fleet.states import EndReason
-from fleet.storage import FileStorage, StorageUnavailable, layout
+from fleet.storage import (
+    FileStorage,
+    NotFound,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    layout,
+)
 from fleet.storage.manifest import MANIFEST, read_set
 from fleet.store.jobstore import Outcome
 from fleet.store.memory import MemoryStore
@@ -92,13 +99,14 @@ def test_the_default_store_copies_nothing(tmp_path: Path) -> None:
 class Flaky(FileStorage):
     """A real FileStorage whose puts fail while `down` is set (a store that does not answer)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, error: type[StorageError] = StorageUnavailable) -> None:
         super().__init__(root)
         self.down = threading.Event()
+        self.error = error
 
     def put_file(self, key: str, path: Path) -> None:
         if self.down.is_set():
-            raise StorageUnavailable(f"put {key!r}: connection refused", key)
+            raise self.error(f"put {key!r}: store down or full", key)
         super().put_file(key, path)
 
 
@@ -156,10 +164,11 @@ def test_the_default_store_commits_at_once(running: tuple[MemoryStore, str], tmp
     assert (commits.folder / "step-00000003" / MANIFEST).is_file()
 
 
+@pytest.mark.parametrize("error", [StorageUnavailable, StorageFull])
 def test_a_store_down_is_retried_noted_then_cleared(
-        running: tuple[MemoryStore, str], tmp_path: Path) -> None:
+        running: tuple[MemoryStore, str], tmp_path: Path, error: type[StorageError]) -> None:
     store, job_id = running
-    storage = Flaky(tmp_path / "store")
+    storage = Flaky(tmp_path / "store", error)
     notes: list[Any] = []
     commits = uploader(store, job_id, tmp_path / "ck", storage, notes=notes)
     storage.down.set()
@@ -282,3 +291,18 @@ def test_a_note_sets_and_clears_an_attempt_field(store: Any) -> None:
     assert store.progress(job_id, 1, {"checkpoint_upload": None}, kind="note")
     assert store.attempts(job_id)[0]["checkpoint_upload"] is None
     assert not store.progress(job_id, 2, {"checkpoint_upload": "x"}, kind="note")  # not current
+
+
+class Pruned(FileStorage):
+    """A set deleted between reading its manifest and downloading its objects."""
+
+    def get_file(self, key: str, path: Path) -> None:
+        raise NotFound(f"get {key!r}: no such object", key)
+
+
+def test_a_set_pruned_during_its_download_is_not_there(tmp_path: Path) -> None:
+    storage = Pruned(tmp_path / "store")
+    upload(storage, save(tmp_path / "other" / "attempt-1", 3), 1, 3)
+    target = tmp_path / "ck" / "attempt-1" / "step-00000003"
+    assert not fetch_set(storage, layout.checkpoint_prefix(JOB, 1, 3), target, 3)
+    assert list((tmp_path / "ck" / "attempt-1").iterdir()) == []
