@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from fleet.spec import JobSpec
+from fleet.errors import SpecError
+from fleet.spec import JobSpec, parse_spec
 from fleet.states import EndReason
 from fleet.storage import (
     FileStorage,
@@ -53,8 +54,9 @@ def test_backoff_doubles_to_its_cap() -> None:
 
 def test_keep_checkpoints_from_a_spec() -> None:
     assert JobSpec.model_validate({"name": "a", "entrypoint": "m:f"}).keep_checkpoints == 2
-    with pytest.raises(Exception, match="keep_checkpoints"):
-        JobSpec.model_validate({"name": "a", "entrypoint": "m:f", "keep_checkpoints": 0})
+    with pytest.raises(SpecError, match=r"^keep_checkpoints: should be greater than or equal to 1"):
+        parse_spec({"name": "a", "entrypoint": "workers.jobs.synthetic:noop",
+                    "keep_checkpoints": 0}, allowlist=["workers.jobs"])
     assert [keep_of({"keep_checkpoints": v}) for v in (5, 0, True, "3", None)] == [5, 2, 2, 2, 2]
 
 
