@@ -31,10 +31,13 @@ def settings() -> Settings:
 
 
 def connect_client() -> Client:
-    """A Client of the fleet the settings name (its Redis): what commands use outside tests."""
+    """A Client of the fleet the settings name (its Redis): what commands use outside tests.
+    On the machine that ran `fleet up`, it reads the store with the keys the state file names
+    (`fleet logs`, `fleet artifacts` need no FLEET_S3_* variable there)."""
     from fleet.client import Client
+    from fleet.statefile import with_recorded_storage
 
-    return Client(settings())
+    return Client(with_recorded_storage(settings()))
 
 
 client_factory: Callable[[], Client] = connect_client

@@ -130,20 +130,31 @@ def test_the_bucket_holds_the_probe_and_no_secret_is_on_any_argv(
             assert secret not in (rec.get("environ") or ""), f"{what} in the env of {pid}"
 
 
-@pytest.mark.xfail(strict=False, reason="needs wt-ckpt and wt-outputs merged: on wt-s3up "
-                   "alone nothing uploads checkpoints, logs or outputs to the store")
 def test_the_jobs_checkpoints_logs_and_outputs_are_in_the_bucket(
-    home: Path, jobs: dict[str, dict[str, Any]],
+    home: Path, jobs: dict[str, dict[str, Any]], tmp_path: Path,
 ) -> None:
-    # The lead: drop the xfail once both branches are in; these hold then.
+    """What each example left is in S3 (the nodes' artifact folders deleted first, so nothing
+    can be read from them), and `fleet artifacts` lists and downloads its model from there."""
+    import shutil
+
+    for node_dir in (home / "artifacts" / "jobs",):
+        shutil.rmtree(node_dir, ignore_errors=True)
     store = open_storage(with_recorded_storage(Settings(home=home)))
     for job, final in jobs.items():
         stored = [o.key for o in store.list(f"jobs/{job}/")]
         attempt = f"jobs/{job}/attempt-{final['attempt']}"
         assert any(k.startswith(f"jobs/{job}/checkpoints/") and k.endswith("MANIFEST.json")
-                   for k in stored), stored  # wt-ckpt
-        assert f"{attempt}/output.log" in stored or any(
-            k.startswith(f"{attempt}/log/") for k in stored), stored  # wt-outputs
+                   for k in stored), stored
+        assert any(k.startswith(f"{attempt}/log/") for k in stored), stored
+        assert f"{attempt}/output/MANIFEST.json" in stored, stored
+        listed = fleet(home, "artifacts", job, "--list")
+        model = "model.pt" if "torch" in job else "model.keras"
+        assert listed.returncode == 0 and model in listed.stdout, listed.stdout + listed.stderr
+        got = fleet(home, "artifacts", job, "-o", str(tmp_path / job))
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert (tmp_path / job / model).stat().st_size > 0
+        logs = fleet(home, "logs", job)
+        assert logs.returncode == 0 and "test accuracy" in logs.stdout, logs.stdout + logs.stderr
 
 
 def test_fleet_down_stops_weed_and_keeps_its_data_and_keys(home: Path,

@@ -82,6 +82,9 @@ def train(
     }
     if epoch_hook.done < epochs:
         result["stopped"] = True
+    # one line for `fleet logs` (the epochs are in `fleet metrics`), in the store with the rest
+    print(f"trained {epoch_hook.done} epochs: test accuracy {result['accuracy']:.3f}, "
+          f"{MODEL_FILE} in the job's outputs", flush=True)
     return result
 
 
