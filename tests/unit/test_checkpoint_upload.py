@@ -142,7 +142,7 @@ def test_upload_then_commit_keeping_n(running: tuple[MemoryStore, str], tmp_path
     for step in (1, 2, 3):
         save(commits.folder, step)
         commits.announce(step)
-        assert commits.finish(Outcome(EndReason.SUCCEEDED), 10).extra is None
+        assert commits.finish(Outcome(EndReason.CANCELLED), 10).extra is None
     assert store.committed_checkpoints(job_id)[0]["dir"] == "attempt-1/step-00000003"
     assert stored_sets((o.key for o in storage.list()), job_id) == {(1, 2), (1, 3)}
     assert read_set(storage, layout.checkpoint_prefix(job_id, 1, 3))["meta"] == {  # type: ignore[index]
@@ -182,7 +182,7 @@ def test_a_store_down_is_retried_noted_then_cleared(
     save(commits.folder, 2)
     commits.announce(2)  # supersedes step 1, which is never committed: its folder goes
     storage.down.clear()
-    assert commits.finish(Outcome(EndReason.SUCCEEDED), 10).extra is None
+    assert commits.finish(Outcome(EndReason.CANCELLED), 10).extra is None
     assert store.committed_checkpoints(job_id)[0]["dir"] == "attempt-1/step-00000002"
     assert not (commits.folder / "step-00000001").exists() and notes[-1] is None
 
@@ -204,6 +204,19 @@ def test_the_end_waits_a_bounded_time_and_says_why(
     assert store.committed_checkpoints(job_id) == []
 
 
+def test_a_finished_jobs_success_does_not_wait_for_its_last_upload(
+        running: tuple[MemoryStore, str], tmp_path: Path) -> None:
+    """Nothing resumes from it, and while the outcome waits a lost node would rerun the job."""
+    store, job_id = running
+    storage = Flaky(tmp_path / "store")
+    storage.down.set()
+    commits = uploader(store, job_id, tmp_path / "ck", storage)
+    save(commits.folder, 7)
+    commits.announce(7)
+    outcome = commits.finish(Outcome(EndReason.SUCCEEDED), 30)  # returns at once, not in 30 s
+    assert outcome.extra is not None and "step 7 not committed" in outcome.extra["checkpoint_upload"]
+
+
 def test_a_superseded_attempt_puts_no_manifest(
         running: tuple[MemoryStore, str], tmp_path: Path) -> None:
     store, job_id = running
@@ -212,7 +225,7 @@ def test_a_superseded_attempt_puts_no_manifest(
     store.finish(job_id, 1, "n1", Outcome(EndReason.NODE_LOST, error="node n1 lost"))
     save(commits.folder, 5)
     commits.announce(5)
-    commits.finish(Outcome(EndReason.SUCCEEDED), 10)
+    commits.finish(Outcome(EndReason.CANCELLED), 10)
     assert read_set(storage, layout.checkpoint_prefix(job_id, 1, 5)) is None
     assert commits.pending == 5 and not commits.flush()  # the relay learns it is superseded
 

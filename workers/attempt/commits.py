@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleet.states import EndReason
 from fleet.store.jobstore import JobStore, Outcome
 from workers import checkpoint as checkpoints
 
@@ -113,6 +114,10 @@ class CheckpointCommits:
         if self.uploader is None:
             self.flush()
             return outcome
+        if outcome.reason is EndReason.SUCCEEDED:
+            # Nothing resumes from a finished job's checkpoint: its success is not held back
+            # by an upload (a node lost meanwhile would run the whole job again).
+            wait = 0.0
         unsaved = self.uploader.finish(wait)
         if unsaved is None:
             return outcome
