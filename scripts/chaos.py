@@ -17,15 +17,20 @@ host's veth address, reading the storage URL from Redis); `--partitions` cut tha
 the attempt's log on the disk of the host it ran on, which Redis cannot veto):
 
 - lost: a submitted job that did not end SUCCEEDED;
-- doubled: a job whose work was completed by more than one attempt: two counted completions,
-  two attempts that logged `done`, or a step run again after an earlier attempt had committed
-  its checkpoint (the next attempt must resume after it);
-- steps_redone: steps an attempt logged whose checkpoint never committed (its node was cut off
-  or killed first), run again by the next attempt: lost work, not doubled work;
+- doubled: a job whose work counted twice: two counted completions, or a step run again after
+  an earlier attempt had committed its checkpoint (the next attempt must resume after it);
 - two_nodes_at_once: attempts of one job whose logged steps overlap in time on two nodes;
-- interrupted / resumed_from_checkpoint: jobs with an attempt ended by a fault, and of those,
-  the ones whose next attempt resumed from a checkpoint rather than from zero;
-- steps_lost: steps done by an interrupted attempt after its last checkpoint (redone later);
+- interrupted / resumed_from_checkpoint: jobs with an attempt ended by a fault after it had
+  committed a checkpoint, and of those, the ones whose next attempt resumed from a checkpoint
+  rather than from zero; interrupted_before_commit: jobs with an attempt that logged steps but
+  was cut off or killed before its first checkpoint was uploaded and committed (nothing to
+  resume from);
+- steps_lost: steps done by an interrupted attempt after the checkpoint the next resumed from;
+- steps_redone / finished_uncounted: steps logged by two attempts, and jobs with an attempt that
+  logged `done` but never counted. Checkpoints are uploaded and committed beside training, so
+  an attempt cut off or killed runs on (until it fences itself) past its last committed
+  checkpoint, possibly to its end: that tail never counted and runs again. Lost work, not work
+  counted twice, and never at the same time as the next attempt (two_nodes_at_once);
 - leaked_reservations: reservations left on nodes once every job has ended.
 
 Exits non-zero on any lost, doubled or concurrent job, or a leaked reservation. `--save`
@@ -386,14 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("jobs", "faults", "lost", "doubled", "two nodes at once", "interrupted",
-                      "resumed from checkpoint", "steps lost", "steps redone",
-                      "leaked reservations", "wall s", title=f"chaos run, seed {args.seed}")
-        table.add_row(str(result["jobs"]), str(len(result["faults"])), str(result["lost"]),
-                      str(result["doubled"]), str(result["two_nodes_at_once"]),
-                      str(result["interrupted"]), str(result["resumed_from_checkpoint"]),
-                      str(result["steps_lost"]), str(result["steps_redone"]),
-                      str(result["leaked_reservations"]), str(result["wall_s"]))
+        columns = {"jobs": "jobs", "faults": "faults", "lost": "lost", "doubled": "doubled",
+                   "two_nodes_at_once": "two nodes at once", "interrupted": "interrupted",
+                   "resumed_from_checkpoint": "resumed from checkpoint",
+                   "steps_lost": "steps lost", "steps_redone": "steps redone",
+                   "finished_uncounted": "finished uncounted",
+                   "leaked_reservations": "leaked reservations", "wall_s": "wall s"}
+        table = Table(*columns.values(), title=f"chaos run, seed {args.seed}")
+        table.add_row(*(str(len(result[k]) if k == "faults" else result[k]) for k in columns))
         Console().print(table)
     bad = (result["lost"] or result["doubled"] or result["two_nodes_at_once"]
            or result["leaked_reservations"])

@@ -23,45 +23,61 @@ LogReader = Callable[[str, int, "str | None"], str]  # (job, attempt, node) -> t
 
 def check(client: Client, read_log: LogReader, ids: list[str], finals: dict[str, Job]) -> Job:
     """Every job judged from Redis's record and from its attempts' own logs (`read_log`)."""
-    lost, doubled, concurrent, interrupted, resumed = [], [], [], [], []
-    not_resumed: list[Job] = []
-    details: list[Job] = []
-    steps_lost = steps_redone = 0
+    verdicts: dict[str, Job] = {}
+    lost, not_resumed, details = [], [], []
     for job_id in ids:
         final = finals.get(job_id)
         if final is None or final["state"] != "SUCCEEDED":
             lost.append(job_id)
         attempts = client.status(job_id)["attempts"] if final else []
         runs = witness(read_log, job_id, attempts)
-        counted = sum(a.get("end_reason") == "SUCCEEDED" for a in attempts)
-        if counted > 1 or sum(r["done"] for r in runs) > 1 or committed_run_again(attempts, runs):
-            doubled.append(job_id)
+        verdicts[job_id] = v = judge(attempts, runs)
+        if v["doubled"]:
             details.append({"job": job_id, "attempts": attempts, "runs": runs})
-        steps_redone += steps_run_twice(runs)
-        if overlap(runs):
-            concurrent.append(job_id)
-        # Interrupted: an attempt ended by a fault after it had done (and checkpointed) a step.
-        # An attempt lost while still queued, or before its first step, had no work to lose.
-        cut = [i for i, a in enumerate(attempts[:-1])
-               if a.get("end_reason") != "SUCCEEDED" and runs[i]["last_step"] > 0]
-        if cut:
-            interrupted.append(job_id)
-            if all(resumed_after(attempts, runs, i) for i in cut):
-                resumed.append(job_id)
-            else:
-                not_resumed.append({"job": job_id, "attempts": attempts, "runs": runs})
-        for i in range(len(attempts) - 1):
-            steps_lost += max(0, runs[i]["last_step"] - (attempts[i + 1].get("resumed_from_step") or 0))
+        if v["interrupted"] and not v["resumed"]:
+            not_resumed.append({"job": job_id, "attempts": attempts, "runs": runs})
+
+    def jobs(flag: str) -> list[str]:
+        return [j for j, v in verdicts.items() if v[flag]]
+
+    interrupted = len(jobs("interrupted"))
     assert client.r is not None
     leaked = {s["node"]: list(s["alloc"]) for s in registry.node_states(client.r) if s["alloc"]}
     return {
-        "lost": len(lost), "doubled": len(doubled), "two_nodes_at_once": len(concurrent),
-        "interrupted": len(interrupted), "resumed_from_checkpoint": len(resumed),
-        "resumed_ratio": round(len(resumed) / len(interrupted), 3) if interrupted else None,
-        "steps_lost": steps_lost, "steps_redone": steps_redone,
+        "lost": len(lost), "doubled": len(jobs("doubled")),
+        "two_nodes_at_once": len(jobs("concurrent")), "interrupted": interrupted,
+        "resumed_from_checkpoint": len(jobs("resumed")),
+        "resumed_ratio": round(len(jobs("resumed")) / interrupted, 3) if interrupted else None,
+        "interrupted_before_commit": len(jobs("before_commit")),
+        "finished_uncounted": len(jobs("finished_uncounted")),
+        "steps_lost": sum(v["steps_lost"] for v in verdicts.values()),
+        "steps_redone": sum(v["steps_redone"] for v in verdicts.values()),
         "leaked_reservations": sum(len(v) for v in leaked.values()),
-        "lost_ids": lost, "doubled_ids": doubled, "concurrent_ids": concurrent,
-        "not_resumed": not_resumed, "doubled_details": details,
+        "lost_ids": lost, "doubled_ids": jobs("doubled"), "concurrent_ids": jobs("concurrent"),
+        "finished_uncounted_ids": jobs("finished_uncounted"), "not_resumed": not_resumed,
+        "doubled_details": details,
+    }
+
+
+def judge(attempts: list[Job], runs: list[Job]) -> Job:
+    """*Pure*: one job's verdict from its attempt records and what each attempt logged."""
+    ended = [i for i, a in enumerate(attempts[:-1]) if a.get("end_reason") != "SUCCEEDED"]
+    # Interrupted: an attempt ended by a fault after it had committed a checkpoint (one that
+    # only logged steps had nothing to resume from: its node was cut off or killed before the
+    # first upload and commit). An attempt lost while still queued had no work to lose.
+    cut = [i for i in ended if int(attempts[i].get("committed_step") or 0) > 0]
+    return {
+        "doubled": sum(a.get("end_reason") == "SUCCEEDED" for a in attempts) > 1
+        or committed_run_again(attempts, runs),
+        "finished_uncounted": any(r["done"] and a.get("end_reason") != "SUCCEEDED"
+                                  for a, r in zip(attempts, runs, strict=True)),
+        "concurrent": overlap(runs),
+        "interrupted": bool(cut),
+        "resumed": bool(cut) and all(resumed_after(attempts, runs, i) for i in cut),
+        "before_commit": any(runs[i]["last_step"] > 0 for i in ended if i not in cut),
+        "steps_lost": sum(max(0, runs[i]["last_step"] - (attempts[i + 1].get("resumed_from_step") or 0))
+                          for i in range(len(attempts) - 1)),
+        "steps_redone": steps_run_twice(runs),
     }
 
 

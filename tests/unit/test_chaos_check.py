@@ -70,3 +70,24 @@ def test_the_witness_reads_each_attempts_log() -> None:
                       [{"attempt": 1, "node": "a"}, {"attempt": 2, "node": "b"}])
     assert [(r["start"], r["end"], r["last_step"], r["done"], r["steps"]) for r in runs] == [
         (10.0, 11.5, 2, False, {1, 2}), (20.0, 20.5, 3, True, {3})]
+
+
+def test_an_attempt_cut_off_before_its_first_commit_had_nothing_to_resume_from() -> None:
+    attempts = [{"attempt": 1, "end_reason": "NODE_LOST"},
+                {"attempt": 2, "resumed_from_step": None, "end_reason": "SUCCEEDED"}]
+    runs = [run("far-1", range(1, 4), 0.0), run("near-1", range(1, 5), 10.0, done=True)]
+    verdict = cc.judge(attempts, runs)
+    assert not verdict["interrupted"] and verdict["before_commit"] and not verdict["doubled"]
+
+
+def test_a_tail_finished_while_cut_off_runs_again_but_counts_once() -> None:
+    # attempt 1 logged every step and `done` after the cut, having committed step 4 only
+    attempts = [{"attempt": 1, "committed_step": 4, "end_reason": "NODE_LOST"},
+                {"attempt": 2, "resumed_from_step": 4, "end_reason": "SUCCEEDED",
+                 "committed_step": 6}]
+    runs = [run("far-1", range(1, 7), 0.0, done=True), run("near-1", range(5, 7), 10.0, done=True)]
+    verdict = cc.judge(attempts, runs)
+    assert verdict["finished_uncounted"] and verdict["resumed"] and not verdict["doubled"]
+    assert (verdict["steps_lost"], verdict["steps_redone"]) == (2, 2)
+    two = [dict(attempts[0], end_reason="SUCCEEDED"), attempts[1]]
+    assert cc.judge(two, runs)["doubled"]  # counted twice
