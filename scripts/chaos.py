@@ -31,7 +31,8 @@ the attempt's log on the disk of the host it ran on, which Redis cannot veto):
   an attempt cut off or killed runs on (until it fences itself) past its last committed
   checkpoint, possibly to its end: that tail never counted and runs again. Lost work, not work
   counted twice, and never at the same time as the next attempt (two_nodes_at_once);
-- leaked_reservations: reservations left on nodes once every job has ended.
+- leaked_reservations: reservations left on nodes once every job has ended;
+- nodes_missing_at_end: nodes not heartbeating then (a cut-off host's must have rejoined).
 
 Exits non-zero on any lost, doubled or concurrent job, or a leaked reservation. `--save`
 writes the result with the machine's details to bench/results/chaos-<time>.json.
@@ -320,12 +321,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             due()
             time.sleep(0.1)
         finals = _wait_all(client, ids, args.timeout)
+        wall = round(time.monotonic() - t0, 1)
+        # every node back (a cut-off host's as new incarnations) within 30 s
+        deadline = time.monotonic() + 30
+        while (live := {r["node"] for r in registry.live_reports(client.r)}) < set(fleet.node_pids) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
         return check(client, fleet.read_log, ids, finals) | {
-            "seed": args.seed, "jobs": args.jobs, "nodes": args.nodes, "hosts": args.hosts,
-            "storage": args.storage, "faults": fleet.log, "wall_s": round(time.monotonic() - t0, 1)}
+            "nodes_missing_at_end": sorted(set(fleet.node_pids) - live), "seed": args.seed,
+            "jobs": args.jobs, "nodes": args.nodes, "hosts": args.hosts,
+            "storage": args.storage, "faults": fleet.log, "wall_s": wall}
     finally:
         fleet.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep:
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _wait_all(client: Client, ids: list[str], timeout: float) -> dict[str, Job]:
@@ -344,14 +355,15 @@ def _wait_all(client: Client, ids: list[str], timeout: float) -> dict[str, Job]:
     return finals
 
 
-def save(result: Job, argv: list[str]) -> Path:
-    """bench/results/chaos-<time>.json: the result, the command and the machine."""
-    import bench_common
+def save(result: Job, argv: list[str], machine: Job) -> Path:
+    """bench/results/chaos-<time>.json: the result, the command and the machine (its load
+    average at the start and at the end)."""
+    from bench_common import RESULTS
 
-    path = bench_common.RESULTS / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = RESULTS / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({
         "benchmark": "chaos", "command": " ".join(["python", "scripts/chaos.py", *argv]),
-        "machine": bench_common.machine() | {"loadavg_end": list(os.getloadavg())},
+        "machine": machine | {"loadavg_end": list(os.getloadavg())},
         "result": result}, indent=1, default=sorted) + "\n")
     return path
 
@@ -375,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for all jobs")
     p.add_argument("--json", action="store_true")
     p.add_argument("--save", action="store_true", help="write bench/results/chaos-<time>.json")
+    p.add_argument("--keep", action="store_true", help="keep the fleet's folder (logs, data)")
     args = p.parse_args(argv)
     if args.s3_restarts and args.storage != "s3":
         p.error("--s3-restarts: needs --storage s3")
@@ -382,9 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--partitions: needs --hosts 2")
     if args.hosts == 2 and args.nodes < 2:
         p.error("--nodes: --hosts 2 needs at least 2")
+    from bench_common import machine
+
+    started_on = machine()
     result = run(args)
     if args.save:
-        print(f"saved {save(result, sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
+        path = save(result, sys.argv[1:] if argv is None else argv, started_on)
+        print(f"saved {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, default=sorted))
     else:
