@@ -141,6 +141,12 @@ class Settings(BaseSettings, FleetWide):
         default=None, description="a folder or URL of wheels pip also looks in (--find-links)"
     )
     env_build_timeout: float = Field(default=600.0, gt=0, description="one job env's pip install")
+    checkpoint_upload_wait: float = Field(
+        default=60.0, ge=0, description="an ending attempt waits this long for its last checkpoint's upload"
+    )
+    restore_wait: float = Field(
+        default=300.0, ge=0, description="an attempt waits this long for an unreachable store to restore from"
+    )
     env_cache_bytes: int = Field(
         default=10 * 2**30, ge=0, description="job envs a node keeps; least recently used go first"
     )

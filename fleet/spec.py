@@ -144,6 +144,7 @@ class JobSpec(BaseModel):
     timeout: Integer = Field(default=86400, gt=0)  # seconds, wall clock of one attempt
     stall_timeout: Integer | None = Field(default=None, gt=0)  # seconds without a progress report
     max_retries: Integer = Field(default=2, ge=0, le=100)  # retries of the job's own failures
+    keep_checkpoints: Integer = Field(default=2, ge=1, le=1000)  # committed ones kept, newest
     policy: str | None = Field(default=None, max_length=32)  # placement override for this job
     node_selector: dict[str, str] = Field(default_factory=dict)  # labels the node must have
     code: str | None = Field(default=None, max_length=4096)  # a folder the Client packs

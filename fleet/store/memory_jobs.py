@@ -160,6 +160,9 @@ class MemoryJobs(MemoryReads):
                 self._update_attempt(job_id, attempt, {"resumed_from_step": step})
                 self._event("resumed", job_id, at, attempt=attempt, step=step)
                 return True
+            if kind == "note":  # fields of the attempt record (progress.lua says how)
+                self._update_attempt(job_id, attempt, reports[0])
+                return True
             if kind in ("preparing", "prepared"):  # the job's env (progress.lua says how)
                 self._phase(job_id, attempt, kind, reports[0], at)
                 return True

@@ -46,6 +46,7 @@ from workers.attempt.commits import CheckpointCommits
 from workers.attempt.environment import Environments, NotPrepared
 from workers.attempt.outcome import Decision, Ending, decide
 from workers.attempt.relay import REDIS_DOWN, CeleryProgress, LogCapture, Relay
+from workers.attempt.restore import CheckpointStorage
 from workers.attempt.watch import (
     CancelWatch,
     MemoryWatch,
@@ -110,6 +111,7 @@ class Supervisor:
         self.envs = Environments(settings, env)  # jobs' requirements, built before they start
         self.oom_kills = OomKillCounter()  # the node cgroup's, found at the first job
         self.disk = disk.DiskHealth(settings.artifacts_dir / "jobs")  # the agent reports it
+        self.checkpoints = CheckpointStorage(self.store)  # the stores it opened, by URL
 
     def start(self) -> None:
         """Start the fork server now, from the worker's main thread (else on the first job)."""
@@ -148,6 +150,8 @@ class Supervisor:
             code = bundles.code_root(spec, self.r, settings)  # None: installed code
             if code is None:
                 check_entrypoint(spec["entrypoint"], settings.allowlist)
+            commits = self.checkpoints.commits(job_id, attempt, self.node, self.incarnation, spec,
+                                               self.settings.artifacts_dir)
         except (SpecError, BundleRejected) as exc:
             outcome = Outcome(EndReason.REJECTED, error=str(exc), final=True)
             return self._record(job_id, attempt, outcome)
@@ -156,14 +160,6 @@ class Supervisor:
                 EndReason.WORKER_LOST, error=f"redis unreachable before the job started: {exc}"))
         except OSError as exc:  # the bundle cache's disk: full or read-only
             return self._record(job_id, attempt, self._failed(job_id, exc))
-        try:
-            committed = self.store.committed_checkpoints(job_id)
-        except REDIS_DOWN as exc:
-            return self._record(job_id, attempt, Outcome(
-                EndReason.WORKER_LOST, error=f"redis unreachable before the job started: {exc}"))
-        commits = CheckpointCommits(
-            self.store, job_id, attempt, self.node, self.incarnation,
-            self.settings.artifacts_dir / "jobs" / job_id / "checkpoints", committed)
         asked = Resources.parse(spec["resources"])
         cores, gpu_ids = self.pinning.take(asked.get("cpus"), int(asked.get("gpus")))
         entry = Running(job_id, attempt, cores, gpu_ids)
@@ -205,8 +201,8 @@ class Supervisor:
         delay = 0.1
         while True:
             try:
-                if commits is not None:
-                    commits.flush()  # before the attempt ends: after, it may commit nothing
+                if commits is not None:  # before the attempt ends: after, it may commit nothing
+                    outcome = commits.finish(outcome, self.settings.checkpoint_upload_wait)
                 applied, state = self.store.finish(job_id, attempt, self.node, outcome,
                                                    progress=progress or ())
                 break
@@ -232,6 +228,7 @@ class Supervisor:
         log_path = _prepare(workdir, self.settings.artifacts_dir)  # a full disk fails here
         site = self.envs.prepare(self.store, job_id, attempt, spec, log_path, entry.cores,
                                  lambda: self._cancel_requested(job_id), code)  # before its timeout
+        self.checkpoints.prepare(commits, settings, log_path, lambda: self._cancel_requested(job_id))
         order = {
             "job_id": job_id, "attempt": attempt, "entrypoint": spec["entrypoint"],
             "params": spec.get("params") or {}, "framework": spec.get("framework", "none"),
