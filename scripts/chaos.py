@@ -100,6 +100,7 @@ class LocalChaos:
     s3: S3Server | None = None
     far: set[str] = field(default_factory=set)  # the nodes on the second host
     far_procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _backoff: dict[str, float] = field(default_factory=dict)  # node -> no restart before
 
     @property
     def home(self) -> Path:
@@ -193,6 +194,19 @@ class LocalChaos:
     def revive_worker(self, node: str) -> None:
         self.node_pids[node] = self._start_node(node)
         self.log.append(f"{time.time():.3f} restarted {node}")
+
+    def restart_exited(self, down: set[str]) -> None:
+        """The operator's restart policy (systemd's Restart=on-failure, RestartSec=2): a node
+        that exited on its own, not one killed here and not yet due back, is started again.
+        A node started while its host is cut off exits: it cannot reach Redis to join."""
+        now = time.monotonic()
+        for node, pid in self.node_pids.items():
+            proc = self.driver.procs.get(pid) or self.far_procs.get(pid)
+            if node in down or proc is None or proc.poll() is None or now < self._backoff.get(node, 0):
+                continue
+            self.log.append(f"{time.time():.3f} {node} exited with code {proc.returncode}")
+            self._backoff[node] = now + 2
+            self.revive_worker(node)
 
     def restart_redis(self, down_for: float) -> None:
         self.server.kill()
@@ -297,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for _at, _what, action in [x for x in later if x[0] <= now]:
                 action()
             later[:] = [x for x in later if x[0] > now]
+            fleet.restart_exited(down={w for _, w, _ in later})
 
         for event in schedule(args, rng, horizon):
             while time.monotonic() - t0 < event.at:
@@ -320,12 +335,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while later:
             due()
             time.sleep(0.1)
-        finals = _wait_all(client, ids, args.timeout)
+        finals = _wait_all(client, ids, args.timeout, due)
         wall = round(time.monotonic() - t0, 1)
         # every node back (a cut-off host's as new incarnations) within 30 s
         deadline = time.monotonic() + 30
         while (live := {r["node"] for r in registry.live_reports(client.r)}) < set(fleet.node_pids) \
                 and time.monotonic() < deadline:
+            due()
             time.sleep(0.5)
         return check(client, fleet.read_log, ids, finals) | {
             "nodes_missing_at_end": sorted(set(fleet.node_pids) - live), "seed": args.seed,
@@ -339,10 +355,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _wait_all(client: Client, ids: list[str], timeout: float) -> dict[str, Job]:
+def _wait_all(client: Client, ids: list[str], timeout: float, tick: Callable[[], None]
+              ) -> dict[str, Job]:
     deadline = time.monotonic() + timeout
     finals: dict[str, Job] = {}
     while len(finals) < len(ids) and time.monotonic() < deadline:
+        tick()
         for job_id in ids:
             if job_id not in finals:
                 try:
