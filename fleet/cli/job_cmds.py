@@ -78,6 +78,9 @@ def status(job: str, json_out: bool = typer.Option(False, "--json", help="print 
         console.print(f"  attempt {a.get('attempt')}: node {a.get('node')} "
                       f"end {a.get('end_reason') or '-'} resumed_from_step "
                       f"{a.get('resumed_from_step')}", highlight=False)
+        for field in ("checkpoint_upload", "checkpoint_restore"):  # the store's trouble
+            if a.get(field):
+                console.print(f"    {field}: {a[field]}", highlight=False)
 
 
 def jobs(

@@ -49,10 +49,16 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def settings(settings: Settings, s3: S3Server, prefix: str) -> Settings:
+def restore_wait() -> float:
+    return 60.0
+
+
+@pytest.fixture
+def settings(settings: Settings, s3: S3Server, prefix: str, restore_wait: float) -> Settings:
     return settings.model_copy(update={
+        "allowlist": ["workers.jobs", "tests.integration.checkpoint_job"],
         "storage": f"s3://{s3.bucket}/{prefix}", "s3_endpoint": s3.endpoint,
-        "s3_credentials_file": s3.credentials_file, "restore_wait": 60.0})
+        "s3_credentials_file": s3.credentials_file, "restore_wait": restore_wait})
 
 
 @pytest.fixture
@@ -91,9 +97,13 @@ def attempts(fleet: Fleet, job_id: str) -> list[dict[str, Any]]:
 
 def test_checkpoints_go_to_s3_and_a_new_host_resumes_from_there(
         fleet: Fleet, bucket: S3Storage) -> None:
+    """17 MiB checkpoints: over the multipart threshold, both ways."""
     fleet.master()
     fleet.node("node-1", cores=[0])
-    job_id = fleet.client.submit(steps(30, 0.2, keep_checkpoints=3))
+    job_id = fleet.client.submit({
+        "name": "heavy", "entrypoint": "tests.integration.checkpoint_job:heavy_steps",
+        "resources": {"cpus": 1, "memory": "512Mi"}, "keep_checkpoints": 3,
+        "params": {"steps": 30, "mib": 17, "step_seconds": 0.2}})
     eventually(lambda: committed_step(fleet, job_id) >= 8, 60, what="step 8 committed")
     sets = stored_steps(bucket, job_id)
     assert len(sets) <= 4 and all(a == 1 for a, _ in sets), sets  # keep 3 (+ one uploading)
@@ -101,6 +111,7 @@ def test_checkpoints_go_to_s3_and_a_new_host_resumes_from_there(
     manifest = read_set(bucket, layout.checkpoint_prefix(job_id, *newest))
     assert manifest is not None and manifest["meta"]["node"] == "node-1"
     assert "manifest.json" in manifest["files"]  # the local checkpoint's own, sha256s inside
+    assert manifest["files"]["weights.bin"] == 17 << 20
 
     # the node dies, and what it had on disk with it: the next host has only the store
     fleet.kill(fleet.nodes["node-1"])
@@ -114,6 +125,24 @@ def test_checkpoints_go_to_s3_and_a_new_host_resumes_from_there(
     assert final["result"]["resumed_from"] == tried[1]["resumed_from_step"]
     assert {a for a, _ in stored_steps(bucket, job_id)} == {2}  # attempt 2 pruned attempt 1's
     assert len(stored_steps(bucket, job_id)) == 3
+
+
+def test_a_cancelled_job_s_last_checkpoint_is_in_s3_before_it_ends(
+        fleet: Fleet, bucket: S3Storage) -> None:
+    fleet.master()
+    fleet.node("node-1", cores=[0])
+    job_id = fleet.client.submit({
+        "name": "heavy", "entrypoint": "tests.integration.checkpoint_job:heavy_steps",
+        "resources": {"cpus": 1, "memory": "512Mi"},
+        "params": {"steps": 400, "mib": 17, "step_seconds": 0.05}})
+    eventually(lambda: committed_step(fleet, job_id) >= 3, 60, what="step 3 committed")
+    fleet.client.cancel(job_id)
+    final = fleet.wait_job(job_id, 60)
+    assert final["state"] == "CANCELLED", final
+    last = fleet.client.status(job_id)["progress"]["step"]  # reported after its checkpoint
+    assert committed_step(fleet, job_id) == last
+    assert stored_steps(bucket, job_id)[-1] == (1, last)
+    assert not attempts(fleet, job_id)[0].get("checkpoint_upload")
 
 
 def test_s3_down_for_20s_while_training_the_job_goes_on(
@@ -142,8 +171,11 @@ def test_s3_down_for_20s_while_training_the_job_goes_on(
     assert stored_steps(bucket, job_id)[-1] == (1, 120)  # the last one, uploaded at the end
 
 
+@pytest.mark.parametrize("restore_wait", [60.0, 2.0])
 def test_s3_down_at_restore_waits_and_never_starts_from_zero(
-        fleet: Fleet, s3: S3Server, bucket: S3Storage) -> None:
+        fleet: Fleet, s3: S3Server, restore_wait: float) -> None:
+    """restore_wait 60: attempt 2 waits for S3; 2: attempts end WORKER_LOST (a storage
+    reason, not counted) and the job is placed again until S3 is back."""
     fleet.master()
     fleet.node("node-1", cores=[0])
     job_id = fleet.client.submit(steps(40, 0.2))
@@ -157,13 +189,18 @@ def test_s3_down_at_restore_waits_and_never_starts_from_zero(
         attempts(fleet, job_id)[1].get("checkpoint_restore") or ""), 30,
         what="attempt 2 to wait for the store")
     assert waiting.startswith("waiting for the store since "), waiting
-    threading.Event().wait(5)  # it goes on waiting: the job is not started from zero
-    assert attempts(fleet, job_id)[1].get("resumed_from_step") is None
-    assert not (fleet.settings.artifacts_dir / "jobs" / job_id / "attempt-2" / "output.log"
-                ).read_text().strip()
+    threading.Event().wait(6)  # S3 stays down: the job is not started from zero meanwhile
+    assert all(a.get("resumed_from_step") is None for a in attempts(fleet, job_id))
+    assert not any((fleet.settings.artifacts_dir / "jobs" / job_id / f"attempt-{a['attempt']}"
+                    / "output.log").read_text().strip() for a in attempts(fleet, job_id)[1:])
     s3.start()
     final = fleet.wait_job(job_id, 120)
     assert final["state"] == "SUCCEEDED", final
-    resumed = [a for a in attempts(fleet, job_id) if a.get("resumed_from_step") is not None]
+    tried = attempts(fleet, job_id)
+    resumed = [a for a in tried if a.get("resumed_from_step") is not None]
     assert resumed and all(a["resumed_from_step"] >= resume_at for a in resumed), resumed
     assert final["result"]["resumed_from"] >= resume_at
+    assert final["retries"] == 0  # nothing counted against the job
+    if restore_wait < 5:
+        lost = [a for a in tried[1:-1] if a["end_reason"] == "WORKER_LOST"]
+        assert lost and all("could not read the store to restore" in a["error"] for a in lost), tried

@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 
-from fleet.spec import JobSpec
+from fleet.errors import SpecError
+from fleet.spec import JobSpec, parse_spec
 from fleet.states import EndReason
-from fleet.storage import FileStorage, StorageUnavailable, layout
+from fleet.storage import (
+    FileStorage,
+    NotFound,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    layout,
+)
 from fleet.storage.manifest import MANIFEST, read_set
 from fleet.store.jobstore import Outcome
 from fleet.store.memory import MemoryStore
@@ -46,8 +54,9 @@ def test_backoff_doubles_to_its_cap() -> None:
 
 def test_keep_checkpoints_from_a_spec() -> None:
     assert JobSpec.model_validate({"name": "a", "entrypoint": "m:f"}).keep_checkpoints == 2
-    with pytest.raises(Exception, match="keep_checkpoints"):
-        JobSpec.model_validate({"name": "a", "entrypoint": "m:f", "keep_checkpoints": 0})
+    with pytest.raises(SpecError, match=r"^keep_checkpoints: should be greater than or equal to 1"):
+        parse_spec({"name": "a", "entrypoint": "workers.jobs.synthetic:noop",
+                    "keep_checkpoints": 0}, allowlist=["workers.jobs"])
     assert [keep_of({"keep_checkpoints": v}) for v in (5, 0, True, "3", None)] == [5, 2, 2, 2, 2]
 
 
@@ -92,13 +101,14 @@ def test_the_default_store_copies_nothing(tmp_path: Path) -> None:
 class Flaky(FileStorage):
     """A real FileStorage whose puts fail while `down` is set (a store that does not answer)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, error: type[StorageError] = StorageUnavailable) -> None:
         super().__init__(root)
         self.down = threading.Event()
+        self.error = error
 
     def put_file(self, key: str, path: Path) -> None:
         if self.down.is_set():
-            raise StorageUnavailable(f"put {key!r}: connection refused", key)
+            raise self.error(f"put {key!r}: store down or full", key)
         super().put_file(key, path)
 
 
@@ -156,10 +166,11 @@ def test_the_default_store_commits_at_once(running: tuple[MemoryStore, str], tmp
     assert (commits.folder / "step-00000003" / MANIFEST).is_file()
 
 
+@pytest.mark.parametrize("error", [StorageUnavailable, StorageFull])
 def test_a_store_down_is_retried_noted_then_cleared(
-        running: tuple[MemoryStore, str], tmp_path: Path) -> None:
+        running: tuple[MemoryStore, str], tmp_path: Path, error: type[StorageError]) -> None:
     store, job_id = running
-    storage = Flaky(tmp_path / "store")
+    storage = Flaky(tmp_path / "store", error)
     notes: list[Any] = []
     commits = uploader(store, job_id, tmp_path / "ck", storage, notes=notes)
     storage.down.set()
@@ -266,3 +277,34 @@ def test_fetch_refuses_a_manifest_naming_a_path_out(tmp_path: Path) -> None:
         {"version": 1, "files": {"../../../../evil": 1, "x": 1}, "meta": {}}).encode())
     assert not fetch_set(storage, prefix, tmp_path / "ck" / "attempt-1" / "step-00000001", 1)
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_note_sets_and_clears_an_attempt_field(store: Any) -> None:
+    """progress.lua's `note` kind (and the in-memory twin's): what `checkpoint_upload` uses."""
+    store.heartbeat({"node": "n1", "incarnation": "a",
+                     "capacity": {"cpus": 2, "memory": 2**30, "gpus": 0}}, ttl=60)
+    job_id = store.submit(JobSpec.model_validate({
+        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
+        "resources": {"cpus": 1, "memory": "1Gi"}}))
+    store.reserve(job_id, "n1", "a", {})
+    store.claim(job_id, 1, "n1", "a")
+    assert store.progress(job_id, 1, {"checkpoint_upload": "retrying since x: down"}, kind="note")
+    assert store.attempts(job_id)[0]["checkpoint_upload"] == "retrying since x: down"
+    assert store.progress(job_id, 1, {"checkpoint_upload": None}, kind="note")
+    assert store.attempts(job_id)[0]["checkpoint_upload"] is None
+    assert not store.progress(job_id, 2, {"checkpoint_upload": "x"}, kind="note")  # not current
+
+
+class Pruned(FileStorage):
+    """A set deleted between reading its manifest and downloading its objects."""
+
+    def get_file(self, key: str, path: Path) -> None:
+        raise NotFound(f"get {key!r}: no such object", key)
+
+
+def test_a_set_pruned_during_its_download_is_not_there(tmp_path: Path) -> None:
+    storage = Pruned(tmp_path / "store")
+    upload(storage, save(tmp_path / "other" / "attempt-1", 3), 1, 3)
+    target = tmp_path / "ck" / "attempt-1" / "step-00000003"
+    assert not fetch_set(storage, layout.checkpoint_prefix(JOB, 1, 3), target, 3)
+    assert list((tmp_path / "ck" / "attempt-1").iterdir()) == []

@@ -31,7 +31,15 @@ from typing import Any
 from fleet.errors import FleetError
 from fleet.settings import Settings
 from fleet.states import EndReason
-from fleet.storage import BadKey, Storage, StorageDenied, StorageError, layout, open_storage
+from fleet.storage import (
+    BadKey,
+    NotFound,
+    Storage,
+    StorageDenied,
+    StorageError,
+    layout,
+    open_storage,
+)
 from fleet.storage.base import check_key
 from fleet.storage.manifest import read_set
 from fleet.store import keys
@@ -78,6 +86,8 @@ def fetch_set(storage: Storage, prefix: str, target: Path, step: int) -> bool:
             shutil.rmtree(aside, ignore_errors=True)
         os.rename(tmp, target)
         return True
+    except NotFound:  # gone since its manifest was read (pruned): not there after all
+        return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -169,7 +179,7 @@ class CheckpointStorage:
         except RestoreUnavailable as exc:
             note(f"gave up after {settings.restore_wait:g}s: {exc}")
             raise NotPrepared(Outcome(
-                EndReason.WORKER_LOST, f"storage unreachable to restore a checkpoint: {exc}",
+                EndReason.WORKER_LOST, f"could not read the store to restore a checkpoint: {exc}",
             )) from None
         except RestoreStopped:
             raise NotPrepared(Outcome(EndReason.CANCELLED, "cancelled")) from None
