@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 PREFIX = "flh-"
-NETWORK = ipaddress.ip_network("10.251.0.0/16")
+NETWORK = ipaddress.IPv4Network("10.251.0.0/16")
 _count = itertools.count()
 
 # Run by `sh -c` inside the new mount and UTS namespaces: its own files and name, then the command.

@@ -3,134 +3,46 @@ own behind a veth pair, a filesystem of its own) join the fleet over TCP to the 
 Redis, with TLS and its password, and the link between the hosts is cut.
 
 The master, Redis and the first host's nodes run here; the second host's nodes reach Redis at
-the first host's veth address only, from a URL in a 0600 file on their own disk. Every path is
-the same on both hosts (FLEET_HOME, the jobs' witness log), every file is not: the test reads
-each host's disk from outside, as an operator would read two machines'.
+the first host's veth address only, from a URL in a 0600 file on their own disk (the fixtures
+are in two_hosts.py). Every path is the same on both hosts (FLEET_HOME, the jobs' witness log),
+every file is not: the test reads each host's disk from outside, as an operator would read two
+machines'.
 
-Checkpoints live in each host's own artifact directory, so a job moved from the second host to
-the first starts again from zero here: resuming across hosts needs the object store (issue 17),
-and these tests assert only what holds without it (one completion, attempts fenced apart).
+These fleets have no object store: checkpoints and outputs stay on the disk of the host that
+made them. What holds without one is tested here (one completion, attempts fenced apart);
+test_two_hosts_storage.py gives the same two hosts the embedded S3 and resumes across them.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from fleet.drivers.redis_server import RedisServer, TlsFiles, new_server
-from fleet.drivers.secret_files import service_env, write_secret
 from fleet.settings import Settings
-from tests.hosts import SecondHost, tls_files
+from tests.integration import two_hosts
 from tests.integration.support import Fleet, eventually
+from tests.integration.two_hosts import (
+    ALLOWLIST,
+    ENTRYPOINT,
+    PARTITION_S,
+    Host2,
+    far_clients,
+    overlap,
+    read_lines,
+    steps_of,
+    witness,
+)
 
 pytestmark = pytest.mark.integration
-
-PARTITION_S = 30.0
-ENTRYPOINT = "tests.integration.fencing_job:witnessed_steps"
-
-
-@pytest.fixture
-def second_host() -> Iterator[SecondHost]:
-    host = SecondHost.create()  # no skip: CI runs as root, and a failure here is a failure
-    yield host
-    host.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path, second_host: SecondHost) -> Iterator[RedisServer]:
-    """TLS only, with a password, listening on loopback and on the first host's veth end."""
-    cert, key, ca = tls_files(tmp_path / "tls", ["127.0.0.1", second_host.address])
-    server = new_server(tmp_path / "redis", tls=TlsFiles(cert, key, ca),
-                        binary=Settings().redis_server).start()
-    server.client().config_set("bind", f"127.0.0.1 {second_host.address}")
-    yield server
-    server.stop()
+# the fixtures of two_hosts.py, registered in this module
+second_host, redis_server, host2 = two_hosts.second_host, two_hosts.redis_server, two_hosts.host2
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"allowlist": ["workers.jobs", "tests.integration.fencing_job",
-                                "tests.integration.hosts_job"]})
-
-
-class Host2:
-    """The second host's side of a test: its disk (`root`, seen there as `shadow`, the test's
-    tmp dir) and its worker nodes."""
-
-    def __init__(self, host: SecondHost, fleet: Fleet, tmp_path: Path) -> None:
-        self.host, self.fleet = host, fleet
-        self.shadow, self.root = tmp_path, tmp_path / "host2"
-        settings = fleet.settings
-        self.home = self.outside(settings.home_dir)
-        self.url = fleet.server.url.replace("@127.0.0.1:", f"@{host.address}:", 1)
-        assert self.url != fleet.server.url
-        ca = fleet.server.tls.ca if fleet.server.tls else None
-        assert ca is not None
-        shutil.copy(ca, self.outside(ca, mkdir=True))  # the operator copies the CA over
-        write_secret(self.home / "secrets" / "redis.url", self.url)
-        self.env = service_env(settings, settings.home_dir / "secrets" / "redis.url",
-                               settings.home_dir)
-        self.nodes: dict[str, int] = {}
-
-    def outside(self, path: Path, mkdir: bool = False) -> Path:
-        """Where the second host's `path` lies on the test's disk."""
-        mine = self.root / path.relative_to(self.shadow)
-        if mkdir:
-            mine.parent.mkdir(parents=True, exist_ok=True)
-        return mine
-
-    def node(self, name: str, cores: list[int], wait: bool = True) -> int:
-        argv = [sys.executable, "-m", "workers.main", "--node-id", name, "--cpus", "1",
-                "--memory", str(2 << 30), "--cpuset", ",".join(map(str, cores)), "--cgroup"]
-        proc = self.host.spawn(argv, env=self.env, root=self.root, shadow=self.shadow,
-                               log=self.home / "logs" / f"{name}.log")
-        self.nodes[name] = proc.pid
-        if wait:
-            self.fleet.wait_nodes({name}, timeout=60)
-        return proc.pid
-
-    def log_tails(self, lines: int = 40) -> str:
-        return "\n".join(f"===== host2 {log.name} =====\n" + "\n".join(
-            log.read_text(errors="replace").splitlines()[-lines:])
-            for log in sorted((self.home / "logs").glob("*.log")))
-
-
-@pytest.fixture
-def host2(second_host: SecondHost, fleet: Fleet, tmp_path: Path) -> Iterator[Host2]:
-    h = Host2(second_host, fleet, tmp_path)
-    yield h
-    second_host.close()  # before the fleet stops: its nodes are not the fleet's children
-    print(h.log_tails())
-
-
-# -- the jobs' own witness, one file per host ----------------------------------------------------
-def witness(host2: Host2, tmp_path: Path) -> tuple[Path, Path]:
-    """The job's log path (the same on both hosts) and where the second host's copy lies."""
-    log = tmp_path / "witness" / "steps.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return log, host2.outside(log, mkdir=True)
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
-
-
-def steps_of(lines: list[dict[str, Any]], attempt: int) -> list[float]:
-    return [x["time"] for x in lines if x.get("attempt") == attempt and "step" in x]
-
-
-def far_clients(fleet: Fleet, host2: Host2) -> list[dict[str, Any]]:
-    """Redis connections from the second host's address: they came over the veth."""
-    return [c for c in fleet.r.client_list()
-            if c["addr"].rsplit(":", 1)[0] == host2.host.peer_address]
+    return settings.model_copy(update={"allowlist": ALLOWLIST})
 
 
 # -- tests ---------------------------------------------------------------------------------------
@@ -224,14 +136,13 @@ def test_a_partitioned_second_host_fences_its_job_and_rejoins(
     attempts = fleet.client.status(job_id)["attempts"]
     far_lines, near_lines = read_lines(far_log), read_lines(log)
     far_steps, near_steps = steps_of(far_lines, 1), steps_of(near_lines, 2)
-    overlap = max(0.0, min(max(far_steps), max(near_steps)) - max(min(far_steps),
-                                                                  min(near_steps)))
+    overlapped = overlap(far_steps, near_steps)
     resumed = [x["resumed"] for x in near_lines if x.get("event") == "start"]
     print(f"link down -> last step there (self-fenced) {max(far_steps) - cut_at:+.2f} s; "
           f"-> attempt 1 ended by the master {attempts[0]['ended_at'] - cut_at:+.2f} s; "
           f"-> first step here {min(near_steps) - cut_at:+.2f} s (seen {replaced_at - cut_at:.2f}"
           f" s); link up -> far-1 heartbeats {rejoined_at - mended_at:.2f} s; overlap "
-          f"{overlap:.3f} s; attempt 2 resumed from {resumed}, attempt 1 had committed step "
+          f"{overlapped:.3f} s; attempt 2 resumed from {resumed}, attempt 1 had committed step "
           f"{attempts[0].get('committed_step')} on its host's disk; incarnation "
           f"{before['incarnation']} -> {back['incarnation']}; total {time.time() - began:.1f} s")
     assert final["state"] == "SUCCEEDED", final
@@ -240,7 +151,7 @@ def test_a_partitioned_second_host_fences_its_job_and_rejoins(
     # self-fencing: the second host's job stopped before its lease could have ended
     assert max(far_steps) < cut_at + fleet.settings.heartbeat_ttl
     assert max(far_steps) < attempts[0]["ended_at"] < min(near_steps)
-    assert overlap == 0.0
+    assert overlapped == 0.0
     assert {x["attempt"] for x in far_lines} == {1} and {x["attempt"] for x in near_lines} == {2}
     assert sum(x.get("event") == "done" for x in far_lines + near_lines) == 1
     # rejoined over the mended link as a new incarnation, holding nothing of the job it lost
