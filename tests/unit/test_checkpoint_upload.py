@@ -28,7 +28,7 @@ from fleet.storage.manifest import MANIFEST, read_set
 from fleet.store.jobstore import Outcome
 from fleet.store.memory import MemoryStore
 from workers import checkpoint
-from workers.attempt.commits import CheckpointCommits, keep_of
+from workers.attempt.commits import SUCCESS_WAIT_S, CheckpointCommits, keep_of
 from workers.attempt.restore import RestoreStopped, RestoreUnavailable, fetch_set, restore
 from workers.attempt.uploads import (
     Backoff,
@@ -204,16 +204,25 @@ def test_the_end_waits_a_bounded_time_and_says_why(
     assert store.committed_checkpoints(job_id) == []
 
 
-def test_a_finished_jobs_success_does_not_wait_for_its_last_upload(
-        running: tuple[MemoryStore, str], tmp_path: Path) -> None:
-    """Nothing resumes from it, and while the outcome waits a lost node would rerun the job."""
+@pytest.mark.parametrize(("reason", "waited"), [(EndReason.SUCCEEDED, SUCCESS_WAIT_S),
+                                                 (EndReason.NODE_LOST, 0.0)])
+def test_a_success_or_a_fenced_end_does_not_wait_out_its_last_upload(
+        running: tuple[MemoryStore, str], tmp_path: Path, reason: EndReason, waited: float,
+) -> None:
+    """Nothing resumes from a finished job, and while its outcome waits a lost node would rerun
+    it; a superseded or fenced attempt's commit would be refused: the node moves on."""
     store, job_id = running
     storage = Flaky(tmp_path / "store")
     storage.down.set()
     commits = uploader(store, job_id, tmp_path / "ck", storage)
     save(commits.folder, 7)
     commits.announce(7)
-    outcome = commits.finish(Outcome(EndReason.SUCCEEDED), 30)  # returns at once, not in 30 s
+    assert commits.uploader is not None
+    waits: list[float] = []
+    finish = commits.uploader.finish
+    commits.uploader.finish = lambda wait: waits.append(wait) or finish(wait)  # type: ignore[method-assign]
+    outcome = commits.finish(Outcome(reason), 30)
+    assert waits == [waited]
     assert outcome.extra is not None and "step 7 not committed" in outcome.extra["checkpoint_upload"]
 
 

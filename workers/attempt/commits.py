@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from workers.attempt.uploads import CheckpointUploader
 
 log = logging.getLogger("fleet.supervisor")
+SUCCESS_WAIT_S = 5.0  # a finished job's last checkpoint upload: at most this long
 
 
 def restore_order(root: Path, committed: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,9 +116,11 @@ class CheckpointCommits:
             self.flush()
             return outcome
         if outcome.reason is EndReason.SUCCEEDED:
-            # Nothing resumes from a finished job's checkpoint: its success is not held back
-            # by an upload (a node lost meanwhile would run the whole job again).
-            wait = 0.0
+            # Nothing resumes from a finished job's checkpoint: its success is held back by an
+            # upload only briefly (a node lost meanwhile would run the whole job again).
+            wait = min(wait, SUCCESS_WAIT_S)
+        elif outcome.reason is EndReason.NODE_LOST:
+            wait = 0.0  # superseded or fenced: its commit would be refused, so wait for none
         unsaved = self.uploader.finish(wait)
         if unsaved is None:
             return outcome

@@ -276,7 +276,9 @@ class Supervisor:
                 kill_group(proc.pid)
             capture.close()
             pipes.close()
-            stored = files.finish(self.node)
+            # an attempt that is not the job's now waits for no upload: its node moves on
+            stored = files.finish(self.node, *((0.0, 0.0) if proc.fenced or relay.superseded
+                                               else ()))
         vitals.peak_memory = max(vitals.peak_memory, proc.maxrss)
         extra = {"peak_memory": vitals.peak_memory, "node": self.node, "pid": proc.pid,
                  "supervisor_cpu": round(time.thread_time() - cpu_at_start, 3), **stored}
