@@ -28,6 +28,7 @@ from fleet.drivers.processes import alive
 from fleet.settings import SECRET_ENV, Settings
 from fleet.statefile import read_state
 from tests.hosts import SecondHost
+from tests.integration import two_hosts
 from tests.integration.support import REPO, eventually
 
 pytestmark = pytest.mark.integration
@@ -71,11 +72,7 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def second_host() -> Iterator[SecondHost]:
-    host = SecondHost.create()  # no skip: CI runs as root, and a failure here is a failure
-    yield host
-    host.close()
+second_host = two_hosts.second_host  # the fixture, registered in this module
 
 
 @pytest.fixture

@@ -112,16 +112,22 @@ class Flaky(FileStorage):
         super().put_file(key, path)
 
 
+def claimed_job(store: Any) -> str:
+    """A job whose attempt 1 node n1 (incarnation a) has claimed, in `store`."""
+    store.heartbeat({"node": "n1", "incarnation": "a",
+                     "capacity": {"cpus": 2, "memory": 2**30, "gpus": 0}}, ttl=60)
+    job_id = str(store.submit(JobSpec.model_validate({
+        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
+        "resources": {"cpus": 1, "memory": "1Gi"}})))
+    store.reserve(job_id, "n1", "a", {})
+    assert store.claim(job_id, 1, "n1", "a") == (True, "ok")
+    return job_id
+
+
 @pytest.fixture
 def running() -> Iterator[tuple[MemoryStore, str]]:
     store = MemoryStore()
-    store.heartbeat({"node": "n1", "incarnation": "a",
-                     "capacity": {"cpus": 2, "memory": 2**30, "gpus": 0}}, ttl=60)
-    job_id = store.submit(JobSpec.model_validate({
-        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
-        "resources": {"cpus": 1, "memory": "1Gi"}}))
-    store.reserve(job_id, "n1", "a", {})
-    assert store.claim(job_id, 1, "n1", "a") == (True, "ok")
+    job_id = claimed_job(store)
     yield store, job_id
 
 
@@ -303,13 +309,7 @@ def test_fetch_refuses_a_manifest_naming_a_path_out(tmp_path: Path) -> None:
 
 def test_a_note_sets_and_clears_an_attempt_field(store: Any) -> None:
     """progress.lua's `note` kind (and the in-memory twin's): what `checkpoint_upload` uses."""
-    store.heartbeat({"node": "n1", "incarnation": "a",
-                     "capacity": {"cpus": 2, "memory": 2**30, "gpus": 0}}, ttl=60)
-    job_id = store.submit(JobSpec.model_validate({
-        "name": "c", "entrypoint": "workers.jobs.synthetic:noop",
-        "resources": {"cpus": 1, "memory": "1Gi"}}))
-    store.reserve(job_id, "n1", "a", {})
-    store.claim(job_id, 1, "n1", "a")
+    job_id = claimed_job(store)
     assert store.progress(job_id, 1, {"checkpoint_upload": "retrying since x: down"}, kind="note")
     assert store.attempts(job_id)[0]["checkpoint_upload"] == "retrying since x: down"
     assert store.progress(job_id, 1, {"checkpoint_upload": None}, kind="note")
