@@ -156,6 +156,9 @@ class Settings(BaseSettings, FleetWide):
         default=None, description="a folder or URL of wheels pip also looks in (--find-links)"
     )
     env_build_timeout: float = Field(default=600.0, gt=0, description="one job env's pip install")
+    checkpoint_upload_interval: float = Field(
+        default=5.0, ge=0, description="checkpoint uploads to the store start at most this often"
+    )
     checkpoint_upload_wait: float = Field(
         default=60.0, ge=0, description="an ending attempt waits this long for its last checkpoint's upload"
     )

@@ -58,7 +58,9 @@ def settings(settings: Settings, s3: S3Server, prefix: str, restore_wait: float)
     return settings.model_copy(update={
         "allowlist": ["workers.jobs", "tests.integration.checkpoint_job"],
         "storage": f"s3://{s3.bucket}/{prefix}", "s3_endpoint": s3.endpoint,
-        "s3_credentials_file": s3.credentials_file, "restore_wait": restore_wait})
+        "s3_credentials_file": s3.credentials_file, "restore_wait": restore_wait,
+        # every checkpoint uploaded, none skipped for the interval: these tests count sets
+        "checkpoint_upload_interval": 0.0})
 
 
 @pytest.fixture

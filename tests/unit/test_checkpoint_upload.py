@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,37 @@ def test_the_default_store_commits_at_once(running: tuple[MemoryStore, str], tmp
     assert commits.uploader is not None and commits.uploader._thread is None
     assert sorted(p.name for p in commits.folder.iterdir()) == ["step-00000002", "step-00000003"]
     assert (commits.folder / "step-00000003" / MANIFEST).is_file()
+
+
+def test_uploads_start_at_most_once_per_interval_the_last_at_the_end(
+        running: tuple[MemoryStore, str], tmp_path: Path) -> None:
+    """However often a job checkpoints, the uploads it costs are bounded: the newest step at
+    each interval, and the last one at the attempt's end at once."""
+    store, job_id = running
+    storage = FileStorage(tmp_path / "store")
+    commits = uploader(store, job_id, tmp_path / "ck", storage)
+    assert commits.uploader is not None
+    commits.uploader.interval = 3600.0  # none but the first within this test, till the end
+    save(commits.folder, 1)
+    commits.announce(1)
+    eventually_true(lambda: bool(store.committed_checkpoints(job_id)))
+    for step in (2, 3, 4):
+        save(commits.folder, step)
+        commits.announce(step)  # each supersedes the one waiting: its folder goes
+    assert commits.finish(Outcome(EndReason.CANCELLED), 10).extra is None
+    assert stored_sets((o.key for o in storage.list()), job_id) == {(1, 1), (1, 4)}
+    assert store.committed_checkpoints(job_id)[0]["dir"] == "attempt-1/step-00000004"
+    assert not (commits.folder / "step-00000002").exists()
+    assert not (commits.folder / "step-00000003").exists()
+
+
+def eventually_true(check: Callable[[], bool]) -> None:
+    event = threading.Event()
+    for _ in range(500):
+        if check():
+            return
+        event.wait(0.01)
+    raise AssertionError("not within 5 s")
 
 
 @pytest.mark.parametrize("error", [StorageUnavailable, StorageFull])

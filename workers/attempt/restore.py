@@ -195,7 +195,8 @@ class CheckpointStorage:
                 "incarnation": commits.incarnation}
         commits.uploader = CheckpointUploader(
             storage, commits, meta, lambda: self._current(commits),
-            self._note(job_id, attempt, "checkpoint_upload"))
+            self._note(job_id, attempt, "checkpoint_upload"),
+            interval=settings.checkpoint_upload_interval)
 
     def _current(self, c: CheckpointCommits) -> bool:
         """Whether the attempt is still the job's running attempt here (checkpoint.lua's

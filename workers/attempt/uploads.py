@@ -13,6 +13,8 @@ superseded attempt never puts a manifest, and its Redis commit would be refused 
 A file whose store key is that same file on this machine (the default store: the artifact
 folder itself) is not copied: the default costs a manifest write, as before no copy at all.
 
+Uploads start at most once per `interval` (FLEET_CHECKPOINT_UPLOAD_INTERVAL), each the newest
+checkpoint then, so what they cost is bounded however often a job checkpoints.
 An unreachable or full store is retried with `Backoff`, without end while the job runs; the
 attempt's record says so (`checkpoint_upload: "retrying since ...: why"`, cleared once an
 upload lands). At the attempt's end `finish` waits a bounded time for the last one.
@@ -140,9 +142,14 @@ class CheckpointUploader:
 
     def __init__(self, storage: Storage, commits: CheckpointCommits, meta: Mapping[str, Any],
                  current: Callable[[], bool], note: Note,
-                 backoff: Callable[[], Backoff] = Backoff) -> None:
+                 backoff: Callable[[], Backoff] = Backoff, interval: float = 0.0) -> None:
         self.storage, self.commits = storage, commits
         self.backoff = backoff
+        # Uploads start at most this often (the newest checkpoint then; the last one at the
+        # attempt's end at once): the network and CPU they take stay bounded however often a
+        # job checkpoints, for at most this much more work redone after a node is lost.
+        self.interval = interval
+        self._last_start = -float("inf")
         self.meta = dict(meta)  # job, attempt, node, incarnation: the set's writer
         self.current, self.note = current, note
         self.problem: str | None = None  # why the upload is retrying (the record's note)
@@ -227,12 +234,17 @@ class CheckpointUploader:
         _yield_cpu()
         while True:
             with self._cond:
-                while self._pending is None and not self._closing:
-                    self._cond.wait()
+                while not self._closing:
+                    early = self._last_start + self.interval - time.monotonic()
+                    if self._pending is not None and early <= 0:
+                        break
+                    # woken by a newer step (which supersedes the waiting one) or the end
+                    self._cond.wait(None if self._pending is None else early)
                 if self._pending is None:
                     self._thread = None  # an offer after this starts another
                     return
                 step, self._pending, self._busy = self._pending, None, self._pending
+                self._last_start = time.monotonic()
             try:
                 self._land(step)
             except Exception as exc:  # a bug must not leave finish() waiting on a dead thread
